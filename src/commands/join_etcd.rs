@@ -1,0 +1,354 @@
+//! `flint join etcd`: add this node as a learner before its etcd starts, then promote it to a
+//! voter once it has started and caught up (docs/join-protocol.md).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tracing::info;
+use url::Url;
+
+use super::Context;
+use crate::config::EtcdSettings;
+use crate::engines::Error;
+use crate::engines::etcd::{Etcd, Member, MemberList, Refusal, bare_url, hex_id};
+use crate::retry::{self, Classified, Pace};
+use crate::state::{Marker, MarkerKind};
+use crate::systemd;
+
+/// The environment file etcd's unit reads (`EnvironmentFile=`).
+pub const ENV_FILE: &str = "etcd.env";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Before etcd starts: become a learner and write etcd.env.
+    Add,
+    /// After etcd has started: promote the learner to a voter and write the marker.
+    Promote,
+}
+
+pub async fn run(ctx: &Context, phase: Option<Phase>) -> anyhow::Result<()> {
+    let settings = ctx.config.etcd()?;
+    let etcd = Etcd::new(ctx.http.clone());
+    let join = Join {
+        ctx,
+        etcd: &etcd,
+        settings,
+        node: ctx.config.node_id.as_str(),
+    };
+    if ctx.config.bootstrap {
+        return join.bootstrap().await;
+    }
+    let peer_url = bare_url(ctx.config.etcd_peer_url()?);
+    let member = match phase {
+        Some(Phase::Promote) => None,
+        _ => Some(join.add(&peer_url).await?),
+    };
+    if phase == Some(Phase::Add) {
+        return Ok(());
+    }
+    let member = match member {
+        Some(member) => member,
+        None => join.find(&peer_url).await?,
+    };
+    join.promote(member).await
+}
+
+struct Join<'a> {
+    ctx: &'a Context,
+    etcd: &'a Etcd,
+    settings: &'a EtcdSettings,
+    node: &'a str,
+}
+
+impl Join<'_> {
+    /// A node of the initial cluster: nothing to add, only wait until the cluster it formed has
+    /// a leader (which needs a quorum) and the local member is healthy.
+    async fn bootstrap(&self) -> anyhow::Result<()> {
+        let local = &self.settings.local_url;
+        info!("bootstrap node: waiting for the cluster at {local} to elect a leader");
+        let status = retry::until(
+            "the local etcd member to see a leader",
+            &self.ctx.deadline,
+            Pace::EAGER,
+            || async {
+                let status = self.etcd.status(local).await?;
+                if status.leader == 0 || !self.etcd.healthy(&self.settings.health_url).await? {
+                    return Err(Error::NotReady(format!(
+                        "{local} has no leader yet or is not healthy"
+                    )));
+                }
+                Ok(status)
+            },
+        )
+        .await?;
+        let list = self.etcd.member_list(local).await?;
+        let leader = name_of(&list, status.leader);
+        self.mark(status.header.member_id, &leader)
+    }
+
+    /// Phase add: reuse our member when the cluster already lists our peer URL (an earlier run
+    /// may have crashed before reading its answer), else add a learner; then write etcd.env.
+    async fn add(&self, peer_url: &str) -> anyhow::Result<Member> {
+        let (members, ours) = retry::until(
+            "a voting etcd member to add this node as a learner",
+            &self.ctx.deadline,
+            Pace::REMOTE,
+            || self.try_add(peer_url),
+        )
+        .await?;
+        self.write_env(&members, &ours)?;
+        Ok(ours)
+    }
+
+    async fn try_add(&self, peer_url: &str) -> Result<(Vec<Member>, Member), Error> {
+        let (endpoint, list) = self.voter().await?;
+        if let Some(ours) = self.ours(&list, peer_url)? {
+            info!(
+                "member {} with peer URL {peer_url} already exists; reusing it",
+                hex_id(ours.id)
+            );
+            let ours = ours.clone();
+            return Ok((list.members, ours));
+        }
+        info!("adding learner {peer_url} through {endpoint}");
+        systemd::status("adding this node as an etcd learner");
+        match self.etcd.add_learner(&endpoint, peer_url).await {
+            Ok(answer) => {
+                info!(
+                    "added learner {} for {}",
+                    hex_id(answer.member.id),
+                    self.node
+                );
+                let mut members = answer.members;
+                if !members.iter().any(|m| m.id == answer.member.id) {
+                    members.push(answer.member.clone());
+                }
+                Ok((members, answer.member))
+            }
+            // Our add already went through (an earlier run, or a retried request): list again.
+            Err(e)
+                if Etcd::refused_for(&e, Refusal::PeerUrlExists)
+                    || Etcd::refused_for(&e, Refusal::MemberIdExists) =>
+            {
+                let list = self.etcd.member_list(&endpoint).await?;
+                let ours = self.ours(&list, peer_url)?.cloned().ok_or(e)?;
+                Ok((list.members, ours))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Our member in `list`, if any; a conflict when our peer URL or our name belongs to
+    /// another node.
+    fn ours<'l>(&self, list: &'l MemberList, peer_url: &str) -> Result<Option<&'l Member>, Error> {
+        let by_url = list.with_peer_url(peer_url);
+        if let Some(m) = by_url
+            && m.started()
+            && m.name != self.node
+        {
+            return Err(Error::Conflict(format!(
+                "peer URL {peer_url} belongs to member {} named {:?}, not to {}: remove that \
+                 member (`etcdctl member remove {}`) if this machine replaced it",
+                hex_id(m.id),
+                m.name,
+                self.node,
+                hex_id(m.id)
+            )));
+        }
+        if let Some(m) = list
+            .members
+            .iter()
+            .find(|m| m.name == self.node && !m.has_peer_url(peer_url))
+        {
+            return Err(Error::Conflict(format!(
+                "member {} is already named {}, with peer URLs {:?} instead of {peer_url}: fix \
+                 `raft_addr` or remove the stale member",
+                hex_id(m.id),
+                self.node,
+                m.peer_urls
+            )));
+        }
+        Ok(by_url)
+    }
+
+    /// A member that can change membership, and its member list: the leader URL first, then
+    /// each peer. Learners are skipped, never asked.
+    async fn voter(&self) -> Result<(Url, MemberList), Error> {
+        let mut last = None;
+        for endpoint in self.settings.endpoints.iter() {
+            match self.etcd.member_list(endpoint).await {
+                Ok(list) if list.answering().is_some_and(|m| !m.is_learner) => {
+                    return Ok((endpoint.clone(), list));
+                }
+                Ok(_) => {
+                    last = Some(Error::NoVoter {
+                        tried: format!("{endpoint} (a learner)"),
+                    })
+                }
+                Err(e) if e.class() == retry::Class::Permanent => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("config validation guarantees at least one endpoint"))
+    }
+
+    /// Phase promote on its own: find the member phase add created.
+    async fn find(&self, peer_url: &str) -> anyhow::Result<Member> {
+        let (_, list) = retry::until(
+            "a voting etcd member to list members",
+            &self.ctx.deadline,
+            Pace::REMOTE,
+            || self.voter(),
+        )
+        .await?;
+        let ours = self.ours(&list, peer_url)?.cloned();
+        ours.ok_or_else(|| {
+            Error::Conflict(format!(
+                "no etcd member has peer URL {peer_url}: run `flint join etcd --phase add` before \
+                 etcd starts"
+            ))
+            .into()
+        })
+    }
+
+    fn write_env(&self, members: &[Member], ours: &Member) -> anyhow::Result<()> {
+        let mut cluster = Vec::new();
+        for member in members {
+            let name = if member.id == ours.id {
+                self.node.to_owned()
+            } else {
+                member.cluster_name()
+            };
+            for url in &member.peer_urls {
+                cluster.push(format!("{name}={url}"));
+            }
+        }
+        let advertise = ours.peer_urls.join(",");
+        let text = format!(
+            "# Written by flint join etcd for member {}; read by etcd.service.\n\
+             ETCD_NAME={}\n\
+             ETCD_INITIAL_CLUSTER={}\n\
+             ETCD_INITIAL_CLUSTER_STATE=existing\n\
+             ETCD_INITIAL_ADVERTISE_PEER_URLS={advertise}\n",
+            hex_id(ours.id),
+            self.node,
+            cluster.join(","),
+        );
+        let path = self.ctx.state.path().join(ENV_FILE);
+        crate::state::write_atomic(&path, text.as_bytes(), 0o644)?;
+        info!("wrote {}", path.display());
+        Ok(())
+    }
+
+    /// Phase promote: wait for the local member to run as our member, promote it on a voter,
+    /// confirm, then write the marker.
+    async fn promote(&self, ours: Member) -> anyhow::Result<()> {
+        let id = ours.id;
+        if ours.is_learner {
+            let local = &self.settings.local_url;
+            info!(
+                "waiting for the local member at {local} to start as {}",
+                hex_id(id)
+            );
+            retry::until(
+                "the local etcd member to start",
+                &self.ctx.deadline,
+                Pace::EAGER,
+                || self.local_started(id),
+            )
+            .await?;
+            retry::until(
+                "the learner to catch up with the leader",
+                &self.ctx.deadline,
+                Pace::EAGER,
+                || self.try_promote(id),
+            )
+            .await?;
+        } else {
+            info!("member {} is already a voter", hex_id(id));
+        }
+        let (endpoint, leader) = retry::until(
+            "a voting etcd member to confirm the promotion",
+            &self.ctx.deadline,
+            Pace::REMOTE,
+            || self.confirm(id),
+        )
+        .await?;
+        info!("member {} is a voter (confirmed by {endpoint})", hex_id(id));
+        self.mark(id, &leader)
+    }
+
+    async fn local_started(&self, id: u64) -> Result<(), Error> {
+        let local = &self.settings.local_url;
+        let status = self.etcd.status(local).await?;
+        if status.header.member_id != id {
+            return Err(Error::Conflict(format!(
+                "the etcd at {local} runs as member {}, not as this node's member {}: its data \
+                 directory belongs to another member",
+                hex_id(status.header.member_id),
+                hex_id(id)
+            )));
+        }
+        Ok(())
+    }
+
+    async fn try_promote(&self, id: u64) -> Result<(), Error> {
+        let (endpoint, _) = self.voter().await?;
+        info!("promoting member {} through {endpoint}", hex_id(id));
+        match self.etcd.promote(&endpoint, id).await {
+            Err(e) if Etcd::refused_for(&e, Refusal::AlreadyVoter) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn confirm(&self, id: u64) -> Result<(Url, String), Error> {
+        let (endpoint, list) = self.voter().await?;
+        match list.members.iter().find(|m| m.id == id) {
+            Some(m) if !m.is_learner => {
+                let status = self.etcd.status(&endpoint).await?;
+                Ok((endpoint, name_of(&list, status.leader)))
+            }
+            // A follower's view may trail the leader's by a moment.
+            Some(_) => Err(Error::NotReady(format!(
+                "{endpoint} still lists member {} as a learner",
+                hex_id(id)
+            ))),
+            None => Err(Error::Conflict(format!(
+                "member {} was removed from the cluster while joining",
+                hex_id(id)
+            ))),
+        }
+    }
+
+    fn mark(&self, member_id: u64, leader: &str) -> anyhow::Result<()> {
+        let marker = Marker {
+            node_id: self.node.to_owned(),
+            member_id: hex_id(member_id),
+            leader: leader.to_owned(),
+            joined_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+            flint_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let path = self
+            .ctx
+            .state
+            .write_marker(MarkerKind::EtcdJoined, &marker)
+            .context("recording the join")?;
+        info!(
+            "joined etcd as member {} (leader {leader}); marker {}",
+            marker.member_id,
+            path.display()
+        );
+        systemd::status("joined etcd");
+        Ok(())
+    }
+}
+
+fn name_of(list: &MemberList, id: u64) -> String {
+    list.members
+        .iter()
+        .find(|m| m.id == id && m.started())
+        .map_or_else(|| hex_id(id), |m| m.name.clone())
+}

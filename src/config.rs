@@ -1,0 +1,668 @@
+//! `cluster-config.json`: where it is found, its raw shape, and the validated settings built from it.
+//!
+//! Parsing goes in two stages: serde structs that mirror the file (every unknown field rejected),
+//! then typed settings (`Url`, `Duration`, `NodeId`, ...). Nothing past this module re-checks a
+//! value, and every error names the file and the field.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::exit::{Classify, ExitStatus};
+
+/// Where systemd's `LoadCredential=` puts the file, under `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_NAME: &str = "cluster-config.json";
+/// The seed's location of the file.
+pub const DEFAULT_PATH: &str = "/etc/nixos/secrets/cluster-config.json";
+
+const DEFAULT_TOTAL: Duration = Duration::from_secs(600);
+const DEFAULT_REQUEST: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+const ETCD_CLIENT_PORT: u16 = 2379;
+
+/// A configuration problem. Every variant names the file; the field is a JSON path such as
+/// `etcd.peer_url` or `tls`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be opened or read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file exists but holds nothing.
+    #[error("configuration file {} is empty: expected a JSON object with at least `node_id`", path.display())]
+    Empty { path: PathBuf },
+    /// Not JSON, a field of the wrong type, a missing or an unknown field.
+    #[error("configuration file {}: at `{field}`: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    /// Well-formed JSON whose value is not acceptable.
+    #[error("configuration file {}: field `{field}`: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+impl Classify for Error {
+    fn exit_status(&self) -> ExitStatus {
+        match self {
+            Error::Read { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                ExitStatus::Permission
+            }
+            _ => ExitStatus::Config,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_id: String,
+    #[serde(default)]
+    bootstrap: bool,
+    leader_url: Option<String>,
+    raft_addr: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    allow_plaintext: bool,
+    join_token_file: Option<PathBuf>,
+    timeouts: Option<RawTimeouts>,
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    total: Option<String>,
+    request: Option<String>,
+    connect: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    leader_url: Option<String>,
+    peers: Option<Vec<String>>,
+    raft_addr: Option<String>,
+    peer_url: Option<String>,
+    local_url: Option<String>,
+    health_url: Option<String>,
+}
+
+/// A node's name as the cluster knows it: etcd's member name, the admin API's member id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeId(String);
+
+impl NodeId {
+    fn parse(value: &str) -> Result<Self, String> {
+        let well_formed = !value.is_empty()
+            && value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if well_formed {
+            Ok(NodeId(value.to_owned()))
+        } else {
+            Err(format!(
+                "expected 1 to 63 characters of A-Z, a-z, 0-9, '.', '_' or '-', got {value:?}"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The CA every https peer is verified against, and the client identity presented for mTLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub client: Option<ClientIdentity>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// How long a join may take in all, retries included.
+    pub total: Duration,
+    /// One HTTP request, from connect to the last byte of the answer.
+    pub request: Duration,
+    /// One TCP connect (and TLS handshake).
+    pub connect: Duration,
+}
+
+/// Where a service's cluster is asked, in order: the leader first, then the peers.
+#[derive(Debug, Clone)]
+pub struct Endpoints(Vec<Url>);
+
+impl Endpoints {
+    pub fn iter(&self) -> impl Iterator<Item = &Url> {
+        self.0.iter()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Endpoints,
+    /// This node's peer URL, as it is added to the cluster. `None` when the file names no
+    /// `raft_addr`: enough for `flint health`, not for a join.
+    pub peer_url: Option<Url>,
+    /// The local member's client URL, where flint sees it start and catch up.
+    pub local_url: Url,
+    pub health_url: Url,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub node_id: NodeId,
+    pub bootstrap: bool,
+    pub tls: Option<TlsFiles>,
+    pub join_token_file: Option<PathBuf>,
+    pub timeouts: Timeouts,
+    etcd: Option<EtcdSettings>,
+}
+
+/// Which file to read: systemd's credential first, then the command line, then the default.
+pub fn locate(credentials_dir: Option<&Path>, cli: Option<&Path>) -> PathBuf {
+    if let Some(dir) = credentials_dir {
+        let candidate = dir.join(CREDENTIAL_NAME);
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    cli.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        if text.trim().is_empty() {
+            return Err(Error::Empty {
+                path: path.to_owned(),
+            });
+        }
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            Error::Syntax {
+                path: path.to_owned(),
+                field,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        Validator { path }.config(raw)
+    }
+
+    /// The etcd settings, or an error naming what the file lacks for them.
+    pub fn etcd(&self) -> Result<&EtcdSettings, Error> {
+        self.etcd.as_ref().ok_or_else(|| Error::Invalid {
+            path: self.file.clone(),
+            field: "leader_url".into(),
+            problem: "required for etcd: set it at the top level or in the `etcd` section".into(),
+        })
+    }
+
+    /// The peer URL a join adds, or an error naming the missing field.
+    pub fn etcd_peer_url(&self) -> Result<&Url, Error> {
+        self.etcd()?
+            .peer_url
+            .as_ref()
+            .ok_or_else(|| Error::Invalid {
+                path: self.file.clone(),
+                field: "raft_addr".into(),
+                problem:
+                    "required to join etcd: this node's peer address, such as \"10.0.200.13:2380\" \
+                      (or set `etcd.peer_url`)"
+                        .into(),
+            })
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, field: &str, problem: impl Into<String>) -> Error {
+        Error::Invalid {
+            path: self.path.to_owned(),
+            field: field.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, Error> {
+        let node_id = NodeId::parse(&raw.node_id).map_err(|p| self.invalid("node_id", p))?;
+        let tls = raw.tls.map(|t| self.tls(t)).transpose()?;
+        let join_token_file = raw.join_token_file.map(|p| self.relative(p));
+        let timeouts = self.timeouts(raw.timeouts)?;
+        let policy = UrlPolicy {
+            has_ca: tls.is_some(),
+            allow_plaintext: raw.allow_plaintext,
+        };
+
+        let top_leader = raw
+            .leader_url
+            .as_deref()
+            .map(|u| self.url("leader_url", u, policy))
+            .transpose()?;
+        let top_peers = self.urls("peers", &raw.peers, policy)?;
+        let top_raft = raw
+            .raft_addr
+            .as_deref()
+            .map(|a| self.host_port("raft_addr", a))
+            .transpose()?;
+
+        let etcd = match raw.etcd {
+            Some(section) => Some(self.etcd(
+                section,
+                top_leader.as_ref(),
+                &top_peers,
+                top_raft.as_deref(),
+                policy,
+            )?),
+            None => top_leader
+                .as_ref()
+                .map(|leader| {
+                    self.etcd(
+                        RawEtcd::default(),
+                        Some(leader),
+                        &top_peers,
+                        top_raft.as_deref(),
+                        policy,
+                    )
+                })
+                .transpose()?,
+        };
+
+        Ok(Config {
+            file: self.path.to_owned(),
+            node_id,
+            bootstrap: raw.bootstrap,
+            tls,
+            join_token_file,
+            timeouts,
+            etcd,
+        })
+    }
+
+    fn etcd(
+        &self,
+        raw: RawEtcd,
+        top_leader: Option<&Url>,
+        top_peers: &[Url],
+        top_raft: Option<&str>,
+        policy: UrlPolicy,
+    ) -> Result<EtcdSettings, Error> {
+        let leader = match raw.leader_url.as_deref() {
+            Some(u) => self.url("etcd.leader_url", u, policy)?,
+            None => top_leader.cloned().ok_or_else(|| {
+                self.invalid(
+                    "etcd.leader_url",
+                    "required: set `leader_url` at the top level or in the `etcd` section",
+                )
+            })?,
+        };
+        let peers = match raw.peers.as_deref() {
+            Some(list) => self.urls("etcd.peers", list, policy)?,
+            None => top_peers.to_vec(),
+        };
+        let raft = match raw.raft_addr.as_deref() {
+            Some(a) => Some(self.host_port("etcd.raft_addr", a)?),
+            None => top_raft.map(str::to_owned),
+        };
+        // flint never connects to the peer URL, it only hands it to etcd: no TLS policy applies.
+        let peer_policy = UrlPolicy {
+            has_ca: true,
+            allow_plaintext: true,
+        };
+        let peer_url = match (raw.peer_url.as_deref(), raft) {
+            (Some(u), _) => Some(self.url("etcd.peer_url", u, peer_policy)?),
+            (None, Some(addr)) => {
+                let url = format!("{}://{addr}", leader.scheme());
+                Some(self.url("raft_addr", &url, peer_policy)?)
+            }
+            (None, None) => None,
+        };
+        if let Some(url) = &peer_url
+            && (url.path() != "/" || url.query().is_some())
+        {
+            return Err(self.invalid(
+                "etcd.peer_url",
+                format!("expected scheme://host:port with no path, got {url}"),
+            ));
+        }
+        let local_url = match raw.local_url.as_deref() {
+            Some(u) => self.url("etcd.local_url", u, policy)?,
+            None => {
+                let default = format!("{}://127.0.0.1:{ETCD_CLIENT_PORT}", leader.scheme());
+                self.url("etcd.local_url", &default, policy)?
+            }
+        };
+        let health_url = match raw.health_url.as_deref() {
+            Some(u) => self.url("etcd.health_url", u, policy)?,
+            None => join_path(&local_url, "/health"),
+        };
+        let mut endpoints = vec![leader];
+        for peer in peers {
+            if !endpoints.contains(&peer) {
+                endpoints.push(peer);
+            }
+        }
+        Ok(EtcdSettings {
+            endpoints: Endpoints(endpoints),
+            peer_url,
+            local_url,
+            health_url,
+        })
+    }
+
+    fn tls(&self, raw: RawTls) -> Result<TlsFiles, Error> {
+        let client = match (raw.cert, raw.key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity {
+                cert: self.relative(cert),
+                key: self.relative(key),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.invalid("tls.key", "required when `tls.cert` is set"));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid("tls.cert", "required when `tls.key` is set"));
+            }
+        };
+        Ok(TlsFiles {
+            ca: self.relative(raw.ca),
+            client,
+        })
+    }
+
+    fn timeouts(&self, raw: Option<RawTimeouts>) -> Result<Timeouts, Error> {
+        let raw = raw.unwrap_or_default();
+        let pick = |field: &str, value: Option<String>, default: Duration| match value {
+            Some(text) => parse_duration(&text).map_err(|p| self.invalid(field, p)),
+            None => Ok(default),
+        };
+        Ok(Timeouts {
+            total: pick("timeouts.total", raw.total, DEFAULT_TOTAL)?,
+            request: pick("timeouts.request", raw.request, DEFAULT_REQUEST)?,
+            connect: pick("timeouts.connect", raw.connect, DEFAULT_CONNECT)?,
+        })
+    }
+
+    /// Paths in the file are relative to the file's own folder, so a config and its
+    /// certificates can move together (as systemd credentials do).
+    fn relative(&self, path: PathBuf) -> PathBuf {
+        if path.is_absolute() {
+            path
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(path)
+        }
+    }
+
+    fn urls(&self, field: &str, values: &[String], policy: UrlPolicy) -> Result<Vec<Url>, Error> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| self.url(&format!("{field}[{i}]"), v, policy))
+            .collect()
+    }
+
+    fn url(&self, field: &str, value: &str, policy: UrlPolicy) -> Result<Url, Error> {
+        let url = Url::parse(value).map_err(|e| {
+            self.invalid(
+                field,
+                format!(
+                    "expected a URL such as \"https://node01.example.com:2379\", got {value:?}: {e}"
+                ),
+            )
+        })?;
+        if url.host().is_none() {
+            return Err(self.invalid(field, format!("expected a URL with a host, got {value:?}")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.invalid(
+                field,
+                "credentials in URLs would end up in logs: use `join_token_file` or `tls.key`",
+            ));
+        }
+        match url.scheme() {
+            "https" if !policy.has_ca => Err(self.invalid(
+                field,
+                format!(
+                    "{value:?} is https but the file has no `tls.ca`: flint verifies every server \
+                     against a configured CA"
+                ),
+            )),
+            "https" => Ok(url),
+            "http" if policy.allow_plaintext || is_loopback(&url) => Ok(url),
+            "http" => Err(self.invalid(
+                field,
+                format!(
+                    "{value:?} is plain http to a host that is not loopback: use https, or set \
+                     `allow_plaintext: true` to accept it"
+                ),
+            )),
+            other => Err(self.invalid(
+                field,
+                format!("expected an http or https URL, got scheme {other:?}"),
+            )),
+        }
+    }
+
+    fn host_port(&self, field: &str, value: &str) -> Result<String, Error> {
+        let expected = || {
+            self.invalid(
+                field,
+                format!("expected host:port such as \"10.0.200.13:2380\", got {value:?}"),
+            )
+        };
+        let (host, port) = value.rsplit_once(':').ok_or_else(expected)?;
+        let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+        let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+        {
+            inner.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        };
+        if port_ok && host_ok {
+            Ok(value.to_owned())
+        } else {
+            Err(expected())
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct UrlPolicy {
+    has_ca: bool,
+    allow_plaintext: bool,
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// `base` with `path` appended to whatever path it already has (a gateway may sit under a prefix).
+pub fn join_path(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!("{}{}", base.path().trim_end_matches('/'), path);
+    url.set_path(&joined);
+    url
+}
+
+/// `500ms`, `30s`, `10m`, `1h`: a number and a unit, as operators write them in unit files.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected =
+        || format!("expected a duration such as \"500ms\", \"30s\" or \"10m\", got {text:?}");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(expected)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| expected())?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(expected()),
+    };
+    if duration.is_zero() {
+        return Err(format!("expected a duration above zero, got {text:?}"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(Path::new("/etc/flint/cluster-config.json"), text)
+    }
+
+    #[test]
+    fn the_seed_file_works_unchanged() {
+        let config = parse(
+            r#"{"node_id": "node04", "bootstrap": false,
+                "leader_url": "http://127.0.0.1:2379", "raft_addr": "10.0.200.13:2380"}"#,
+        )
+        .expect("seed file");
+        assert_eq!(config.node_id.as_str(), "node04");
+        let etcd = config.etcd().unwrap();
+        assert_eq!(
+            etcd.peer_url.as_ref().unwrap().as_str(),
+            "http://10.0.200.13:2380/"
+        );
+        assert_eq!(etcd.health_url.as_str(), "http://127.0.0.1:2379/health");
+        assert_eq!(config.timeouts.total, DEFAULT_TOTAL);
+    }
+
+    #[test]
+    fn unknown_fields_name_the_path_and_the_known_fields() {
+        let err = parse(r#"{"node_id": "n1", "tls": {"ca": "ca.pem", "cerrt": "c.pem"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/flint/cluster-config.json"), "{err}");
+        assert!(err.contains("tls"), "{err}");
+        assert!(err.contains("cerrt") && err.contains("`cert`"), "{err}");
+    }
+
+    #[test]
+    fn https_needs_a_ca_and_http_needs_loopback() {
+        let err = parse(r#"{"node_id": "n1", "leader_url": "https://10.0.0.1:2379"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("leader_url") && err.contains("tls.ca"),
+            "{err}"
+        );
+        let err = parse(r#"{"node_id": "n1", "leader_url": "http://10.0.0.1:2379"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_plaintext"), "{err}");
+        parse(
+            r#"{"node_id": "n1", "leader_url": "http://10.0.0.1:2379", "allow_plaintext": true}"#,
+        )
+        .expect("explicit plaintext");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let config = parse(
+            r#"{"node_id": "n1", "tls": {"ca": "pki/ca.pem", "cert": "/abs/c.pem", "key": "k.pem"}}"#,
+        )
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.ca, Path::new("/etc/flint/pki/ca.pem"));
+        let client = tls.client.unwrap();
+        assert_eq!(client.cert, Path::new("/abs/c.pem"));
+        assert_eq!(client.key, Path::new("/etc/flint/k.pem"));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (text, field) in [
+            (r#"{"node_id": "has space"}"#, "node_id"),
+            (r#"{"node_id": "n1", "raft_addr": "10.0.0.1"}"#, "raft_addr"),
+            (
+                r#"{"node_id": "n1", "raft_addr": "10.0.0.1:99999"}"#,
+                "raft_addr",
+            ),
+            (
+                r#"{"node_id": "n1", "timeouts": {"total": "ten"}}"#,
+                "timeouts.total",
+            ),
+            (
+                r#"{"node_id": "n1", "peers": ["http://127.0.0.1:1", "nope"]}"#,
+                "peers[1]",
+            ),
+            (r#"{"node_id": 4}"#, "node_id"),
+            (
+                r#"{"node_id": "n1", "tls": {"ca": "ca", "cert": "c"}}"#,
+                "tls.key",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! Process exit statuses (sysexits), the contract with the units' `RestartPreventExitStatus=`.
+
+use std::fmt;
+
+/// What a run of flint ended with. The numbers are part of flint's interface: systemd units
+/// stop restarting on the permanent ones (64, 65, 77, 78).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Done, already done, or healthy.
+    Success,
+    /// `flint health` found a service without quorum or without exactly one leader.
+    Unhealthy,
+    /// The command line was wrong.
+    Usage,
+    /// A server answered something flint cannot accept (malformed, or a conflicting membership).
+    BadAnswer,
+    /// The deadline passed while a service was unreachable or not ready.
+    Unavailable,
+    /// A secret readable by others, a file flint may not read, or a peer that failed TLS
+    /// verification.
+    Permission,
+    /// The configuration is missing or invalid.
+    Config,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Unhealthy => 1,
+            ExitStatus::Usage => 64,
+            ExitStatus::BadAnswer => 65,
+            ExitStatus::Unavailable => 69,
+            ExitStatus::Permission => 77,
+            ExitStatus::Config => 78,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code())
+    }
+}
+
+/// Implemented by every error type of flint's modules, so `main` can map the root cause of a
+/// failure to an exit status without string matching.
+pub trait Classify {
+    fn exit_status(&self) -> ExitStatus;
+}
+
+/// The exit status of a failed command: the first error in the chain that knows its class.
+pub fn status_of(err: &anyhow::Error) -> ExitStatus {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::config::Error>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::secrets::Error>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::tls::Error>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::http::Error>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::state::Error>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::engines::Error>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::retry::DeadlinePassed>() {
+            return e.exit_status();
+        }
+    }
+    ExitStatus::Unavailable
+}

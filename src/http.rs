@@ -1,0 +1,281 @@
+//! One HTTP/1.1 client for every engine: rustls from `tls`, connect and request timeouts, a
+//! bound on answer size, and errors that say whether trying again can help.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use url::Url;
+
+use crate::config::Timeouts;
+use crate::exit::{Classify, ExitStatus};
+use crate::retry::Class;
+
+/// No admin answer flint reads comes near this; a bigger one is a misbehaving server.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The TLS handshake failed verification, one way or the other: trying again will not help.
+    #[error("TLS with {url} failed: {cause}{hint}")]
+    Tls {
+        url: String,
+        cause: rustls::Error,
+        hint: &'static str,
+    },
+    /// No connection (refused, unreachable, name not resolved).
+    #[error("cannot connect to {url}: {detail}")]
+    Connect { url: String, detail: String },
+    /// The whole request took longer than `timeouts.request`.
+    #[error("no answer from {url} within {after:?}")]
+    Timeout { url: String, after: Duration },
+    /// The connection broke while the request or the answer was on the way.
+    #[error("connection to {url} broke: {detail}")]
+    Transport { url: String, detail: String },
+    /// The answer is larger than any answer flint expects.
+    #[error("answer from {url} is larger than {MAX_ANSWER_BYTES} bytes")]
+    TooLarge { url: String },
+    /// The answer is not the JSON flint expects.
+    #[error("unexpected answer from {url} (HTTP {status}): {detail}: {snippet:?}")]
+    Decode {
+        url: String,
+        status: StatusCode,
+        detail: String,
+        snippet: String,
+    },
+}
+
+impl Error {
+    /// Whether a retry can help: verification failures and malformed answers are permanent.
+    pub fn class(&self) -> Class {
+        match self {
+            Error::Tls { .. } | Error::TooLarge { .. } | Error::Decode { .. } => Class::Permanent,
+            Error::Connect { .. } | Error::Timeout { .. } | Error::Transport { .. } => {
+                Class::Transient { retry_after: None }
+            }
+        }
+    }
+}
+
+impl Classify for Error {
+    fn exit_status(&self) -> ExitStatus {
+        match self {
+            Error::Tls { .. } => ExitStatus::Permission,
+            Error::TooLarge { .. } | Error::Decode { .. } => ExitStatus::BadAnswer,
+            Error::Connect { .. } | Error::Timeout { .. } | Error::Transport { .. } => {
+                ExitStatus::Unavailable
+            }
+        }
+    }
+}
+
+/// An answer read to its end.
+#[derive(Debug)]
+pub struct Answer {
+    pub url: String,
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub location: Option<String>,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| self.decode_error(e.to_string()))
+    }
+
+    pub fn decode_error(&self, detail: String) -> Error {
+        let text = String::from_utf8_lossy(&self.body);
+        Error::Decode {
+            url: self.url.to_string(),
+            status: self.status,
+            detail,
+            snippet: text.chars().take(200).collect(),
+        }
+    }
+
+    /// HTTP's own say on retrying: 408, 429 and 5xx are worth another try, other 4xx are not.
+    pub fn status_class(&self) -> Class {
+        let s = self.status;
+        if s == StatusCode::REQUEST_TIMEOUT
+            || s == StatusCode::TOO_MANY_REQUESTS
+            || s.is_server_error()
+        {
+            Class::Transient {
+                retry_after: self.retry_after,
+            }
+        } else {
+            Class::Permanent
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    request_timeout: Duration,
+}
+
+impl Client {
+    pub fn new(tls: rustls::ClientConfig, timeouts: &Timeouts) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(timeouts.connect));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let inner = HyperClient::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Client {
+            inner,
+            request_timeout: timeouts.request,
+        }
+    }
+
+    pub async fn get(&self, url: &Url) -> Result<Answer, Error> {
+        self.send(Method::GET, url, None).await
+    }
+
+    pub async fn post_json(&self, url: &Url, body: &serde_json::Value) -> Result<Answer, Error> {
+        let bytes = serde_json::to_vec(body).expect("a serde_json::Value always serializes");
+        self.send(Method::POST, url, Some(Bytes::from(bytes))).await
+    }
+
+    async fn send(&self, method: Method, url: &Url, body: Option<Bytes>) -> Result<Answer, Error> {
+        let mut request = Request::builder().method(method).uri(url.as_str());
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| Error::Transport {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
+        let exchange = async {
+            let response = self
+                .inner
+                .request(request)
+                .await
+                .map_err(|e| classify_client_error(url, &e))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        Error::TooLarge {
+                            url: url.to_string(),
+                        }
+                    } else {
+                        Error::Transport {
+                            url: url.to_string(),
+                            detail: e.to_string(),
+                        }
+                    }
+                })?
+                .to_bytes();
+            let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+            Ok(Answer {
+                url: url.to_string(),
+                status: parts.status,
+                retry_after: header(RETRY_AFTER)
+                    .and_then(|v| v.trim().parse().ok())
+                    .map(Duration::from_secs),
+                location: header(LOCATION).map(str::to_owned),
+                body,
+            })
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    url: url.to_string(),
+                    after: self.request_timeout,
+                })
+            })
+    }
+}
+
+/// hyper-util reports a TLS failure as an `io::Error` wrapping the rustls error, a few sources
+/// down; find it so verification failures are never retried.
+fn classify_client_error(url: &Url, err: &hyper_util::client::legacy::Error) -> Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return Error::Tls {
+                url: url.to_string(),
+                cause: tls.clone(),
+                hint: tls_hint(tls),
+            };
+        }
+        cause = e.source();
+    }
+    let detail = error_chain(err);
+    if err.is_connect() {
+        Error::Connect {
+            url: url.to_string(),
+            detail,
+        }
+    } else {
+        Error::Transport {
+            url: url.to_string(),
+            detail,
+        }
+    }
+}
+
+fn tls_hint(err: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription, CertificateError};
+    match err {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            " (the server's certificate is not signed by the CA in `tls.ca`)"
+        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => " (the server's certificate has expired)",
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => " (the server's certificate does not name the host in the URL)",
+        rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRequired,
+        ) => " (the server refused this node's client certificate: check `tls.cert`)",
+        _ => "",
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}

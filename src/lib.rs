@@ -1,0 +1,18 @@
+//! flint's node runtime: joins this machine to its clusters at first boot and checks their
+//! health. `main.rs` only parses arguments and maps errors to exit statuses.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod engines;
+pub mod exit;
+pub mod http;
+pub mod logging;
+pub mod privileges;
+pub mod retry;
+pub mod secrets;
+pub mod state;
+pub mod systemd;
+pub mod tls;

@@ -1,0 +1,283 @@
+//! Retrying a step until it succeeds, fails for good, or the overall deadline passes.
+//!
+//! Delays follow "full jitter" (a random wait between zero and an exponentially growing
+//! ceiling), so nodes that boot together do not knock on the leader in lockstep. A server's
+//! `Retry-After` is a floor for the next wait; the deadline is a hard ceiling.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, Retryable};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::exit::{Classify, ExitStatus};
+use crate::systemd;
+
+/// Whether an error is worth another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Configuration, verification, a refusal that will not change: fail at once.
+    Permanent,
+    /// Refused, timed out, 5xx, busy: try again, no sooner than `retry_after` when the server
+    /// said so.
+    Transient { retry_after: Option<Duration> },
+}
+
+/// Errors that know their class.
+pub trait Classified: Display {
+    fn class(&self) -> Class;
+}
+
+/// The moment a whole command must be done by (`timeouts.total`).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    pub fn after(total: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + total,
+            total,
+        }
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+}
+
+/// The deadline passed while a step was still failing for a transient reason.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "gave up waiting for {what}: the deadline (timeouts.total = {total:?}) passed; last error: {last}"
+)]
+pub struct DeadlinePassed {
+    what: String,
+    total: Duration,
+    last: String,
+}
+
+impl Classify for DeadlinePassed {
+    fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Unavailable
+    }
+}
+
+/// How fast a step polls: `first` is the ceiling of the first wait, doubling up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Pace {
+    /// A remote cluster that may be busy: start gently.
+    pub const REMOTE: Pace = Pace {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+    /// Something expected to happen within milliseconds (a local member starting, a learner
+    /// catching up): look again soon, then back off.
+    pub const EAGER: Pace = Pace {
+        first: Duration::from_millis(20),
+        max: Duration::from_secs(1),
+    };
+}
+
+impl BackoffBuilder for Pace {
+    type Backoff = FullJitter;
+
+    fn build(self) -> FullJitter {
+        FullJitter {
+            ceiling: self.first,
+            max: self.max,
+        }
+    }
+}
+
+/// Endless: the deadline, not a count, ends the retries.
+#[derive(Debug)]
+pub struct FullJitter {
+    ceiling: Duration,
+    max: Duration,
+}
+
+impl Iterator for FullJitter {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let ceiling = self.ceiling;
+        self.ceiling = (self.ceiling * 2).min(self.max);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Some(Duration::from_nanos(fastrand::u64(0..=nanos)))
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails permanently, or `deadline` passes. `what` names what
+/// is awaited, for the log, for `systemctl status`, and for the error at the deadline.
+pub async fn until<T, E, F, Fut>(
+    what: &str,
+    deadline: &Deadline,
+    pace: Pace,
+    attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Classified + Into<anyhow::Error>,
+{
+    let mut last_reason = String::new();
+    let retrying = attempt
+        .retry(pace)
+        .sleep(tokio::time::sleep)
+        .when(|e: &E| e.class() != Class::Permanent)
+        .adjust(|e: &E, next: Option<Duration>| {
+            let remaining = deadline.remaining();
+            if remaining.is_zero() {
+                return None;
+            }
+            let floor = match e.class() {
+                Class::Transient { retry_after } => retry_after.unwrap_or_default(),
+                Class::Permanent => Duration::ZERO,
+            };
+            next.map(|wait| wait.max(floor).min(remaining))
+        })
+        .notify(|e: &E, wait: Duration| {
+            let reason = e.to_string();
+            let remaining = deadline.remaining();
+            if reason != last_reason {
+                info!(
+                    "waiting for {what}: {reason}; retrying for up to {}s more",
+                    remaining.as_secs()
+                );
+                last_reason = reason;
+            } else {
+                debug!("still waiting for {what}; next try in {wait:?}");
+            }
+            systemd::waiting(&format!("waiting for {what}"), remaining);
+        });
+    match tokio::time::timeout_at(deadline.at, retrying).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if e.class() == Class::Permanent => Err(e.into()),
+        Ok(Err(e)) => Err(DeadlinePassed {
+            what: what.to_owned(),
+            total: deadline.total,
+            last: e.to_string(),
+        }
+        .into()),
+        Err(_) => Err(DeadlinePassed {
+            what: what.to_owned(),
+            total: deadline.total,
+            last: if last_reason.is_empty() {
+                "the last attempt was still running".to_owned()
+            } else {
+                last_reason
+            },
+        }
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0:?}")]
+    struct Fake(Class);
+
+    impl Classified for Fake {
+        fn class(&self) -> Class {
+            self.0
+        }
+    }
+
+    #[test]
+    fn full_jitter_stays_under_a_doubling_ceiling() {
+        let mut backoff = Pace {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(80),
+        }
+        .build();
+        for ceiling in [10, 20, 40, 80, 80, 80] {
+            let wait = backoff.next().unwrap();
+            assert!(
+                wait <= Duration::from_millis(ceiling),
+                "{wait:?} > {ceiling}ms"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_until_success() {
+        let calls = Cell::new(0);
+        let deadline = Deadline::after(Duration::from_secs(60));
+        let value = until("the thing", &deadline, Pace::EAGER, || async {
+            calls.set(calls.get() + 1);
+            if calls.get() < 4 {
+                Err(Fake(Class::Transient { retry_after: None }))
+            } else {
+                Ok(7)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((value, calls.get()), (7, 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_fail_at_once() {
+        let calls = Cell::new(0);
+        let deadline = Deadline::after(Duration::from_secs(60));
+        let err = until("the thing", &deadline, Pace::EAGER, || async {
+            calls.set(calls.get() + 1);
+            Err::<(), _>(Fake(Class::Permanent))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls.get(), 1);
+        assert!(err.downcast_ref::<Fake>().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_transient_retries_and_says_why() {
+        let start = Instant::now();
+        let deadline = Deadline::after(Duration::from_secs(30));
+        let err = until("the leader", &deadline, Pace::REMOTE, || async {
+            Err::<(), _>(Fake(Class::Transient { retry_after: None }))
+        })
+        .await
+        .unwrap_err();
+        let passed = err
+            .downcast_ref::<DeadlinePassed>()
+            .expect("deadline error");
+        assert!(passed.to_string().contains("the leader"));
+        assert!(start.elapsed() >= Duration::from_secs(30));
+        assert!(start.elapsed() < Duration::from_secs(31));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_a_floor_for_the_next_wait() {
+        let start = Instant::now();
+        let calls = Cell::new(0);
+        let deadline = Deadline::after(Duration::from_secs(60));
+        until("the slot", &deadline, Pace::EAGER, || async {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                Err(Fake(Class::Transient {
+                    retry_after: Some(Duration::from_secs(7)),
+                }))
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(7));
+    }
+}

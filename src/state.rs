@@ -1,0 +1,226 @@
+//! The state directory: the lock that serialises runs, run-once markers, and files written
+//! atomically (temporary file, fsync, rename, fsync of the directory), so a crash at any point
+//! leaves either the old file or the new one, never half of one.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::exit::{Classify, ExitStatus};
+
+const LOCK_FILE: &str = ".lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A directory, the lock or a file could not be created, read or written.
+    #[error("cannot {action} {}: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    /// A marker exists but is not one flint wrote.
+    #[error("marker {} is not valid JSON from flint: {detail}; move it away to re-run the join", path.display())]
+    BadMarker { path: PathBuf, detail: String },
+}
+
+impl Classify for Error {
+    fn exit_status(&self) -> ExitStatus {
+        match self {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                ExitStatus::Permission
+            }
+            Error::Io { .. } => ExitStatus::Config,
+            Error::BadMarker { .. } => ExitStatus::Config,
+        }
+    }
+}
+
+/// The run-once markers, named as the seed names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerKind {
+    EtcdJoined,
+}
+
+impl MarkerKind {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            MarkerKind::EtcdJoined => ".etcd-joined",
+        }
+    }
+}
+
+/// What a marker records: enough for an operator (and `node-join`) to see what happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Marker {
+    pub node_id: String,
+    pub member_id: String,
+    pub leader: String,
+    /// Seconds since the Unix epoch.
+    pub joined_at: u64,
+    pub flint_version: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+/// Held while a command changes state; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl StateDir {
+    pub fn new(path: PathBuf) -> Self {
+        StateDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads a marker without taking the lock: markers are only ever renamed into place, so a
+    /// reader sees none or a whole one.
+    pub fn marker(&self, kind: MarkerKind) -> Result<Option<Marker>, Error> {
+        let path = self.path.join(kind.file_name());
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("read", &path, e)),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| Error::BadMarker {
+                path,
+                detail: e.to_string(),
+            })
+    }
+
+    pub fn write_marker(&self, kind: MarkerKind, marker: &Marker) -> Result<PathBuf, Error> {
+        let mut text = serde_json::to_vec_pretty(marker).expect("a marker always serializes");
+        text.push(b'\n');
+        let path = self.path.join(kind.file_name());
+        write_atomic(&path, &text, 0o644)?;
+        Ok(path)
+    }
+
+    /// Takes the state lock, waiting for another flint that holds it (two units, or an operator
+    /// running `node-join` during boot).
+    pub async fn lock(&self) -> Result<Lock, Error> {
+        std::fs::create_dir_all(&self.path).map_err(|e| io_error("create", &self.path, e))?;
+        let path = self.path.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error("open", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => return Ok(Lock { _file: file }),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => return Err(io_error("lock", &path, e)),
+        }
+        info!("waiting for another flint holding {}", path.display());
+        crate::systemd::status("waiting for another flint holding the state lock");
+        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .expect("the lock task does not panic")
+            .map_err(|e| io_error("lock", &path, e))?;
+        Ok(Lock { _file: file })
+    }
+}
+
+fn io_error(action: &'static str, file: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        file: file.to_owned(),
+        action,
+        source,
+    }
+}
+
+/// Replaces `path` with `contents`, durably: a reader (or a crash) sees the old file or the new
+/// one, never a part of either.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        io_error(
+            "write",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+        )
+    })?;
+    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error("write", &tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_error("rename into place", path, e)
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.env");
+        write_atomic(&path, b"A=1\n", 0o600).unwrap();
+        write_atomic(&path, b"A=2\n", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"A=2\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["etcd.env"]);
+    }
+
+    #[test]
+    fn markers_round_trip_and_garbage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().to_owned());
+        assert_eq!(state.marker(MarkerKind::EtcdJoined).unwrap(), None);
+        let marker = Marker {
+            node_id: "node04".into(),
+            member_id: "8e9e05c52164694d".into(),
+            leader: "node01".into(),
+            joined_at: 1,
+            flint_version: "0.1.0".into(),
+        };
+        state.write_marker(MarkerKind::EtcdJoined, &marker).unwrap();
+        assert_eq!(state.marker(MarkerKind::EtcdJoined).unwrap(), Some(marker));
+        std::fs::write(dir.path().join(".etcd-joined"), "{").unwrap();
+        let err = state
+            .marker(MarkerKind::EtcdJoined)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".etcd-joined"), "{err}");
+    }
+}
