@@ -29,7 +29,7 @@ const ETCD_CLIENT_PORT: u16 = 2379;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be opened or read.
-    #[error("cannot read configuration file {}: {source}", path.display())]
+    #[error("cannot read configuration file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -37,7 +37,10 @@ pub enum Error {
     /// The file exists but holds nothing.
     #[error("configuration file {} is empty: expected a JSON object with at least `node_id`", path.display())]
     Empty { path: PathBuf },
-    /// Not JSON, a field of the wrong type, a missing or an unknown field.
+    /// Not JSON at all.
+    #[error("configuration file {} is not valid JSON: {message}", path.display())]
+    NotJson { path: PathBuf, message: String },
+    /// A field of the wrong type, a missing or an unknown field.
     #[error("configuration file {}: at `{field}`: {message}", path.display())]
     Syntax {
         path: PathBuf,
@@ -225,10 +228,18 @@ impl Config {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let field = e.path().to_string();
-            Error::Syntax {
-                path: path.to_owned(),
-                field,
-                message: e.into_inner().to_string(),
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                Error::NotJson {
+                    path: path.to_owned(),
+                    message: inner.to_string(),
+                }
+            } else {
+                Error::Syntax {
+                    path: path.to_owned(),
+                    field,
+                    message: inner.to_string(),
+                }
             }
         })?;
         Validator { path }.config(raw)

@@ -266,9 +266,14 @@ fn tls_hint(err: &rustls::Error) -> &'static str {
     }
 }
 
+/// The causes under hyper-util's own "client error (Connect)", which says nothing an operator
+/// can act on.
 fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
+    let Some(first) = err.source() else {
+        return err.to_string();
+    };
+    let mut text = first.to_string();
+    let mut cause = first.source();
     while let Some(e) = cause {
         let part = e.to_string();
         if !text.contains(&part) {

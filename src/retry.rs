@@ -151,8 +151,8 @@ where
             let remaining = deadline.remaining();
             if reason != last_reason {
                 info!(
-                    "waiting for {what}: {reason}; retrying for up to {}s more",
-                    remaining.as_secs()
+                    "waiting for {what}: {reason}; retrying for up to {} more",
+                    human(remaining)
                 );
                 last_reason = reason;
             } else {
@@ -179,6 +179,16 @@ where
             },
         }
         .into()),
+    }
+}
+
+/// `9m58s`, `42s`, `0.8s`: what an operator reads at a glance.
+pub fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{:.1}s", d.as_secs_f64()),
+        1..60 => format!("{secs}s"),
+        _ => format!("{}m{:02}s", secs / 60, secs % 60),
     }
 }
 

@@ -15,7 +15,7 @@ pub enum Error {
     )]
     Exposed { path: PathBuf, mode: u32 },
     /// The file cannot be inspected at all.
-    #[error("cannot read secret file {}: {source}", path.display())]
+    #[error("cannot read secret file {}", path.display())]
     Unreadable {
         path: PathBuf,
         source: std::io::Error,

@@ -17,7 +17,7 @@ const LOCK_FILE: &str = ".lock";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A directory, the lock or a file could not be created, read or written.
-    #[error("cannot {action} {}: {source}", file.display())]
+    #[error("cannot {action} {}", file.display())]
     Io {
         file: PathBuf,
         action: &'static str,

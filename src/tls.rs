@@ -14,14 +14,14 @@ use crate::secrets;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A PEM file could not be read or holds nothing usable.
-    #[error("cannot load {what} from {}: {source}", path.display())]
+    #[error("cannot load {what} from {}", path.display())]
     Load {
         what: &'static str,
         path: PathBuf,
         source: pem::Error,
     },
     /// A certificate that parses as PEM but that rustls cannot use as a trust anchor.
-    #[error("cannot use a CA certificate from {}: {source}", path.display())]
+    #[error("cannot use a CA certificate from {}", path.display())]
     BadAnchor {
         path: PathBuf,
         source: rustls::Error,
