@@ -210,24 +210,16 @@ impl Client {
     }
 }
 
-/// hyper-util reports a TLS failure as an `io::Error` wrapping the rustls error, a few sources
-/// down; find it so verification failures are never retried.
+/// A TLS failure reaches hyper-util's error as an `io::Error` wrapping an `io::Error` wrapping
+/// the rustls error (`io::Error::source` skips the wrapped error, so both paths are followed);
+/// find it so verification failures are never retried.
 fn classify_client_error(url: &Url, err: &hyper_util::client::legacy::Error) -> Error {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cause {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
-            return Error::Tls {
-                url: url.to_string(),
-                cause: tls.clone(),
-                hint: tls_hint(tls),
-            };
-        }
-        cause = e.source();
+    if let Some(tls) = find_rustls_error(err) {
+        return Error::Tls {
+            url: url.to_string(),
+            cause: tls.clone(),
+            hint: tls_hint(tls),
+        };
     }
     let detail = error_chain(err);
     if err.is_connect() {
@@ -241,6 +233,20 @@ fn classify_client_error(url: &Url, err: &hyper_util::client::legacy::Error) -> 
             detail,
         }
     }
+}
+
+fn find_rustls_error<'e>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(tls) = find_rustls_error(inner)
+    {
+        return Some(tls);
+    }
+    err.source().and_then(find_rustls_error)
 }
 
 fn tls_hint(err: &rustls::Error) -> &'static str {

@@ -82,7 +82,7 @@ impl Join<'_> {
         )
         .await?;
         let list = self.etcd.member_list(local).await?;
-        let leader = name_of(&list, status.leader);
+        let leader = name_of(&list.members, status.leader);
         self.mark(status.header.member_id, &leader)
     }
 
@@ -244,6 +244,7 @@ impl Join<'_> {
     /// confirm, then write the marker.
     async fn promote(&self, ours: Member) -> anyhow::Result<()> {
         let id = ours.id;
+        let mut promoted_by = None;
         if ours.is_learner {
             let local = &self.settings.local_url;
             info!(
@@ -257,7 +258,7 @@ impl Join<'_> {
                 || self.local_started(id),
             )
             .await?;
-            retry::until(
+            promoted_by = retry::until(
                 "the learner to catch up with the leader",
                 &self.ctx.deadline,
                 Pace::EAGER,
@@ -267,15 +268,23 @@ impl Join<'_> {
         } else {
             info!("member {} is already a voter", hex_id(id));
         }
-        let (endpoint, leader) = retry::until(
-            "a voting etcd member to confirm the promotion",
-            &self.ctx.deadline,
-            Pace::REMOTE,
-            || self.confirm(id),
-        )
-        .await?;
+        // The voter that applied the promotion lists us as a voter in its answer: that is the
+        // confirmation. Otherwise (already a voter) ask a voter's list.
+        let (endpoint, members) = match promoted_by {
+            Some(confirmed) => confirmed,
+            None => {
+                retry::until(
+                    "a voting etcd member to confirm the promotion",
+                    &self.ctx.deadline,
+                    Pace::EAGER,
+                    || self.confirm(id),
+                )
+                .await?
+            }
+        };
+        let leader = self.etcd.status(&endpoint).await?.leader;
         info!("member {} is a voter (confirmed by {endpoint})", hex_id(id));
-        self.mark(id, &leader)
+        self.mark(id, &name_of(&members, leader))
     }
 
     async fn local_started(&self, id: u64) -> Result<(), Error> {
@@ -292,22 +301,24 @@ impl Join<'_> {
         Ok(())
     }
 
-    async fn try_promote(&self, id: u64) -> Result<(), Error> {
+    /// `Some` with the voter and its answer when that answer shows the promotion applied.
+    async fn try_promote(&self, id: u64) -> Result<Option<(Url, Vec<Member>)>, Error> {
         let (endpoint, _) = self.voter().await?;
         info!("promoting member {} through {endpoint}", hex_id(id));
         match self.etcd.promote(&endpoint, id).await {
-            Err(e) if Etcd::refused_for(&e, Refusal::AlreadyVoter) => Ok(()),
-            other => other,
+            Ok(members) if members.iter().any(|m| m.id == id && !m.is_learner) => {
+                Ok(Some((endpoint, members)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if Etcd::refused_for(&e, Refusal::AlreadyVoter) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
-    async fn confirm(&self, id: u64) -> Result<(Url, String), Error> {
+    async fn confirm(&self, id: u64) -> Result<(Url, Vec<Member>), Error> {
         let (endpoint, list) = self.voter().await?;
         match list.members.iter().find(|m| m.id == id) {
-            Some(m) if !m.is_learner => {
-                let status = self.etcd.status(&endpoint).await?;
-                Ok((endpoint, name_of(&list, status.leader)))
-            }
+            Some(m) if !m.is_learner => Ok((endpoint, list.members)),
             // A follower's view may trail the leader's by a moment.
             Some(_) => Err(Error::NotReady(format!(
                 "{endpoint} still lists member {} as a learner",
@@ -346,8 +357,8 @@ impl Join<'_> {
     }
 }
 
-fn name_of(list: &MemberList, id: u64) -> String {
-    list.members
+fn name_of(members: &[Member], id: u64) -> String {
+    members
         .iter()
         .find(|m| m.id == id && m.started())
         .map_or_else(|| hex_id(id), |m| m.name.clone())

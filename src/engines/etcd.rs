@@ -234,14 +234,21 @@ impl Etcd {
         .await
     }
 
-    pub async fn promote(&self, endpoint: &Url, id: u64) -> Result<(), Error> {
-        self.call::<serde_json::Value>(
-            endpoint,
-            "/v3/cluster/member/promote",
-            json!({"ID": id.to_string()}),
-        )
-        .await
-        .map(drop)
+    /// Promotes a learner; the answer is the member list as the voter that applied it sees it.
+    pub async fn promote(&self, endpoint: &Url, id: u64) -> Result<Vec<Member>, Error> {
+        #[derive(Deserialize)]
+        struct Promoted {
+            #[serde(default)]
+            members: Vec<Member>,
+        }
+        let answer: Promoted = self
+            .call(
+                endpoint,
+                "/v3/cluster/member/promote",
+                json!({"ID": id.to_string()}),
+            )
+            .await?;
+        Ok(answer.members)
     }
 
     pub async fn status(&self, endpoint: &Url) -> Result<Status, Error> {
