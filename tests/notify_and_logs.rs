@@ -95,7 +95,10 @@ fn journal_lines_carry_no_timestamp_and_each_wait_is_logged_once() {
         .lines()
         .filter(|l| l.starts_with(" INFO waiting for"))
         .count();
-    assert_eq!(waits, 1, "one line for the whole wait, not one per retry:\n{text}");
+    assert_eq!(
+        waits, 1,
+        "one line for the whole wait, not one per retry:\n{text}"
+    );
     assert!(text.contains("gave up waiting for"), "{text}");
 
     // Outside the journal, lines are timestamped for a person at a terminal or in a file.

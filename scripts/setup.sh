@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what scripts/demo.sh, scripts/test.sh and bench/run need on a Debian 12 machine, as root.
+# Idempotent: apt-get update runs only when a package is missing, the Rust musl target and
+# components are added only when missing, cargo-nextest is installed only when absent.
+# Run it (bash scripts/setup.sh); it changes nothing that is already in place.
+set -euo pipefail
+
+setup_main() {
+    local -a wanted=(
+        etcd-server etcd-client   # the cluster the demo and bench join
+        musl-tools                # musl-gcc: ring's C code for the static x86_64-unknown-linux-musl build
+        gcc libc6-dev             # the host linker and C compiler for cargo builds and tests
+        openssl                   # the lab's CA, server and client certificates
+        curl jq                   # health checks and JSON answers in the demo and bench
+        hyperfine time            # the bench's timers (time: /usr/bin/time for peak RSS)
+        procps iproute2           # ps, ss: free loopback addresses and our own processes
+        file                      # tells whether the release binary is static
+        shellcheck                # lints these scripts in scripts/test.sh
+    )
+    local -a missing=()
+    local pkg
+    for pkg in "${wanted[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    if ((${#missing[@]})); then
+        if ((EUID != 0)); then
+            echo "setup: missing Debian packages: ${missing[*]}; run scripts/setup.sh as root" >&2
+            return 1
+        fi
+        echo "setup: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+
+    # The Rust toolchain comes with the machine (rustup); it cannot be fetched from here.
+    if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+        export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "setup: cargo not found; flint needs a rustup toolchain (edition 2024) on PATH" >&2
+        return 1
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        if ! rustup target list --installed | grep -qx 'x86_64-unknown-linux-musl'; then
+            echo "setup: adding the Rust target x86_64-unknown-linux-musl"
+            rustup target add x86_64-unknown-linux-musl
+        fi
+        local comp
+        for comp in rustfmt clippy; do
+            if ! rustup component list --installed | grep -q "^${comp}"; then
+                echo "setup: adding the Rust component ${comp}"
+                rustup component add "$comp"
+            fi
+        done
+    elif ! rustc --print target-libdir --target x86_64-unknown-linux-musl >/dev/null 2>&1; then
+        echo "setup: no rustup and no x86_64-unknown-linux-musl standard library" >&2
+        return 1
+    fi
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        echo "setup: installing cargo-nextest"
+        cargo install cargo-nextest --locked
+    fi
+}
+
+setup_main "$@"

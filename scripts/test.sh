@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# README command two: every check flint must pass, as CI runs it (.ci/run).
+#
+#   sudo scripts/test.sh        (Debian 12; installs what it needs through scripts/setup.sh)
+#
+# Checks, in order: rustfmt; shellcheck on the scripts; no aws-lc-rs in the dependency graph; clippy with
+# warnings denied; the release binary for x86_64-unknown-linux-musl is static and at most 3 MiB; the
+# whole test suite under cargo-nextest (.config/nextest.toml bounds every test). Every check runs even
+# when an earlier one failed, and the script exits non-zero when any failed.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+readonly max_size=$((3 * 1024 * 1024))
+readonly target=x86_64-unknown-linux-musl
+failed=()
+passed=()
+started=$SECONDS
+
+section() { printf '\n==> %s\n' "$*"; }
+# check NAME COMMAND...: runs one check, records its outcome, never stops the script.
+check() {
+    local name=$1 t0=$SECONDS
+    shift
+    section "$name"
+    if "$@"; then
+        passed+=("$name")
+        printf -- '--- ok: %s (%d s)\n' "$name" $((SECONDS - t0))
+    else
+        failed+=("$name")
+        printf -- '--- FAILED: %s (%d s)\n' "$name" $((SECONDS - t0))
+    fi
+}
+
+shell_scripts() {
+    printf '%s\n' scripts/*.sh scripts/lib/*.sh bench/run .ci/run
+}
+
+lint_shell() {
+    local -a files
+    mapfile -t files < <(shell_scripts)
+    shellcheck -x "${files[@]}"
+}
+
+# `cargo tree -i` fails with "did not match any packages" when the package is absent: that is the pass.
+no_aws_lc_rs() {
+    local out rc=0
+    out=$(cargo tree --workspace -i aws-lc-rs --target all 2>&1) || rc=$?
+    if ((rc == 0)); then
+        printf 'aws-lc-rs is in the dependency graph:\n%s\n' "$out"
+        return 1
+    fi
+    if grep -q 'did not match any packages' <<<"$out"; then
+        echo "aws-lc-rs: not in the dependency graph"
+        return 0
+    fi
+    printf 'cargo tree failed for another reason:\n%s\n' "$out"
+    return 1
+}
+
+static_release_binary() {
+    local bin=target/$target/release/flint desc size
+    cargo build --release --locked --target "$target" || return 1
+    [[ -x $bin ]] || { echo "no binary at $bin"; return 1; }
+    desc=$(file -b "$bin")
+    size=$(stat -c %s "$bin")
+    printf '%s: %s\n%s: %d bytes (limit %d, 3 MiB)\n' "$bin" "$desc" "$bin" "$size" "$max_size"
+    if [[ $desc != *"statically linked"* && $desc != *"static-pie linked"* ]] || [[ $desc == *interpreter* ]]; then
+        echo "$bin is not a static executable"
+        return 1
+    fi
+    if ((size > max_size)); then
+        echo "$bin is larger than 3 MiB"
+        return 1
+    fi
+}
+
+section "setup (scripts/setup.sh)"
+bash scripts/setup.sh
+
+check "cargo fmt --all -- --check" cargo fmt --all -- --check
+check "shellcheck" lint_shell
+check "no aws-lc-rs (cargo tree -i aws-lc-rs --target all)" no_aws_lc_rs
+check "cargo clippy --workspace --all-targets -- -D warnings" \
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+check "static musl release binary, at most 3 MiB" static_release_binary
+check "cargo nextest run --workspace --no-fail-fast" cargo nextest run --workspace --no-fail-fast --locked
+
+printf '\n==> scripts/test.sh: %d of %d checks ok in %d s\n' "${#passed[@]}" $((${#passed[@]} + ${#failed[@]})) \
+    $((SECONDS - started))
+if ((${#failed[@]})); then
+    printf 'failed: %s\n' "${failed[@]}"
+    exit 1
+fi

@@ -1,0 +1,292 @@
+//! Every class of bad configuration stops flint with exit 78 before it writes anything, and the
+//! message names the file and the field. No etcd is needed: nothing may be contacted.
+mod common;
+
+use common::{Lab, Node, dir_entries, flint_command};
+use serde_json::json;
+
+const ADD: &[&str] = &["join", "etcd", "--phase", "add"];
+
+/// A node whose config is valid except for what the test breaks; its cluster is a lab address
+/// where nothing listens, so a config that slipped through would end in 69, not 78.
+fn node(lab: &Lab) -> Node {
+    let mut node = lab.node(3);
+    node.config["timeouts"]["total"] = json!("1s");
+    node
+}
+
+/// Runs the add phase and checks the verdict: 78, the config path and every fragment (field
+/// names, JSON paths) in stderr, and an untouched state dir.
+fn assert_rejected(node: &Node, fragments: &[&str]) {
+    let out = node.run(ADD);
+    out.assert_code(78, "bad config");
+    let path = node.config_path().display().to_string();
+    assert!(
+        out.stderr.contains(&path),
+        "stderr does not name the config file {path}:\n{}",
+        out.stderr
+    );
+    for fragment in fragments {
+        assert!(
+            out.stderr.contains(fragment),
+            "stderr does not mention {fragment:?}:\n{}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        dir_entries(&node.state_dir),
+        Vec::<String>::new(),
+        "flint wrote to the state dir despite a bad config"
+    );
+}
+
+#[test]
+fn the_base_config_is_valid() {
+    // Guards every other test here: with the base config, flint gets past the config and fails
+    // on the unreachable cluster instead.
+    let lab = Lab::new();
+    let out = node(&lab).run(ADD);
+    out.assert_code(69, "valid config, cluster unreachable");
+}
+
+#[test]
+fn syntax_error() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.set_config_text(r#"{"node_id": "node04", "leader_url": }"#);
+    assert_rejected(&node, &["line"]);
+}
+
+#[test]
+fn unknown_top_level_field() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["leader_ulr"] = json!("https://127.0.0.1:2379");
+    // The typo, and the known fields so the reader can spot the right spelling.
+    assert_rejected(&node, &["leader_ulr", "leader_url", "raft_addr"]);
+}
+
+#[test]
+fn unknown_nested_field() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["tls"]["cerrt"] = json!("client.pem");
+    assert_rejected(&node, &["tls", "cerrt", "cert"]);
+}
+
+#[test]
+fn unknown_field_in_service_section() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["etcd"]["peer_ulr"] = json!("https://127.0.0.1:2380");
+    assert_rejected(&node, &["etcd", "peer_ulr", "peer_url"]);
+}
+
+#[test]
+fn wrong_type_list_given_a_string() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["peers"] = json!("https://127.0.0.1:2379");
+    assert_rejected(&node, &["peers"]);
+}
+
+#[test]
+fn wrong_type_bool_given_a_string() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["bootstrap"] = json!("yes");
+    assert_rejected(&node, &["bootstrap"]);
+}
+
+#[test]
+fn wrong_type_nested() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["timeouts"]["request"] = json!(10);
+    assert_rejected(&node, &["timeouts", "request"]);
+}
+
+#[test]
+fn bad_duration() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["timeouts"]["connect"] = json!("3 parsecs");
+    assert_rejected(&node, &["timeouts", "connect"]);
+}
+
+#[test]
+fn bad_leader_url() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["leader_url"] = json!("not a url");
+    assert_rejected(&node, &["leader_url"]);
+}
+
+#[test]
+fn bad_peer_url_in_list() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["peers"] = json!(["https://127.0.0.1:2379", "https//missing-colon:2379"]);
+    assert_rejected(&node, &["peers"]);
+}
+
+#[test]
+fn bad_nested_url() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["etcd"]["peer_url"] = json!("https://:2380");
+    assert_rejected(&node, &["peer_url"]);
+}
+
+#[test]
+fn bad_raft_addr() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    // No port.
+    node.config["raft_addr"] = json!("127.0.0.4");
+    assert_rejected(&node, &["raft_addr"]);
+}
+
+#[test]
+fn bad_node_id_characters() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["node_id"] = json!("node 04!");
+    assert_rejected(&node, &["node_id"]);
+}
+
+#[test]
+fn node_id_too_long() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["node_id"] = json!("n".repeat(64));
+    assert_rejected(&node, &["node_id"]);
+}
+
+#[test]
+fn missing_node_id() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config
+        .as_object_mut()
+        .expect("config is an object")
+        .remove("node_id");
+    assert_rejected(&node, &["node_id"]);
+}
+
+#[test]
+fn empty_file() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.set_config_text("");
+    assert_rejected(&node, &[]);
+}
+
+#[test]
+fn missing_file() {
+    let lab = Lab::new();
+    let node = node(&lab);
+    let missing = node.dir.join("no-such-dir").join("cluster-config.json");
+    let out = common::FlintProcess::spawn({
+        let mut command = flint_command();
+        command
+            .arg("--config")
+            .arg(&missing)
+            .arg("--state-dir")
+            .arg(&node.state_dir)
+            .args(ADD);
+        command
+    })
+    .wait(std::time::Duration::from_secs(30));
+    out.assert_code(78, "missing config file");
+    assert!(
+        out.stderr.contains(&missing.display().to_string()),
+        "stderr does not name {}:\n{}",
+        missing.display(),
+        out.stderr
+    );
+    assert_eq!(dir_entries(&node.state_dir), Vec::<String>::new());
+}
+
+#[test]
+fn missing_ca_file() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["tls"]["ca"] = json!("no-such-ca.pem");
+    let out = node.run(ADD);
+    out.assert_code(78, "CA file missing");
+    assert!(
+        out.stderr.contains("no-such-ca.pem"),
+        "stderr does not name the missing CA file:\n{}",
+        out.stderr
+    );
+    assert_eq!(dir_entries(&node.state_dir), Vec::<String>::new());
+}
+
+#[test]
+fn credentials_directory_takes_precedence_over_config_flag() {
+    let lab = Lab::new();
+    let node = node(&lab);
+    // A valid file at --config, a broken one in the credentials dir: the verdict must come from
+    // the credentials file.
+    let credentials = lab.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("create credentials dir");
+    let credential = credentials.join("cluster-config.json");
+    let mut broken = node.config.clone();
+    broken["from_credentials"] = json!(true);
+    std::fs::write(&credential, broken.to_string()).expect("write credential");
+    for file in ["ca.pem", "client.pem", "client-key.pem"] {
+        std::fs::copy(node.dir.join(file), credentials.join(file)).expect("copy TLS file");
+    }
+    let mut command = node.command(ADD);
+    command.env("CREDENTIALS_DIRECTORY", &credentials);
+    let out = common::FlintProcess::spawn(command).wait(std::time::Duration::from_secs(30));
+    out.assert_code(78, "broken credential, valid --config");
+    assert!(
+        out.stderr.contains(&credential.display().to_string())
+            && out.stderr.contains("from_credentials"),
+        "stderr does not blame the credentials file {}:\n{}",
+        credential.display(),
+        out.stderr
+    );
+}
+
+#[test]
+fn credentials_directory_config_is_used_when_config_flag_is_broken() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    let credentials = lab.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("create credentials dir");
+    std::fs::write(
+        credentials.join("cluster-config.json"),
+        node.config.to_string(),
+    )
+    .expect("write credential");
+    for file in ["ca.pem", "client.pem", "client-key.pem"] {
+        std::fs::copy(node.dir.join(file), credentials.join(file)).expect("copy TLS file");
+    }
+    node.set_config_text("{ this is not json");
+    let mut command = node.command(ADD);
+    command.env("CREDENTIALS_DIRECTORY", &credentials);
+    let out = common::FlintProcess::spawn(command).wait(std::time::Duration::from_secs(30));
+    // The credential is valid and the cluster unreachable: 69, never the 78 of --config's file.
+    out.assert_code(69, "valid credential, broken --config");
+}
+
+#[test]
+fn unknown_subcommand_is_usage_error() {
+    for args in [
+        &["frobnicate"][..],
+        &["join", "nosuch"],
+        &["join", "etcd", "--phase", "sideways"],
+        &["health", "--no-such-flag"],
+    ] {
+        let out = common::FlintProcess::spawn({
+            let mut command = flint_command();
+            command.args(args);
+            command
+        })
+        .wait(std::time::Duration::from_secs(30));
+        out.assert_code(64, &format!("flint {}", args.join(" ")));
+    }
+}

@@ -1,0 +1,209 @@
+//! `flint health` against a real 3-member cluster: healthy, one member down (quorum kept, the
+//! dead member reported), two down (quorum lost, exit 1).
+mod common;
+
+use common::{EtcdCluster, FlintOutput, Node};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// The health check as node01 would run it.
+fn checker(cluster: &EtcdCluster) -> Node {
+    let mut node = cluster.node(0);
+    node.config["timeouts"] = json!({"total": "15s", "request": "3s", "connect": "2s"});
+    node
+}
+
+fn health_json(node: &Node) -> (FlintOutput, Value) {
+    let out = node.run(&["health", "--json"]);
+    let json: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("health --json printed no JSON ({e}): {}", out.describe()));
+    (out, json)
+}
+
+/// The etcd entry of the report, with the shape of the interface draft checked.
+fn etcd_report(json: &Value) -> &Value {
+    assert!(
+        json["healthy"].is_boolean(),
+        "no top-level healthy: {json:#}"
+    );
+    let services = json["services"].as_array().expect("services is a list");
+    let etcd = services
+        .iter()
+        .find(|s| s["service"] == "etcd")
+        .unwrap_or_else(|| panic!("no etcd service in {json:#}"));
+    assert!(etcd["healthy"].is_boolean(), "service healthy: {etcd:#}");
+    assert!(etcd["problems"].is_array(), "problems: {etcd:#}");
+    for member in etcd["members"].as_array().expect("members is a list") {
+        assert!(member["id"].is_string(), "member id: {member:#}");
+        assert!(member["name"].is_string(), "member name: {member:#}");
+        assert!(member["client_urls"].is_array(), "client_urls: {member:#}");
+        assert!(
+            ["leader", "follower", "learner"].contains(&member["role"].as_str().unwrap_or("")),
+            "member role: {member:#}"
+        );
+        assert!(member["healthy"].is_boolean(), "member healthy: {member:#}");
+        assert!(
+            member["error"].is_null() || member["error"].is_string(),
+            "member error: {member:#}"
+        );
+    }
+    etcd
+}
+
+/// The value of the first sample of `name` whose labels include `labels` (more labels, such as a
+/// member ID, are fine), in node_exporter's textfile format.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let present: Vec<(&str, &str)> = label_text
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    Some((k, v.strip_prefix('"')?.strip_suffix('"')?))
+                })
+                .collect();
+            let matches = metric == name && labels.iter().all(|l| present.contains(l));
+            if matches { value.parse().ok() } else { None }
+        })
+}
+
+fn member<'a>(etcd: &'a Value, name: &str) -> &'a Value {
+    etcd["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == name))
+        .unwrap_or_else(|| panic!("no member {name} in {etcd:#}"))
+}
+
+#[test]
+fn healthy_cluster_reports_members_and_leader() {
+    let cluster = EtcdCluster::start(3);
+    let node = checker(&cluster);
+
+    let table = node.run(&["health"]);
+    table.assert_code(0, "health of a healthy cluster");
+    for name in ["node01", "node02", "node03"] {
+        assert!(
+            table.stdout.contains(name),
+            "table lacks {name}: {}",
+            table.describe()
+        );
+    }
+    assert!(
+        table.stdout.to_lowercase().contains("leader"),
+        "table names no leader: {}",
+        table.describe()
+    );
+
+    let (out, json) = health_json(&node);
+    out.assert_code(0, "health --json of a healthy cluster");
+    assert_eq!(json["healthy"], true, "{json:#}");
+    let etcd = etcd_report(&json);
+    assert_eq!(etcd["healthy"], true, "{etcd:#}");
+    let members = etcd["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{etcd:#}");
+    let leaders: Vec<&Value> = members.iter().filter(|m| m["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "exactly one leader: {etcd:#}");
+    assert_eq!(etcd["leader"], leaders[0]["name"], "{etcd:#}");
+    let listed = cluster.member_list();
+    for m in members {
+        assert_eq!(m["healthy"], true, "{m:#}");
+        let known = listed
+            .iter()
+            .find(|l| l.name == m["name"].as_str().unwrap_or_default())
+            .unwrap_or_else(|| panic!("{m:#} is not in etcdctl's member list {listed:#?}"));
+        assert_eq!(m["id"], known.id_hex.as_str(), "id in etcd's hex form");
+        assert_eq!(m["client_urls"], json!(known.client_urls));
+    }
+
+    let textfile = node.dir.join("flint.prom");
+    let out = node.run(&[
+        "health",
+        "--textfile",
+        textfile.to_str().expect("UTF-8 path"),
+    ]);
+    out.assert_code(0, "health --textfile");
+    let metrics = std::fs::read_to_string(&textfile).expect("textfile written");
+    for (name, labels, value) in [
+        ("flint_cluster_healthy", &[("service", "etcd")][..], 1.0),
+        ("flint_cluster_members", &[("service", "etcd")], 3.0),
+        ("flint_cluster_leaders", &[("service", "etcd")], 1.0),
+        (
+            "flint_member_healthy",
+            &[("service", "etcd"), ("member", "node01")],
+            1.0,
+        ),
+        (
+            "flint_member_healthy",
+            &[("service", "etcd"), ("member", "node02")],
+            1.0,
+        ),
+        (
+            "flint_member_healthy",
+            &[("service", "etcd"), ("member", "node03")],
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&metrics, name, labels),
+            Some(value),
+            "{name}{labels:?} in\n{metrics}"
+        );
+    }
+    let timestamp = sample(&metrics, "flint_health_check_timestamp_seconds", &[])
+        .unwrap_or_else(|| panic!("no timestamp in\n{metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    assert!(
+        (now - timestamp).abs() < 300.0,
+        "timestamp {timestamp}, now {now}"
+    );
+    // node_exporter reads the file at any time: it must be renamed into place, never left as a
+    // temp file beside it.
+    let leftovers: Vec<String> = common::dir_entries(&node.dir)
+        .into_iter()
+        .filter(|e| e.contains("flint.prom") && e != "flint.prom")
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+#[test]
+fn member_loss_is_reported_and_quorum_loss_fails() {
+    let mut cluster = EtcdCluster::start(3);
+    let node = checker(&cluster);
+
+    cluster.stop(2);
+    cluster.wait_for_leader(Duration::from_secs(15));
+    let (out, json) = health_json(&node);
+    out.assert_code(0, "health with one of three members down (quorum kept)");
+    let etcd = etcd_report(&json);
+    let dead = member(etcd, "node03");
+    assert_eq!(dead["healthy"], false, "node03 is down: {etcd:#}");
+    assert!(dead["error"].is_string(), "node03 has no error: {etcd:#}");
+    for name in ["node01", "node02"] {
+        assert_eq!(member(etcd, name)["healthy"], true, "{name}: {etcd:#}");
+    }
+
+    cluster.stop(1);
+    let out = node.run(&["health", "--json"]);
+    out.assert_code(1, "health with two of three members down (no quorum)");
+    let json: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON for an unhealthy cluster ({e}): {}", out.describe()));
+    assert_eq!(json["healthy"], false, "{json:#}");
+    assert_eq!(etcd_report(&json)["healthy"], false, "{json:#}");
+
+    // Quorum back: the verdict follows the cluster, nothing sticks from the failed check.
+    cluster.restart(1);
+    cluster.wait_for_leader(Duration::from_secs(15));
+    node.run(&["health"])
+        .assert_code(0, "health after a member came back (quorum again)");
+}
