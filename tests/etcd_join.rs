@@ -348,3 +348,39 @@ fn two_nodes_joining_at_once_both_become_voters() {
     cluster.assert_joined(&node5);
     cluster.wait_for_voters(5, Duration::from_secs(5));
 }
+
+#[test]
+fn bootstrap_nodes_wait_for_a_leader_and_quorum_then_mark() {
+    let mut cluster = EtcdCluster::start(3);
+    let members = cluster.member_list();
+
+    let mut first = cluster.node(0);
+    first.config["bootstrap"] = json!(true);
+    let run = first.run(JOIN);
+    run.assert_code(0, "bootstrap join of node01");
+    let marker = first.marker().expect("marker after a bootstrap join");
+    let ours = members
+        .iter()
+        .find(|m| m.name == "node01")
+        .expect("node01 listed");
+    assert_eq!(marker["member_id"], json!(ours.id_hex), "{marker}");
+    assert!(
+        members.iter().any(|m| json!(m.name) == marker["leader"]),
+        "the leader is a member by name: {marker}"
+    );
+    assert_eq!(
+        cluster.member_list().len(),
+        3,
+        "a bootstrap join adds nothing"
+    );
+
+    // Without a quorum there is no leader: the bootstrap node waits, then gives up with 69.
+    cluster.stop(1);
+    cluster.stop(2);
+    std::fs::remove_file(first.marker_path()).expect("remove the marker");
+    first.config["timeouts"]["total"] = json!("4s");
+    let run = first.run(JOIN);
+    run.assert_code(69, "bootstrap join without quorum");
+    assert!(run.stderr.contains("leader"), "{}", run.describe());
+    assert!(first.marker().is_none(), "no marker without a leader");
+}
