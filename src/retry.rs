@@ -67,10 +67,12 @@ impl Classify for DeadlinePassed {
     }
 }
 
-/// How fast a step polls: `first` is the ceiling of the first wait, doubling up to `max`.
+/// How fast a step polls: waits under a ceiling of `first` for the first `keep_first_for`, then
+/// a ceiling that doubles on every try up to `max`.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     pub first: Duration,
+    pub keep_first_for: Duration,
     pub max: Duration,
 }
 
@@ -78,12 +80,15 @@ impl Pace {
     /// A remote cluster that may be busy: start gently.
     pub const REMOTE: Pace = Pace {
         first: Duration::from_millis(200),
+        keep_first_for: Duration::ZERO,
         max: Duration::from_secs(5),
     };
-    /// Something expected to happen within milliseconds (a local member starting, a learner
-    /// catching up): look again soon, then back off.
+    /// Something expected within a fraction of a second (a local member starting, a learner
+    /// catching up): look often for a couple of seconds, since every poll interval is added to
+    /// the join's latency, then back off.
     pub const EAGER: Pace = Pace {
         first: Duration::from_millis(20),
+        keep_first_for: Duration::from_secs(2),
         max: Duration::from_secs(1),
     };
 }
@@ -93,8 +98,9 @@ impl BackoffBuilder for Pace {
 
     fn build(self) -> FullJitter {
         FullJitter {
+            pace: self,
             ceiling: self.first,
-            max: self.max,
+            waited: Duration::ZERO,
         }
     }
 }
@@ -102,8 +108,9 @@ impl BackoffBuilder for Pace {
 /// Endless: the deadline, not a count, ends the retries.
 #[derive(Debug)]
 pub struct FullJitter {
+    pace: Pace,
     ceiling: Duration,
-    max: Duration,
+    waited: Duration,
 }
 
 impl Iterator for FullJitter {
@@ -111,9 +118,13 @@ impl Iterator for FullJitter {
 
     fn next(&mut self) -> Option<Duration> {
         let ceiling = self.ceiling;
-        self.ceiling = (self.ceiling * 2).min(self.max);
+        if self.waited >= self.pace.keep_first_for {
+            self.ceiling = (self.ceiling * 2).min(self.pace.max);
+        }
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Some(Duration::from_nanos(fastrand::u64(0..=nanos)))
+        let wait = Duration::from_nanos(fastrand::u64(0..=nanos));
+        self.waited += wait;
+        Some(wait)
     }
 }
 
@@ -211,6 +222,7 @@ mod tests {
     fn full_jitter_stays_under_a_doubling_ceiling() {
         let mut backoff = Pace {
             first: Duration::from_millis(10),
+            keep_first_for: Duration::ZERO,
             max: Duration::from_millis(80),
         }
         .build();
@@ -221,6 +233,19 @@ mod tests {
                 "{wait:?} > {ceiling}ms"
             );
         }
+    }
+
+    #[test]
+    fn an_eager_pace_keeps_its_first_ceiling_for_a_while() {
+        let mut backoff = Pace::EAGER.build();
+        let mut waited = Duration::ZERO;
+        while waited < Pace::EAGER.keep_first_for {
+            let wait = backoff.next().unwrap();
+            assert!(wait <= Pace::EAGER.first, "{wait:?} while polling eagerly");
+            waited += wait;
+        }
+        let later = (0..20).map(|_| backoff.next().unwrap()).max().unwrap();
+        assert!(later <= Pace::EAGER.max);
     }
 
     #[tokio::test(start_paused = true)]

@@ -251,6 +251,19 @@ impl Etcd {
         Ok(answer.members)
     }
 
+    /// A count-only linearizable read of one key under flint's own prefix: it goes through
+    /// raft's ReadIndex, so the leader heartbeats every member before answering.
+    pub async fn linearizable_read(&self, endpoint: &Url) -> Result<(), Error> {
+        // base64("/flint/read-index")
+        self.call::<serde_json::Value>(
+            endpoint,
+            "/v3/kv/range",
+            json!({"key": "L2ZsaW50L3JlYWQtaW5kZXg=", "count_only": true}),
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn status(&self, endpoint: &Url) -> Result<Status, Error> {
         self.call(endpoint, "/v3/maintenance/status", json!({}))
             .await
