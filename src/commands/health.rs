@@ -181,6 +181,7 @@ async fn check_etcd(ctx: &Context) -> anyhow::Result<ServiceReport> {
             error,
         });
     }
+    members.sort_by(|a, b| a.name.cmp(&b.name));
     let quorum = voters / 2 + 1;
     if healthy_voters < quorum {
         problems.push(format!(
