@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 
-use crate::commands::{self, Context, join_etcd};
-use crate::config;
-use crate::exit::{self, ExitStatus};
+use crate::commands::{self, Context, iam_setup, join_admin, join_etcd, node_join};
+use crate::config::{self, Service};
+use crate::exit::{self, Classify, ExitStatus};
 use crate::state::{MarkerKind, StateDir};
 use crate::systemd;
 
@@ -36,11 +36,13 @@ pub enum Command {
     /// Join this node to a service's cluster, once (a marker records it).
     Join {
         /// The service whose cluster to join.
-        service: Service,
+        service: JoinService,
         /// Run one phase of an etcd join: `add` before etcd starts, `promote` after.
         #[arg(long)]
         phase: Option<join_etcd::Phase>,
     },
+    /// Run IAM's initial setup (first organization and admin), once, after flaredb has joined.
+    IamSetup,
     /// Check each service's quorum, leader and members; exit 1 when unhealthy.
     Health {
         /// Print the report as JSON.
@@ -50,18 +52,27 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         textfile: Option<PathBuf>,
     },
+    /// Show this node's join state and what a join would do; with a flag, recover.
+    NodeJoin(node_join::Args),
 }
 
+/// The services `flint join` joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Service {
+pub enum JoinService {
+    /// chainfire, through its admin API.
+    Chainfire,
+    /// flaredb, through its admin API.
+    Flaredb,
     /// etcd, through its v3 JSON gateway.
     Etcd,
 }
 
-impl Service {
-    fn marker(self) -> MarkerKind {
-        match self {
-            Service::Etcd => MarkerKind::EtcdJoined,
+impl From<JoinService> for Service {
+    fn from(service: JoinService) -> Service {
+        match service {
+            JoinService::Chainfire => Service::Chainfire,
+            JoinService::Flaredb => Service::Flaredb,
+            JoinService::Etcd => Service::Etcd,
         }
     }
 }
@@ -94,17 +105,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     let config_path = config::locate(systemd::credentials_dir().as_deref(), cli.config.as_deref());
     match cli.command {
         Command::Join { service, phase } => {
-            // Run-once: a node that has joined never reads its config or touches the network.
-            if already_joined(&state, service)? {
+            if phase.is_some() && service != JoinService::Etcd {
+                return Err(UsageError("--phase applies to `flint join etcd` only".into()).into());
+            }
+            if already_done(&state, service.into())? {
                 return Ok(ExitStatus::Success);
             }
             let ctx = Context::new(config_path, state)?;
             let _lock = ctx.state.lock().await?;
-            if already_joined(&ctx.state, service)? {
+            if already_done(&ctx.state, service.into())? {
                 return Ok(ExitStatus::Success);
             }
             match service {
-                Service::Etcd => join_etcd::run(&ctx, phase).await?,
+                JoinService::Etcd => join_etcd::run(&ctx, phase).await?,
+                JoinService::Chainfire | JoinService::Flaredb => {
+                    join_admin::run(&ctx, service.into()).await?
+                }
+            }
+            Ok(ExitStatus::Success)
+        }
+        Command::IamSetup => {
+            if already_done(&state, Service::Iam)? {
+                return Ok(ExitStatus::Success);
+            }
+            let ctx = Context::new(config_path, state)?;
+            let _lock = ctx.state.lock().await?;
+            if !already_done(&ctx.state, Service::Iam)? {
+                iam_setup::run(&ctx).await?;
             }
             Ok(ExitStatus::Success)
         }
@@ -117,19 +144,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
                 ExitStatus::Unhealthy
             })
         }
+        Command::NodeJoin(args) => {
+            let ctx = Context::new(config_path, state)?;
+            node_join::run(&ctx, args).await
+        }
     }
 }
 
-fn already_joined(state: &StateDir, service: Service) -> anyhow::Result<bool> {
-    let kind = service.marker();
+/// Run-once: with the service's marker present, a join exits 0 without reading its
+/// configuration or touching the network. Checked again under the lock, since another flint
+/// may have finished meanwhile.
+pub fn already_done(state: &StateDir, service: Service) -> anyhow::Result<bool> {
+    let kind = MarkerKind::of(service);
     let Some(marker) = state.marker(kind)? else {
         return Ok(false);
     };
-    info!(
-        "already joined as member {} on {} (marker {}); nothing to do",
-        marker.member_id,
-        marker.node_id,
-        state.path().join(kind.file_name()).display()
-    );
+    let path = state.path().join(kind.file_name());
+    match service {
+        Service::Iam => info!(
+            "IAM already set up (organization {}; marker {}); nothing to do",
+            marker.org.as_deref().unwrap_or("-"),
+            path.display()
+        ),
+        _ => info!(
+            "already joined {service} as member {} (marker {}); nothing to do",
+            marker.member_id.as_deref().unwrap_or(&marker.node_id),
+            path.display()
+        ),
+    }
     Ok(true)
+}
+
+/// A command line clap accepts but flint does not.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl Classify for UsageError {
+    fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Usage
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
 use hyper::{Method, Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -16,6 +16,7 @@ use url::Url;
 use crate::config::Timeouts;
 use crate::exit::{Classify, ExitStatus};
 use crate::retry::Class;
+use crate::secrets::Secret;
 
 /// No admin answer flint reads comes near this; a bigger one is a misbehaving server.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
@@ -41,6 +42,9 @@ pub enum Error {
     /// The answer is larger than any answer flint expects.
     #[error("answer from {url} is larger than {MAX_ANSWER_BYTES} bytes")]
     TooLarge { url: String },
+    /// The token file holds characters an HTTP header cannot carry.
+    #[error("the join token holds characters an Authorization header cannot carry")]
+    BadToken,
     /// The answer is not the JSON flint expects.
     #[error("unexpected answer from {url} (HTTP {status}): {detail}: {snippet:?}")]
     Decode {
@@ -55,7 +59,9 @@ impl Error {
     /// Whether a retry can help: verification failures and malformed answers are permanent.
     pub fn class(&self) -> Class {
         match self {
-            Error::Tls { .. } | Error::TooLarge { .. } | Error::Decode { .. } => Class::Permanent,
+            Error::Tls { .. } | Error::TooLarge { .. } | Error::Decode { .. } | Error::BadToken => {
+                Class::Permanent
+            }
             Error::Connect { .. } | Error::Timeout { .. } | Error::Transport { .. } => {
                 Class::Transient { retry_after: None }
             }
@@ -67,6 +73,7 @@ impl Classify for Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Tls { .. } => ExitStatus::Permission,
+            Error::BadToken => ExitStatus::Config,
             Error::TooLarge { .. } | Error::Decode { .. } => ExitStatus::BadAnswer,
             Error::Connect { .. } | Error::Timeout { .. } | Error::Transport { .. } => {
                 ExitStatus::Unavailable
@@ -82,12 +89,26 @@ pub struct Answer {
     pub status: StatusCode,
     pub retry_after: Option<Duration>,
     pub location: Option<String>,
+    pub content_type: Option<String>,
     pub body: Bytes,
 }
 
 impl Answer {
+    /// The body as `T`, whatever its `Content-Type` (etcd labels `/health` as text/plain).
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(|e| self.decode_error(e.to_string()))
+    }
+
+    /// The body as `T` from an API that labels its JSON: anything labelled otherwise is
+    /// refused, so an HTML error page from a proxy is never mistaken for the service's answer.
+    pub fn labelled_json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        match &self.content_type {
+            Some(kind) if kind.to_ascii_lowercase().contains("json") => self.json(),
+            other => Err(self.decode_error(format!(
+                "expected Content-Type application/json, got {}",
+                other.as_deref().unwrap_or("none")
+            ))),
+        }
     }
 
     pub fn decode_error(&self, detail: String) -> Error {
@@ -144,19 +165,35 @@ impl Client {
     }
 
     pub async fn get(&self, url: &Url) -> Result<Answer, Error> {
-        self.send(Method::GET, url, None).await
+        self.send(Method::GET, url, None, None).await
     }
 
     pub async fn post_json(&self, url: &Url, body: &serde_json::Value) -> Result<Answer, Error> {
-        let bytes = serde_json::to_vec(body).expect("a serde_json::Value always serializes");
-        self.send(Method::POST, url, Some(Bytes::from(bytes))).await
+        self.send(Method::POST, url, Some(body), None).await
     }
 
-    async fn send(&self, method: Method, url: &Url, body: Option<Bytes>) -> Result<Answer, Error> {
+    /// A request with a JSON body (or none) and, when given, a bearer token.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+        token: Option<&Secret>,
+    ) -> Result<Answer, Error> {
         let mut request = Request::builder().method(method).uri(url.as_str());
         if body.is_some() {
             request = request.header(CONTENT_TYPE, "application/json");
         }
+        if let Some(token) = token {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| Error::BadToken)?;
+            // Keeps the value out of hyper's own debug output.
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        let body = body.map(|b| {
+            Bytes::from(serde_json::to_vec(b).expect("a serde_json::Value always serializes"))
+        });
         let request = request
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| Error::Transport {
@@ -196,6 +233,7 @@ impl Client {
                     .and_then(|v| v.trim().parse().ok())
                     .map(Duration::from_secs),
                 location: header(LOCATION).map(str::to_owned),
+                content_type: header(CONTENT_TYPE).map(str::to_owned),
                 body,
             })
         };

@@ -7,7 +7,17 @@ use flint::cli::{self, Cli};
 use flint::exit::ExitStatus;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // Installed under the seed's name `node-join` (a symlink), the binary is `flint node-join`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str());
+    if invoked_as == Some("node-join") {
+        args.insert(1, "node-join".into());
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

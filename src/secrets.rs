@@ -1,5 +1,7 @@
-//! Files that hold secrets (private keys, tokens): refused when group or others may read them.
+//! Files that hold secrets (private keys, tokens): refused when group or others may read them,
+//! and kept in memory in a type that never prints its content.
 
+use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,9 @@ pub enum Error {
         path.display()
     )]
     Exposed { path: PathBuf, mode: u32 },
+    /// The file holds nothing usable.
+    #[error("secret file {} is empty", path.display())]
+    Empty { path: PathBuf },
     /// The file cannot be inspected at all.
     #[error("cannot read secret file {}", path.display())]
     Unreadable {
@@ -28,6 +33,7 @@ impl Classify for Error {
             Error::Unreadable { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ExitStatus::Config
             }
+            Error::Empty { .. } => ExitStatus::Config,
             _ => ExitStatus::Permission,
         }
     }
@@ -47,4 +53,78 @@ pub fn ensure_private(path: &Path) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// A token read from a file. `Debug` and `Display` print a placeholder, so a secret cannot reach
+/// a log line through an error or a `{:?}`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that sends it (an `Authorization` header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Reads a token file (one line; surrounding whitespace dropped) after checking its permissions.
+pub fn read_token(path: &Path) -> Result<Secret, Error> {
+    ensure_private(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Error::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Secret(token.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::Permissions;
+
+    #[test]
+    fn tokens_are_read_trimmed_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cr3t-token\n").unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        let secret = read_token(&path).unwrap();
+        assert_eq!(secret.expose(), "s3cr3t-token");
+        assert!(!format!("{secret} {secret:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn shared_or_empty_token_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "t").unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
+        let err = read_token(&path).unwrap_err();
+        assert_eq!(err.exit_status(), ExitStatus::Permission);
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::write(&path, "\n").unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_token(&path).unwrap_err().exit_status(),
+            ExitStatus::Config
+        );
+    }
 }

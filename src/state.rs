@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::config::Service;
 use crate::exit::{Classify, ExitStatus};
 
 const LOCK_FILE: &str = ".lock";
@@ -43,13 +44,28 @@ impl Classify for Error {
 /// The run-once markers, named as the seed names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MarkerKind {
+    ChainfireJoined,
+    FlaredbJoined,
     EtcdJoined,
+    IamSetupDone,
 }
 
 impl MarkerKind {
+    pub fn of(service: Service) -> MarkerKind {
+        match service {
+            Service::Chainfire => MarkerKind::ChainfireJoined,
+            Service::Flaredb => MarkerKind::FlaredbJoined,
+            Service::Etcd => MarkerKind::EtcdJoined,
+            Service::Iam => MarkerKind::IamSetupDone,
+        }
+    }
+
     pub fn file_name(self) -> &'static str {
         match self {
+            MarkerKind::ChainfireJoined => ".chainfire-joined",
+            MarkerKind::FlaredbJoined => ".flaredb-joined",
             MarkerKind::EtcdJoined => ".etcd-joined",
+            MarkerKind::IamSetupDone => ".iam-setup-done",
         }
     }
 }
@@ -58,12 +74,38 @@ impl MarkerKind {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Marker {
+    pub service: String,
     pub node_id: String,
-    pub member_id: String,
-    pub leader: String,
+    /// The member's ID in the cluster (etcd's hex ID; the node ID for the admin APIs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<String>,
+    /// The leader that confirmed the membership, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// IAM: the organization the initial setup created or found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
     /// Seconds since the Unix epoch.
     pub joined_at: u64,
     pub flint_version: String,
+}
+
+impl Marker {
+    /// A marker stamped now with this flint's version.
+    pub fn now(service: Service, node_id: &str) -> Marker {
+        Marker {
+            service: service.name().to_owned(),
+            node_id: node_id.to_owned(),
+            member_id: None,
+            leader: None,
+            org: None,
+            joined_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+            flint_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -207,13 +249,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path().to_owned());
         assert_eq!(state.marker(MarkerKind::EtcdJoined).unwrap(), None);
-        let marker = Marker {
-            node_id: "node04".into(),
-            member_id: "8e9e05c52164694d".into(),
-            leader: "node01".into(),
-            joined_at: 1,
-            flint_version: "0.1.0".into(),
-        };
+        let mut marker = Marker::now(Service::Etcd, "node04");
+        marker.member_id = Some("8e9e05c52164694d".into());
+        marker.leader = Some("node01".into());
         state.write_marker(MarkerKind::EtcdJoined, &marker).unwrap();
         assert_eq!(state.marker(MarkerKind::EtcdJoined).unwrap(), Some(marker));
         std::fs::write(dir.path().join(".etcd-joined"), "{").unwrap();

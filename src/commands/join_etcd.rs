@@ -2,17 +2,17 @@
 //! voter once it has started and caught up (docs/join-protocol.md).
 
 use std::cell::RefCell;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tracing::info;
 use url::Url;
 
 use super::Context;
-use crate::config::EtcdSettings;
+use crate::config::{EtcdSettings, Service};
 use crate::engines::Error;
 use crate::engines::etcd::{Etcd, Member, MemberList, Refusal, bare_url, hex_id};
-use crate::retry::{self, Classified, Pace};
+use crate::retry::{self, Pace};
 use crate::state::{Marker, MarkerKind};
 use crate::systemd;
 
@@ -181,23 +181,9 @@ impl Join<'_> {
     /// A member that can change membership, and its member list: the leader URL first, then
     /// each peer. Learners are skipped, never asked.
     async fn voter(&self) -> Result<(Url, MemberList), Error> {
-        let mut last = None;
-        for endpoint in self.settings.endpoints.iter() {
-            match self.etcd.member_list(endpoint).await {
-                Ok(list) if list.answering().is_some_and(|m| !m.is_learner) => {
-                    self.last_voter.replace(Some(endpoint.clone()));
-                    return Ok((endpoint.clone(), list));
-                }
-                Ok(_) => {
-                    last = Some(Error::NoVoter {
-                        tried: format!("{endpoint} (a learner)"),
-                    })
-                }
-                Err(e) if e.class() == retry::Class::Permanent => return Err(e),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("config validation guarantees at least one endpoint"))
+        let (endpoint, list) = self.etcd.voter(&self.settings.endpoints).await?;
+        self.last_voter.replace(Some(endpoint.clone()));
+        Ok((endpoint, list))
     }
 
     /// Phase promote on its own: find the member phase add created.
@@ -352,16 +338,9 @@ impl Join<'_> {
     }
 
     fn mark(&self, member_id: u64, leader: &str) -> anyhow::Result<()> {
-        let marker = Marker {
-            node_id: self.node.to_owned(),
-            member_id: hex_id(member_id),
-            leader: leader.to_owned(),
-            joined_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default(),
-            flint_version: env!("CARGO_PKG_VERSION").to_owned(),
-        };
+        let mut marker = Marker::now(Service::Etcd, self.node);
+        marker.member_id = Some(hex_id(member_id));
+        marker.leader = Some(leader.to_owned());
         let path = self
             .ctx
             .state
@@ -369,7 +348,7 @@ impl Join<'_> {
             .context("recording the join")?;
         info!(
             "joined etcd as member {} (leader {leader}); marker {}",
-            marker.member_id,
+            hex_id(member_id),
             path.display()
         );
         systemd::status("joined etcd");

@@ -2,13 +2,17 @@
 //! directory, the HTTP client and the deadline.
 
 pub mod health;
+pub mod iam_setup;
+pub mod join_admin;
 pub mod join_etcd;
+pub mod node_join;
 
 use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::http;
 use crate::retry::Deadline;
+use crate::secrets::{self, Secret};
 use crate::state::StateDir;
 use crate::tls;
 
@@ -16,6 +20,8 @@ pub struct Context {
     pub config: Config,
     pub state: StateDir,
     pub http: http::Client,
+    /// The bearer token for the admin APIs, when the file names one.
+    pub join_token: Option<Secret>,
     pub deadline: Deadline,
 }
 
@@ -24,9 +30,11 @@ impl Context {
     /// starts now.
     pub fn new(config_path: PathBuf, state: StateDir) -> anyhow::Result<Self> {
         let config = Config::load(&config_path)?;
-        if let Some(token) = &config.join_token_file {
-            crate::secrets::ensure_private(token)?;
-        }
+        let join_token = config
+            .join_token_file
+            .as_deref()
+            .map(secrets::read_token)
+            .transpose()?;
         let tls = tls::client_config(config.tls.as_ref())?;
         let http = http::Client::new(tls, &config.timeouts);
         let deadline = Deadline::after(config.timeouts.total);
@@ -34,6 +42,7 @@ impl Context {
             config,
             state,
             http,
+            join_token,
             deadline,
         })
     }

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
-use super::Error;
-use crate::config::join_path;
-use crate::http::{Answer, Client};
-use crate::retry::Class;
+use super::{Error, status_error};
+use crate::config::{Endpoints, join_path};
+use crate::http::Client;
+use crate::retry::{Class, Classified};
 
 /// etcd's refusals that flint acts on, recognised by gRPC code and message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +225,37 @@ impl Etcd {
             .await
     }
 
+    /// A member that can change membership, and its member list: each endpoint in order
+    /// (the leader URL first); learners are skipped, never asked.
+    pub async fn voter(&self, endpoints: &Endpoints) -> Result<(Url, MemberList), Error> {
+        let mut last = None;
+        for endpoint in endpoints.iter() {
+            match self.member_list(endpoint).await {
+                Ok(list) if list.answering().is_some_and(|m| !m.is_learner) => {
+                    return Ok((endpoint.clone(), list));
+                }
+                Ok(_) => {
+                    last = Some(Error::NoVoter {
+                        tried: format!("{endpoint} (a learner)"),
+                    })
+                }
+                Err(e) if e.class() == Class::Permanent => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("config validation guarantees at least one endpoint"))
+    }
+
+    pub async fn remove(&self, endpoint: &Url, id: u64) -> Result<(), Error> {
+        self.call::<serde_json::Value>(
+            endpoint,
+            "/v3/cluster/member/remove",
+            json!({"ID": id.to_string()}),
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn add_learner(&self, endpoint: &Url, peer_url: &str) -> Result<AddAnswer, Error> {
         self.call(
             endpoint,
@@ -315,18 +346,6 @@ impl Etcd {
             }
             _ => Err(status_error(&answer)),
         }
-    }
-}
-
-fn status_error(answer: &Answer) -> Error {
-    Error::Status {
-        url: answer.url.to_string(),
-        status: answer.status,
-        snippet: String::from_utf8_lossy(&answer.body)
-            .chars()
-            .take(200)
-            .collect(),
-        class: answer.status_class(),
     }
 }
 

@@ -1,9 +1,11 @@
 //! One adapter per service protocol, and the errors they share.
 
+pub mod admin;
 pub mod etcd;
+pub mod iam;
 
 use crate::exit::{Classify, ExitStatus};
-use crate::http;
+use crate::http::{self, Answer};
 use crate::retry::{Class, Classified};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,17 @@ pub enum Error {
         snippet: String,
         class: Class,
     },
+    /// The service refused flint's credentials (401/403): a token or client certificate problem.
+    #[error(
+        "{url} refused this node's credentials (HTTP {status}): check `join_token_file` and `tls.cert`"
+    )]
+    Denied {
+        url: String,
+        status: hyper::StatusCode,
+    },
+    /// Redirects and leader hints that went in a circle or too far.
+    #[error("redirects went in a circle or too far: {chain}")]
+    Redirects { chain: String },
     /// Every endpoint answered, none can change membership (all are learners).
     #[error("no voting member among {tried}: learners cannot change membership")]
     NoVoter { tried: String },
@@ -42,7 +55,11 @@ impl Classified for Error {
         match self {
             Error::Http(e) => e.class(),
             Error::Refused { class, .. } | Error::Status { class, .. } => *class,
-            Error::NoVoter { .. } | Error::NotReady(_) => Class::Transient { retry_after: None },
+            // A redirect circle is what a leader election looks like from outside: try again.
+            Error::NoVoter { .. } | Error::NotReady(_) | Error::Redirects { .. } => {
+                Class::Transient { retry_after: None }
+            }
+            Error::Denied { .. } => Class::Permanent,
             Error::Conflict(_) => Class::Permanent,
         }
     }
@@ -52,8 +69,32 @@ impl Classify for Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Http(e) => e.exit_status(),
+            Error::Denied { .. } => ExitStatus::Permission,
             _ if self.class() != Class::Permanent => ExitStatus::Unavailable,
             _ => ExitStatus::BadAnswer,
         }
+    }
+}
+
+/// An answer that is neither success nor a protocol answer the engine handles: retried when
+/// HTTP says so (5xx, 408, 429), a permission problem on 401/403, else permanent.
+fn status_error(answer: &Answer) -> Error {
+    if matches!(
+        answer.status,
+        hyper::StatusCode::UNAUTHORIZED | hyper::StatusCode::FORBIDDEN
+    ) {
+        return Error::Denied {
+            url: answer.url.clone(),
+            status: answer.status,
+        };
+    }
+    Error::Status {
+        url: answer.url.clone(),
+        status: answer.status,
+        snippet: String::from_utf8_lossy(&answer.body)
+            .chars()
+            .take(200)
+            .collect(),
+        class: answer.status_class(),
     }
 }

@@ -9,10 +9,16 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use url::Url;
 
 use crate::exit::{Classify, ExitStatus};
+
+mod raw;
+mod services;
+
+use raw::{RawConfig, RawTimeouts, RawTls};
+use services::TopLevel;
+pub use services::{AdminPaths, AdminSettings, EtcdSettings, IamAdmin, IamSettings, Service};
 
 /// Where systemd's `LoadCredential=` puts the file, under `$CREDENTIALS_DIRECTORY`.
 pub const CREDENTIAL_NAME: &str = "cluster-config.json";
@@ -22,7 +28,6 @@ pub const DEFAULT_PATH: &str = "/etc/nixos/secrets/cluster-config.json";
 const DEFAULT_TOTAL: Duration = Duration::from_secs(600);
 const DEFAULT_REQUEST: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
-const ETCD_CLIENT_PORT: u16 = 2379;
 
 /// A configuration problem. Every variant names the file; the field is a JSON path such as
 /// `etcd.peer_url` or `tls`.
@@ -65,51 +70,6 @@ impl Classify for Error {
             _ => ExitStatus::Config,
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    node_id: String,
-    #[serde(default)]
-    bootstrap: bool,
-    leader_url: Option<String>,
-    raft_addr: Option<String>,
-    #[serde(default)]
-    peers: Vec<String>,
-    tls: Option<RawTls>,
-    #[serde(default)]
-    allow_plaintext: bool,
-    join_token_file: Option<PathBuf>,
-    timeouts: Option<RawTimeouts>,
-    etcd: Option<RawEtcd>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca: PathBuf,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTimeouts {
-    total: Option<String>,
-    request: Option<String>,
-    connect: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEtcd {
-    leader_url: Option<String>,
-    peers: Option<Vec<String>>,
-    raft_addr: Option<String>,
-    peer_url: Option<String>,
-    local_url: Option<String>,
-    health_url: Option<String>,
 }
 
 /// A node's name as the cluster knows it: etcd's member name, the admin API's member id.
@@ -176,17 +136,6 @@ impl Endpoints {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct EtcdSettings {
-    pub endpoints: Endpoints,
-    /// This node's peer URL, as it is added to the cluster. `None` when the file names no
-    /// `raft_addr`: enough for `flint health`, not for a join.
-    pub peer_url: Option<Url>,
-    /// The local member's client URL, where flint sees it start and catch up.
-    pub local_url: Url,
-    pub health_url: Url,
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -196,7 +145,13 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub join_token_file: Option<PathBuf>,
     pub timeouts: Timeouts,
+    pub allow_plaintext: bool,
     etcd: Option<EtcdSettings>,
+    chainfire: Option<AdminSettings>,
+    flaredb: Option<AdminSettings>,
+    iam: IamSettings,
+    /// The services whose sections the file has, or the seed's three when it has none.
+    configured: Vec<Service>,
 }
 
 /// Which file to read: systemd's credential first, then the command line, then the default.
@@ -247,11 +202,39 @@ impl Config {
 
     /// The etcd settings, or an error naming what the file lacks for them.
     pub fn etcd(&self) -> Result<&EtcdSettings, Error> {
-        self.etcd.as_ref().ok_or_else(|| Error::Invalid {
+        self.etcd
+            .as_ref()
+            .ok_or_else(|| self.missing_leader(Service::Etcd))
+    }
+
+    /// chainfire's or flaredb's settings, or an error naming what the file lacks for them.
+    pub fn admin(&self, service: Service) -> Result<&AdminSettings, Error> {
+        let settings = match service {
+            Service::Chainfire => self.chainfire.as_ref(),
+            Service::Flaredb => self.flaredb.as_ref(),
+            Service::Etcd | Service::Iam => None,
+        };
+        settings.ok_or_else(|| self.missing_leader(service))
+    }
+
+    pub fn iam(&self) -> &IamSettings {
+        &self.iam
+    }
+
+    /// What `flint health` and `node-join` look at: the services with a section in the file,
+    /// or, for the seed's file with none, chainfire, flaredb and IAM.
+    pub fn configured_services(&self) -> &[Service] {
+        &self.configured
+    }
+
+    fn missing_leader(&self, service: Service) -> Error {
+        Error::Invalid {
             path: self.file.clone(),
             field: "leader_url".into(),
-            problem: "required for etcd: set it at the top level or in the `etcd` section".into(),
-        })
+            problem: format!(
+                "required for {service}: set it at the top level or in the `{service}` section"
+            ),
+        }
     }
 
     /// The peer URL a join adds, or an error naming the missing field.
@@ -259,18 +242,30 @@ impl Config {
         self.etcd()?
             .peer_url
             .as_ref()
-            .ok_or_else(|| Error::Invalid {
-                path: self.file.clone(),
-                field: "raft_addr".into(),
-                problem:
-                    "required to join etcd: this node's peer address, such as \"10.0.200.13:2380\" \
-                      (or set `etcd.peer_url`)"
-                        .into(),
-            })
+            .ok_or_else(|| self.missing_raft(Service::Etcd))
+    }
+
+    /// This node's Raft address for chainfire or flaredb, or an error naming the missing field.
+    pub fn raft_addr(&self, service: Service) -> Result<&str, Error> {
+        self.admin(service)?
+            .raft_addr
+            .as_deref()
+            .ok_or_else(|| self.missing_raft(service))
+    }
+
+    fn missing_raft(&self, service: Service) -> Error {
+        Error::Invalid {
+            path: self.file.clone(),
+            field: "raft_addr".into(),
+            problem: format!(
+                "required to join {service}: this node's peer address, such as \"10.0.200.13:2380\" \
+                 (or set it in the `{service}` section)"
+            ),
+        }
     }
 }
 
-struct Validator<'a> {
+pub(super) struct Validator<'a> {
     path: &'a Path,
 }
 
@@ -305,27 +300,42 @@ impl Validator<'_> {
             .map(|a| self.host_port("raft_addr", a))
             .transpose()?;
 
-        let etcd = match raw.etcd {
-            Some(section) => Some(self.etcd(
-                section,
-                top_leader.as_ref(),
-                &top_peers,
-                top_raft.as_deref(),
-                policy,
-            )?),
-            None => top_leader
-                .as_ref()
-                .map(|leader| {
-                    self.etcd(
-                        RawEtcd::default(),
-                        Some(leader),
-                        &top_peers,
-                        top_raft.as_deref(),
-                        policy,
-                    )
-                })
-                .transpose()?,
+        let top = TopLevel {
+            leader: top_leader,
+            peers: top_peers,
+            raft: top_raft,
+            policy,
         };
+        let mut configured = Vec::new();
+        for (service, present) in [
+            (Service::Chainfire, raw.chainfire.is_some()),
+            (Service::Flaredb, raw.flaredb.is_some()),
+            (Service::Etcd, raw.etcd.is_some()),
+            (Service::Iam, raw.iam.is_some()),
+        ] {
+            if present {
+                configured.push(service);
+            }
+        }
+        if configured.is_empty() {
+            configured = vec![Service::Chainfire, Service::Flaredb, Service::Iam];
+        }
+        // A section demands its settings; without one, a service gets settings only when the
+        // top level gives a leader URL to derive them from.
+        let has_top_leader = top.leader.is_some();
+        let etcd = match raw.etcd {
+            Some(section) => Some(self.etcd(section, &top)?),
+            None if has_top_leader => Some(self.etcd(Default::default(), &top)?),
+            None => None,
+        };
+        let admin = |service, section: Option<raw::RawAdmin>| match section {
+            Some(section) => self.admin(service, section, &top).map(Some),
+            None if has_top_leader => self.admin(service, Default::default(), &top).map(Some),
+            None => Ok(None),
+        };
+        let chainfire = admin(Service::Chainfire, raw.chainfire)?;
+        let flaredb = admin(Service::Flaredb, raw.flaredb)?;
+        let iam = self.iam(raw.iam.unwrap_or_default(), &top)?;
 
         Ok(Config {
             file: self.path.to_owned(),
@@ -334,78 +344,12 @@ impl Validator<'_> {
             tls,
             join_token_file,
             timeouts,
+            allow_plaintext: raw.allow_plaintext,
             etcd,
-        })
-    }
-
-    fn etcd(
-        &self,
-        raw: RawEtcd,
-        top_leader: Option<&Url>,
-        top_peers: &[Url],
-        top_raft: Option<&str>,
-        policy: UrlPolicy,
-    ) -> Result<EtcdSettings, Error> {
-        let leader = match raw.leader_url.as_deref() {
-            Some(u) => self.url("etcd.leader_url", u, policy)?,
-            None => top_leader.cloned().ok_or_else(|| {
-                self.invalid(
-                    "etcd.leader_url",
-                    "required: set `leader_url` at the top level or in the `etcd` section",
-                )
-            })?,
-        };
-        let peers = match raw.peers.as_deref() {
-            Some(list) => self.urls("etcd.peers", list, policy)?,
-            None => top_peers.to_vec(),
-        };
-        let raft = match raw.raft_addr.as_deref() {
-            Some(a) => Some(self.host_port("etcd.raft_addr", a)?),
-            None => top_raft.map(str::to_owned),
-        };
-        // flint never connects to the peer URL, it only hands it to etcd: no TLS policy applies.
-        let peer_policy = UrlPolicy {
-            has_ca: true,
-            allow_plaintext: true,
-        };
-        let peer_url = match (raw.peer_url.as_deref(), raft) {
-            (Some(u), _) => Some(self.url("etcd.peer_url", u, peer_policy)?),
-            (None, Some(addr)) => {
-                let url = format!("{}://{addr}", leader.scheme());
-                Some(self.url("raft_addr", &url, peer_policy)?)
-            }
-            (None, None) => None,
-        };
-        if let Some(url) = &peer_url
-            && (url.path() != "/" || url.query().is_some())
-        {
-            return Err(self.invalid(
-                "etcd.peer_url",
-                format!("expected scheme://host:port with no path, got {url}"),
-            ));
-        }
-        let local_url = match raw.local_url.as_deref() {
-            Some(u) => self.url("etcd.local_url", u, policy)?,
-            None => {
-                let default = format!("{}://127.0.0.1:{ETCD_CLIENT_PORT}", leader.scheme());
-                self.url("etcd.local_url", &default, policy)?
-            }
-        };
-        let health_url = match raw.health_url.as_deref() {
-            Some(u) => self.url("etcd.health_url", u, policy)?,
-            None => join_path(&local_url, "/health"),
-        };
-        let mut endpoints = vec![leader];
-        for peer in peers {
-            if !endpoints.contains(&peer) {
-                endpoints.push(peer);
-            }
-        }
-        Ok(EtcdSettings {
-            endpoints: Endpoints(endpoints),
-            peer_url,
-            local_url,
-            health_url,
+            chainfire,
+            flaredb,
+            iam,
+            configured,
         })
     }
 
@@ -529,9 +473,20 @@ impl Validator<'_> {
 }
 
 #[derive(Clone, Copy)]
-struct UrlPolicy {
+pub(super) struct UrlPolicy {
     has_ca: bool,
     allow_plaintext: bool,
+}
+
+/// Whether flint may send a request to `url` (a redirect target, say) under the same rule as
+/// the URLs in the file: https always (verified against the CA), http only to loopback or with
+/// `allow_plaintext`.
+pub fn permits(url: &Url, allow_plaintext: bool) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => allow_plaintext || is_loopback(url),
+        _ => false,
+    }
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -596,6 +551,66 @@ mod tests {
         );
         assert_eq!(etcd.health_url.as_str(), "http://127.0.0.1:2379/health");
         assert_eq!(config.timeouts.total, DEFAULT_TOTAL);
+    }
+
+    #[test]
+    fn the_seed_file_configures_chainfire_flaredb_and_iam_on_their_ports() {
+        let config = parse(
+            r#"{"node_id": "node04", "tls": {"ca": "ca.pem"},
+                "leader_url": "https://node01.example.com:2379", "raft_addr": "10.0.200.13:2380"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.configured_services(),
+            [Service::Chainfire, Service::Flaredb, Service::Iam]
+        );
+        let chainfire = config.admin(Service::Chainfire).unwrap();
+        assert_eq!(
+            config.raft_addr(Service::Chainfire).unwrap(),
+            "10.0.200.13:2380"
+        );
+        assert_eq!(
+            chainfire.health_url.as_str(),
+            "https://127.0.0.1:2379/health"
+        );
+        let flaredb = config.admin(Service::Flaredb).unwrap();
+        let leader = flaredb.endpoints.iter().next().unwrap();
+        assert_eq!(leader.as_str(), "https://node01.example.com:2479/");
+        assert_eq!(
+            config.raft_addr(Service::Flaredb).unwrap(),
+            "10.0.200.13:2480"
+        );
+        assert_eq!(
+            flaredb.member_url("10.0.200.11:2480").unwrap().as_str(),
+            "https://10.0.200.11:2479/"
+        );
+        assert_eq!(
+            config.iam().bootstrap_url.as_str(),
+            "https://127.0.0.1:8080/admin/bootstrap"
+        );
+    }
+
+    #[test]
+    fn sections_choose_the_services_and_override_the_top_level() {
+        let config = parse(
+            r#"{"node_id": "n4", "leader_url": "http://127.0.0.1:2379", "raft_addr": "127.0.0.4:2380",
+                "flaredb": {"leader_url": "http://127.0.0.2:9479", "paths": {"member_add": "/v2/add"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.configured_services(), [Service::Flaredb]);
+        let flaredb = config.admin(Service::Flaredb).unwrap();
+        assert_eq!(flaredb.paths.member_add, "/v2/add");
+        assert_eq!(flaredb.member_port, 9479);
+        let err = parse(r#"{"node_id": "n4", "chainfire": {}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`chainfire.leader_url`"), "{err}");
+        let err = parse(
+            r#"{"node_id": "n4", "leader_url": "http://127.0.0.1:1", "chainfire": {"paths": {"health": "health"}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`chainfire.paths.health`"), "{err}");
     }
 
     #[test]

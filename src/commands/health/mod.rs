@@ -6,12 +6,12 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::task::JoinSet;
-use url::Url;
 
 use super::Context;
-use crate::config::join_path;
-use crate::engines::etcd::{Etcd, MemberList, hex_id};
+use crate::config::Service;
+
+mod admin;
+mod etcd;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -42,7 +42,14 @@ pub struct MemberReport {
 }
 
 pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> anyhow::Result<bool> {
-    let services = vec![check_etcd(ctx).await?];
+    let mut services = Vec::new();
+    for service in ctx.config.configured_services() {
+        services.push(match service {
+            Service::Etcd => etcd::check(ctx).await?,
+            Service::Chainfire | Service::Flaredb => admin::check(ctx, *service).await?,
+            Service::Iam => admin::check_iam(ctx).await,
+        });
+    }
     let report = Report {
         healthy: services.iter().all(|s| s.healthy),
         services,
@@ -61,127 +68,61 @@ pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> anyhow::
     Ok(report.healthy)
 }
 
-struct Probe {
-    index: usize,
-    leader_of: Option<u64>,
-    is_leader: bool,
-    healthy: bool,
-    error: Option<String>,
-}
-
-async fn check_etcd(ctx: &Context) -> anyhow::Result<ServiceReport> {
-    let settings = ctx.config.etcd()?;
-    let etcd = Etcd::new(ctx.http.clone());
-    let mut problems = Vec::new();
-    let mut asked = settings.endpoints.iter().cloned().collect::<Vec<_>>();
-    asked.push(settings.local_url.clone());
-    let mut list: Option<MemberList> = None;
-    for endpoint in &asked {
-        match etcd.member_list(endpoint).await {
-            Ok(answer) => {
-                list = Some(answer);
-                break;
-            }
-            Err(e) => problems.push(format!("cannot list members: {e}")),
-        }
-    }
-    let Some(list) = list else {
-        return Ok(ServiceReport {
-            service: "etcd",
+impl ServiceReport {
+    /// A service none of whose endpoints answered.
+    fn unreachable(service: &'static str, problems: Vec<String>) -> Self {
+        ServiceReport {
+            service,
             healthy: false,
             leader: None,
             members: Vec::new(),
             problems,
-        });
-    };
-    problems.clear();
-
-    let mut probes = JoinSet::new();
-    for (index, member) in list.members.iter().enumerate() {
-        let Some(client) = member.client_urls.first().and_then(|u| Url::parse(u).ok()) else {
-            continue;
-        };
-        let etcd = etcd.clone();
-        probes.spawn(async move {
-            let health_url = join_path(&client, "/health");
-            let (status, health) = tokio::join!(etcd.status(&client), etcd.healthy(&health_url));
-            match (status, health) {
-                (Ok(status), Ok(healthy)) => Probe {
-                    index,
-                    leader_of: (status.leader != 0).then_some(status.leader),
-                    is_leader: status.is_leader(),
-                    healthy: healthy && status.errors.is_empty(),
-                    error: (!status.errors.is_empty()).then(|| status.errors.join("; ")),
-                },
-                (Err(e), _) | (_, Err(e)) => Probe {
-                    index,
-                    leader_of: None,
-                    is_leader: false,
-                    healthy: false,
-                    error: Some(e.to_string()),
-                },
-            }
-        });
-    }
-    let mut results: Vec<Option<Probe>> = list.members.iter().map(|_| None).collect();
-    while let Some(done) = probes.join_next().await {
-        let probe = done.expect("health probes do not panic");
-        let index = probe.index;
-        results[index] = Some(probe);
+        }
     }
 
-    let mut members = Vec::new();
-    let mut leaders = Vec::new();
-    let mut seen_leaders = Vec::new();
-    let (mut voters, mut healthy_voters) = (0, 0);
-    for (member, probe) in list.members.iter().zip(&results) {
-        let name = if member.started() {
-            member.name.clone()
-        } else {
-            "(unstarted)".to_owned()
-        };
-        let (healthy, error) = match probe {
-            Some(p) => (p.healthy, p.error.clone()),
-            None => (false, Some("added but never started".to_owned())),
-        };
-        let is_leader = probe.as_ref().is_some_and(|p| p.is_leader);
-        if let Some(leader) = probe.as_ref().and_then(|p| p.leader_of)
-            && !seen_leaders.contains(&leader)
-        {
-            seen_leaders.push(leader);
-        }
-        if is_leader {
-            leaders.push(name.clone());
-        }
-        if !member.is_learner {
-            voters += 1;
-            if healthy {
-                healthy_voters += 1;
-            }
-        }
-        if !healthy {
+    /// A cluster service's report: members sorted by name, unhealthy members listed as
+    /// problems, and healthy when it has one leader, a quorum, and passes `extra`.
+    fn judged(
+        service: &'static str,
+        mut members: Vec<MemberReport>,
+        voters: usize,
+        mut problems: Vec<String>,
+        extra: impl FnOnce(&mut Vec<String>) -> bool,
+    ) -> Self {
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        for m in members.iter().filter(|m| !m.healthy) {
             problems.push(format!(
-                "member {name} ({}) is unhealthy: {}",
-                hex_id(member.id),
-                error.as_deref().unwrap_or("its health endpoint says so")
+                "member {} ({}) is unhealthy: {}",
+                m.name,
+                m.id,
+                m.error.as_deref().unwrap_or("its health endpoint says so")
             ));
         }
-        members.push(MemberReport {
-            id: hex_id(member.id),
-            name,
-            client_urls: member.client_urls.clone(),
-            role: if is_leader {
-                "leader"
-            } else if member.is_learner {
-                "learner"
-            } else {
-                "follower"
-            },
+        let mut healthy = verdict(&members, voters, &mut problems);
+        healthy &= extra(&mut problems);
+        let leaders: Vec<_> = members.iter().filter(|m| m.role == "leader").collect();
+        ServiceReport {
+            service,
             healthy,
-            error,
-        });
+            leader: (leaders.len() == 1).then(|| leaders[0].name.clone()),
+            members,
+            problems,
+        }
     }
-    members.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// The verdict every cluster service gets: exactly one leader, and a quorum of healthy voters.
+/// Adds the problems an operator should see to `problems`.
+fn verdict(members: &[MemberReport], voters: usize, problems: &mut Vec<String>) -> bool {
+    let healthy_voters = members
+        .iter()
+        .filter(|m| m.healthy && m.role != "learner")
+        .count();
+    let leaders: Vec<&str> = members
+        .iter()
+        .filter(|m| m.role == "leader")
+        .map(|m| m.name.as_str())
+        .collect();
     let quorum = voters / 2 + 1;
     if healthy_voters < quorum {
         problems.push(format!(
@@ -194,23 +135,7 @@ async fn check_etcd(ctx: &Context) -> anyhow::Result<ServiceReport> {
             leaders.len()
         ));
     }
-    if seen_leaders.len() > 1 {
-        problems.push(format!(
-            "members disagree on the leader: {}",
-            seen_leaders
-                .iter()
-                .map(|id| hex_id(*id))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    Ok(ServiceReport {
-        service: "etcd",
-        healthy: healthy_voters >= quorum && leaders.len() == 1 && seen_leaders.len() <= 1,
-        leader: (leaders.len() == 1).then(|| leaders[0].clone()),
-        members,
-        problems,
-    })
+    healthy_voters >= quorum && leaders.len() == 1
 }
 
 fn table(report: &Report) -> String {

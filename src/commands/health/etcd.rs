@@ -1,0 +1,128 @@
+//! etcd's health: the member list, then each member's status (whom it follows) and `/health`.
+
+use tokio::task::JoinSet;
+use url::Url;
+
+use super::{MemberReport, ServiceReport};
+use crate::commands::Context;
+use crate::config::join_path;
+use crate::engines::etcd::{Etcd, MemberList, hex_id};
+
+struct Probe {
+    index: usize,
+    leader_of: Option<u64>,
+    is_leader: bool,
+    healthy: bool,
+    error: Option<String>,
+}
+
+pub(super) async fn check(ctx: &Context) -> anyhow::Result<ServiceReport> {
+    let settings = ctx.config.etcd()?;
+    let etcd = Etcd::new(ctx.http.clone());
+    let mut problems = Vec::new();
+    let mut asked = settings.endpoints.iter().cloned().collect::<Vec<_>>();
+    asked.push(settings.local_url.clone());
+    let mut list: Option<MemberList> = None;
+    for endpoint in &asked {
+        match etcd.member_list(endpoint).await {
+            Ok(answer) => {
+                list = Some(answer);
+                break;
+            }
+            Err(e) => problems.push(format!("cannot list members: {e}")),
+        }
+    }
+    let Some(list) = list else {
+        return Ok(ServiceReport::unreachable("etcd", problems));
+    };
+    problems.clear();
+
+    let mut probes = JoinSet::new();
+    for (index, member) in list.members.iter().enumerate() {
+        let Some(client) = member.client_urls.first().and_then(|u| Url::parse(u).ok()) else {
+            continue;
+        };
+        let etcd = etcd.clone();
+        probes.spawn(async move {
+            let health_url = join_path(&client, "/health");
+            let (status, health) = tokio::join!(etcd.status(&client), etcd.healthy(&health_url));
+            match (status, health) {
+                (Ok(status), Ok(healthy)) => Probe {
+                    index,
+                    leader_of: (status.leader != 0).then_some(status.leader),
+                    is_leader: status.is_leader(),
+                    healthy: healthy && status.errors.is_empty(),
+                    error: (!status.errors.is_empty()).then(|| status.errors.join("; ")),
+                },
+                (Err(e), _) | (_, Err(e)) => Probe {
+                    index,
+                    leader_of: None,
+                    is_leader: false,
+                    healthy: false,
+                    error: Some(e.to_string()),
+                },
+            }
+        });
+    }
+    let mut results: Vec<Option<Probe>> = list.members.iter().map(|_| None).collect();
+    while let Some(done) = probes.join_next().await {
+        let probe = done.expect("health probes do not panic");
+        let index = probe.index;
+        results[index] = Some(probe);
+    }
+
+    let mut members = Vec::new();
+    let mut seen_leaders = Vec::new();
+    for (member, probe) in list.members.iter().zip(&results) {
+        let name = if member.started() {
+            member.name.clone()
+        } else {
+            "(unstarted)".to_owned()
+        };
+        let (healthy, error) = match probe {
+            Some(p) => (p.healthy, p.error.clone()),
+            None => (false, Some("added but never started".to_owned())),
+        };
+        if let Some(leader) = probe.as_ref().and_then(|p| p.leader_of)
+            && !seen_leaders.contains(&leader)
+        {
+            seen_leaders.push(leader);
+        }
+        let is_leader = probe.as_ref().is_some_and(|p| p.is_leader);
+        members.push(MemberReport {
+            id: hex_id(member.id),
+            name,
+            client_urls: member.client_urls.clone(),
+            role: if is_leader {
+                "leader"
+            } else if member.is_learner {
+                "learner"
+            } else {
+                "follower"
+            },
+            healthy,
+            error,
+        });
+    }
+    let voters = list.members.iter().filter(|m| !m.is_learner).count();
+    Ok(ServiceReport::judged(
+        "etcd",
+        members,
+        voters,
+        problems,
+        |problems| {
+            if seen_leaders.len() > 1 {
+                problems.push(format!(
+                    "members disagree on the leader: {}",
+                    seen_leaders
+                        .iter()
+                        .map(|id| hex_id(*id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                return false;
+            }
+            true
+        },
+    ))
+}

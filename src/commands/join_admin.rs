@@ -1,0 +1,220 @@
+//! `flint join chainfire` and `flint join flaredb`: join through the leader's admin API
+//! (docs/join-protocol.md).
+
+use anyhow::Context as _;
+use tracing::info;
+use url::Url;
+
+use super::Context;
+use crate::config::{AdminSettings, Service};
+use crate::engines::Error;
+use crate::engines::admin::{Added, Admin, MemberList, Role};
+use crate::retry::{self, Classified, Pace};
+use crate::state::{Marker, MarkerKind};
+use crate::systemd;
+
+pub async fn run(ctx: &Context, service: Service) -> anyhow::Result<()> {
+    let settings = ctx.config.admin(service)?;
+    let admin = Admin::new(
+        ctx.http.clone(),
+        ctx.join_token.clone(),
+        settings.paths.clone(),
+        ctx.config.allow_plaintext,
+    );
+    let join = Join {
+        ctx,
+        admin: &admin,
+        settings,
+        service,
+        node: ctx.config.node_id.as_str(),
+    };
+    join.wait_local_health().await?;
+    if ctx.config.bootstrap {
+        return join.bootstrap().await;
+    }
+    let raft_addr = ctx.config.raft_addr(service)?;
+    join.join(raft_addr).await
+}
+
+struct Join<'a> {
+    ctx: &'a Context,
+    admin: &'a Admin,
+    settings: &'a AdminSettings,
+    service: Service,
+    node: &'a str,
+}
+
+impl Join<'_> {
+    async fn wait_local_health(&self) -> anyhow::Result<()> {
+        let url = &self.settings.health_url;
+        info!(
+            "waiting for the local {} at {url} to be healthy",
+            self.service
+        );
+        retry::until(
+            &format!("the local {} to be healthy", self.service),
+            &self.ctx.deadline,
+            Pace::EAGER,
+            || self.admin.healthy(url),
+        )
+        .await
+    }
+
+    /// A node of the initial cluster: wait until the cluster has elected a leader (which needs a
+    /// quorum) and lists this node, then record it.
+    async fn bootstrap(&self) -> anyhow::Result<()> {
+        info!(
+            "bootstrap node: waiting for {} to elect a leader",
+            self.service
+        );
+        let list = retry::until(
+            &format!("{} to elect a leader", self.service),
+            &self.ctx.deadline,
+            Pace::EAGER,
+            || async {
+                let (answered, list) = self.list().await?;
+                if !list.has_leader() {
+                    return Err(Error::NotReady(format!("{answered} knows no leader yet")));
+                }
+                if list.member(self.node).is_none() {
+                    return Err(Error::NotReady(format!(
+                        "{answered} does not list {} yet",
+                        self.node
+                    )));
+                }
+                Ok(list)
+            },
+        )
+        .await?;
+        self.mark(&list)
+    }
+
+    async fn join(&self, raft_addr: &str) -> anyhow::Result<()> {
+        retry::until(
+            &format!("{}'s leader to add this node", self.service),
+            &self.ctx.deadline,
+            Pace::REMOTE,
+            || self.try_add(raft_addr),
+        )
+        .await?;
+        let list = retry::until(
+            &format!("{} to list this node as a member", self.service),
+            &self.ctx.deadline,
+            Pace::EAGER,
+            || self.confirm(raft_addr),
+        )
+        .await?;
+        self.mark(&list)
+    }
+
+    /// The member list from the first endpoint that answers: the leader URL, then the peers.
+    async fn list(&self) -> Result<(Url, MemberList), Error> {
+        let mut last = None;
+        for endpoint in self.settings.endpoints.iter() {
+            match self.admin.members(endpoint).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.class() == retry::Class::Permanent => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("config validation guarantees at least one endpoint"))
+    }
+
+    async fn try_add(&self, raft_addr: &str) -> Result<(), Error> {
+        let (answered, list) = self.list().await?;
+        if self.ours(&list, raft_addr)?.is_some() {
+            info!(
+                "{} already lists {} at {raft_addr}",
+                self.service, self.node
+            );
+            return Ok(());
+        }
+        info!(
+            "adding {} at {raft_addr} to {} through {answered}",
+            self.node, self.service
+        );
+        systemd::status(&format!("adding this node to {}", self.service));
+        match self.admin.add(&answered, self.node, raft_addr).await? {
+            Added::New(member) => {
+                info!(
+                    "{} added {} as {}",
+                    self.service,
+                    member.id,
+                    member.role.name()
+                );
+                Ok(())
+            }
+            Added::Existing(_) => {
+                info!("{} says {} is already a member", self.service, self.node);
+                Ok(())
+            }
+            // Listed on the next attempt, where the Raft address is compared.
+            Added::Unspecified => Err(Error::NotReady(format!(
+                "{} answered 409 without naming the member; listing again",
+                self.service
+            ))),
+        }
+    }
+
+    /// This node in `list`, or a conflict when its ID or its Raft address belongs to another.
+    fn ours<'l>(
+        &self,
+        list: &'l MemberList,
+        raft_addr: &str,
+    ) -> Result<Option<&'l crate::engines::admin::Member>, Error> {
+        if let Some(m) = list.member(self.node) {
+            if m.raft_addr == raft_addr {
+                return Ok(Some(m));
+            }
+            return Err(Error::Conflict(format!(
+                "{} already has a member {:?} at {}, but this node's raft_addr is {raft_addr}: \
+                 remove the stale member or fix `raft_addr`",
+                self.service, m.id, m.raft_addr
+            )));
+        }
+        if let Some(m) = list.members.iter().find(|m| m.raft_addr == raft_addr) {
+            return Err(Error::Conflict(format!(
+                "{} already has member {:?} at this node's raft_addr {raft_addr}, not {:?}: \
+                 remove the stale member or fix `node_id`",
+                self.service, m.id, self.node
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Confirmed once the cluster lists this node with its Raft address as a voting member.
+    async fn confirm(&self, raft_addr: &str) -> Result<MemberList, Error> {
+        let (answered, list) = self.list().await?;
+        match self.ours(&list, raft_addr)? {
+            Some(m) if m.role != Role::Learner => Ok(list),
+            Some(_) => Err(Error::NotReady(format!(
+                "{answered} lists {} as a learner still catching up",
+                self.node
+            ))),
+            None => Err(Error::NotReady(format!(
+                "{answered} does not list {} yet",
+                self.node
+            ))),
+        }
+    }
+
+    fn mark(&self, list: &MemberList) -> anyhow::Result<()> {
+        let mut marker = Marker::now(self.service, self.node);
+        marker.member_id = Some(self.node.to_owned());
+        marker.leader = Some(list.leader.clone());
+        let path = self
+            .ctx
+            .state
+            .write_marker(MarkerKind::of(self.service), &marker)
+            .context("recording the join")?;
+        info!(
+            "joined {} as {} (leader {}); marker {}",
+            self.service,
+            self.node,
+            list.leader,
+            path.display()
+        );
+        systemd::status(&format!("joined {}", self.service));
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! `flint node-join` (also the binary invoked as `node-join`): the manual recovery command.
+//! With no flag it only looks: each service's marker, the membership as the cluster sees it,
+//! and what a join would do. `--force` and `--abandon` change things, and nothing else does.
+
+use serde::Serialize;
+use tracing::info;
+
+use super::{Context, iam_setup, join_admin, join_etcd};
+use crate::config::Service;
+use crate::engines::Error;
+use crate::engines::admin::Admin;
+use crate::engines::etcd::{Etcd, bare_url, hex_id};
+use crate::exit::ExitStatus;
+use crate::state::{Marker, MarkerKind};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this service (default: every service the configuration names).
+    #[arg(long, value_enum)]
+    pub service: Option<Service>,
+    /// Run the join again although its marker exists (the marker is rewritten on success).
+    #[arg(long)]
+    pub force: bool,
+    /// etcd only: remove this node's learner or never-started member, so its learner slot is
+    /// free for another node, and delete etcd.env.
+    #[arg(long, conflicts_with = "force")]
+    pub abandon: bool,
+    /// Print the state as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One service's state, as `node-join` prints it.
+#[derive(Debug, Serialize)]
+pub struct ServiceState {
+    pub service: &'static str,
+    pub marker: Option<Marker>,
+    /// This node as the cluster lists it; `None` when it is not listed (or for IAM).
+    pub member: Option<MemberState>,
+    /// Why the membership could not be read, when it could not.
+    pub error: Option<String>,
+    /// What `flint join` (or `iam-setup`) would do now.
+    pub next: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberState {
+    pub id: String,
+    pub role: String,
+    pub started: bool,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitStatus> {
+    let services: Vec<Service> = match args.service {
+        Some(service) => vec![service],
+        None => ctx.config.configured_services().to_vec(),
+    };
+    if args.abandon {
+        if args.service != Some(Service::Etcd) {
+            return Err(crate::cli::UsageError(
+                "--abandon applies to etcd only: `flint node-join --service etcd --abandon`".into(),
+            )
+            .into());
+        }
+        abandon_etcd(ctx).await?;
+        return Ok(ExitStatus::Success);
+    }
+    if args.force {
+        let _lock = ctx.state.lock().await?;
+        for service in services {
+            info!("--force: running the {service} step again, whatever its marker says");
+            match service {
+                Service::Etcd => join_etcd::run(ctx, None).await?,
+                Service::Chainfire | Service::Flaredb => join_admin::run(ctx, service).await?,
+                Service::Iam => iam_setup::run(ctx).await?,
+            }
+        }
+        return Ok(ExitStatus::Success);
+    }
+    let mut states = Vec::new();
+    for service in services {
+        states.push(inspect(ctx, service).await?);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&states).expect("states always serialize")
+        );
+    } else {
+        for state in &states {
+            print!("{}", describe(state));
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn inspect(ctx: &Context, service: Service) -> anyhow::Result<ServiceState> {
+    let marker = ctx.state.marker(MarkerKind::of(service))?;
+    let membership = match service {
+        Service::Etcd => etcd_member(ctx).await.map(Some),
+        Service::Chainfire | Service::Flaredb => admin_member(ctx, service).await.map(Some),
+        Service::Iam => Ok(None),
+    };
+    let (member, error) = match membership {
+        Ok(found) => (found.flatten(), None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
+    let next = next_step(service, marker.is_some(), member.as_ref(), error.is_some());
+    Ok(ServiceState {
+        service: service.name(),
+        marker,
+        member,
+        error,
+        next,
+    })
+}
+
+fn next_step(
+    service: Service,
+    marked: bool,
+    member: Option<&MemberState>,
+    unknown: bool,
+) -> String {
+    if service == Service::Iam {
+        return if marked {
+            "nothing: IAM's initial setup is done".into()
+        } else {
+            "`flint iam-setup` will run IAM's initial setup (or find it done and record it)".into()
+        };
+    }
+    let voter = member.is_some_and(|m| m.started && m.role != "learner");
+    match (marked, member, unknown) {
+        (_, _, true) => {
+            "cannot tell: the cluster did not answer (see error); a join would wait for it".into()
+        }
+        (true, _, _) if voter => "nothing: joined".into(),
+        (true, None, _) => format!(
+            "the marker says joined but {service} does not list this node: \
+             `flint node-join --service {service} --force` joins again"
+        ),
+        (true, Some(_), _) => format!(
+            "the marker says joined but this node is not a started voter yet: \
+             `flint node-join --service {service} --force` finishes the join"
+        ),
+        (false, None, _) => format!("`flint join {service}` will add this node"),
+        (false, Some(_), _) if voter => format!(
+            "{service} lists this node but the marker is missing: `flint join {service}` \
+             confirms the membership and writes it"
+        ),
+        (false, Some(_), _) if service == Service::Etcd => "a join is under way: start etcd, \
+             then `flint join etcd --phase promote` promotes it; if this node will never come \
+             up, `flint node-join --service etcd --abandon` frees the learner slot"
+            .into(),
+        (false, Some(_), _) => format!(
+            "a join is under way: `flint join {service}` waits until the member has caught up"
+        ),
+    }
+}
+
+async fn etcd_member(ctx: &Context) -> anyhow::Result<Option<MemberState>> {
+    let settings = ctx.config.etcd()?;
+    let peer_url = bare_url(ctx.config.etcd_peer_url()?);
+    let etcd = Etcd::new(ctx.http.clone());
+    let (_, list) = etcd.voter(&settings.endpoints).await?;
+    Ok(list.with_peer_url(&peer_url).map(|m| MemberState {
+        id: hex_id(m.id),
+        role: if m.is_learner { "learner" } else { "voter" }.into(),
+        started: m.started(),
+    }))
+}
+
+async fn admin_member(ctx: &Context, service: Service) -> anyhow::Result<Option<MemberState>> {
+    let settings = ctx.config.admin(service)?;
+    let admin = Admin::new(
+        ctx.http.clone(),
+        ctx.join_token.clone(),
+        settings.paths.clone(),
+        ctx.config.allow_plaintext,
+    );
+    let mut last = None;
+    for endpoint in settings.endpoints.iter() {
+        match admin.members(endpoint).await {
+            Ok((_, list)) => {
+                return Ok(list
+                    .member(ctx.config.node_id.as_str())
+                    .map(|m| MemberState {
+                        id: m.id.clone(),
+                        role: m.role.name().into(),
+                        started: true,
+                    }));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .expect("config validation guarantees at least one endpoint")
+        .into())
+}
+
+/// Removes this node's etcd member when it is a learner or never started; a started voter is
+/// refused: removing it costs the cluster a vote, which is `etcdctl member remove`'s decision.
+async fn abandon_etcd(ctx: &Context) -> anyhow::Result<()> {
+    let _lock = ctx.state.lock().await?;
+    let settings = ctx.config.etcd()?;
+    let peer_url = bare_url(ctx.config.etcd_peer_url()?);
+    let etcd = Etcd::new(ctx.http.clone());
+    let (endpoint, list) = etcd.voter(&settings.endpoints).await?;
+    let env_file = ctx.state.path().join(join_etcd::ENV_FILE);
+    match list.with_peer_url(&peer_url) {
+        None => info!("no etcd member has peer URL {peer_url}: nothing to abandon"),
+        Some(m) if m.started() && !m.is_learner => {
+            return Err(Error::Conflict(format!(
+                "member {} ({}) is a started voter: --abandon only removes a learner or a member \
+                 that never started; use `etcdctl member remove {}` if this node is gone for good",
+                hex_id(m.id),
+                m.name,
+                hex_id(m.id)
+            ))
+            .into());
+        }
+        Some(m) => {
+            info!(
+                "removing member {} (peer URL {peer_url}) through {endpoint}",
+                hex_id(m.id)
+            );
+            etcd.remove(&endpoint, m.id).await?;
+            info!("removed member {}: the learner slot is free", hex_id(m.id));
+        }
+    }
+    match std::fs::remove_file(&env_file) {
+        Ok(()) => info!("removed {}", env_file.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("cannot remove {}: {e}", env_file.display())),
+    }
+    Ok(())
+}
+
+fn describe(state: &ServiceState) -> String {
+    let marker = match &state.marker {
+        Some(m) => format!(
+            "present (member {}, leader {}, at {})",
+            m.member_id.as_deref().unwrap_or("-"),
+            m.leader.as_deref().unwrap_or("-"),
+            m.joined_at
+        ),
+        None => "absent".into(),
+    };
+    let member = match (&state.member, &state.error) {
+        (_, Some(e)) => format!("unknown: {e}"),
+        (Some(m), None) => format!(
+            "{} as {}{}",
+            m.id,
+            m.role,
+            if m.started { "" } else { ", never started" }
+        ),
+        (None, None) if state.service == "iam" => "-".into(),
+        (None, None) => "not a member".into(),
+    };
+    format!(
+        "{}:\n  marker: {marker}\n  member: {member}\n  next:   {}\n",
+        state.service, state.next
+    )
+}

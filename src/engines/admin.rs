@@ -1,0 +1,232 @@
+//! The chainfire-style admin API (chainfire, flaredb): health, member list, member add, with the
+//! leader's hints followed and bounded.
+//!
+//! ```text
+//! GET  {local}/health             -> 200 {"status":"healthy"}
+//! GET  {leader}/admin/member/list -> 200 {"leader": ID, "members": [{"id","raft_addr","role"}]}
+//! POST {leader}/admin/member/add  {"id","raft_addr"}
+//!      -> 200/201 added; 409 already a member; 307/308 Location, or 421/503 {"leader": URL}
+//! ```
+
+use hyper::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use super::{Error, status_error};
+use crate::config::{AdminPaths, join_path, permits};
+use crate::http::{Answer, Client};
+use crate::secrets::Secret;
+
+/// Hops a request may take from member to member before flint calls it a loop. A leader
+/// change can add a hop or two; more than this is a misconfigured cluster.
+const MAX_HOPS: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+    Learner,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Learner => "learner",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub raft_addr: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MemberList {
+    /// The leader's member ID; empty while there is none.
+    #[serde(default)]
+    pub leader: String,
+    pub members: Vec<Member>,
+}
+
+impl MemberList {
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// A leader the list names and that the list shows in the leader role.
+    pub fn has_leader(&self) -> bool {
+        !self.leader.is_empty()
+            && self
+                .member(&self.leader)
+                .is_some_and(|m| m.role == Role::Leader)
+    }
+}
+
+/// What an add came to.
+#[derive(Debug)]
+pub enum Added {
+    /// The leader added the member now.
+    New(Member),
+    /// It already was a member with this Raft address (409).
+    Existing(Member),
+    /// 409 without saying which member: the caller lists to find out.
+    Unspecified,
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    http: Client,
+    token: Option<Secret>,
+    paths: AdminPaths,
+    allow_plaintext: bool,
+}
+
+impl Admin {
+    pub fn new(
+        http: Client,
+        token: Option<Secret>,
+        paths: AdminPaths,
+        allow_plaintext: bool,
+    ) -> Self {
+        Admin {
+            http,
+            token,
+            paths,
+            allow_plaintext,
+        }
+    }
+
+    /// `Ok` when the endpoint answers 200 `{"status":"healthy"}`.
+    pub async fn healthy(&self, health_url: &Url) -> Result<(), Error> {
+        #[derive(Deserialize)]
+        struct Health {
+            status: String,
+        }
+        let answer = self.http.get(health_url).await?;
+        if !answer.status.is_success() {
+            return Err(status_error(&answer));
+        }
+        let health: Health = answer.labelled_json()?;
+        if health.status == "healthy" {
+            Ok(())
+        } else {
+            Err(Error::NotReady(format!(
+                "{health_url} reports status {:?}",
+                health.status
+            )))
+        }
+    }
+
+    /// The member list, as the member at `base` (or the leader it points to) sees it, and the
+    /// base URL of the member that answered.
+    pub async fn members(&self, base: &Url) -> Result<(Url, MemberList), Error> {
+        let url = join_path(base, &self.paths.member_list);
+        let (answered, answer) = self.exchange(Method::GET, url, None).await?;
+        if !answer.status.is_success() {
+            return Err(status_error(&answer));
+        }
+        let list = answer.labelled_json()?;
+        let mut answered_base = answered.clone();
+        let path = answered.path();
+        answered_base.set_path(
+            path.strip_suffix(self.paths.member_list.as_str())
+                .unwrap_or("/"),
+        );
+        Ok((answered_base, list))
+    }
+
+    /// Asks the leader (found from `base`, following its hints) to add this node.
+    pub async fn add(&self, base: &Url, id: &str, raft_addr: &str) -> Result<Added, Error> {
+        #[derive(Deserialize)]
+        struct Conflict {
+            member: Option<Member>,
+        }
+        let url = join_path(base, &self.paths.member_add);
+        let body = json!({"id": id, "raft_addr": raft_addr});
+        let (answered, answer) = self.exchange(Method::POST, url, Some(&body)).await?;
+        match answer.status {
+            StatusCode::OK | StatusCode::CREATED => Ok(Added::New(answer.labelled_json()?)),
+            StatusCode::CONFLICT => match answer.labelled_json::<Conflict>()?.member {
+                Some(m) if m.id == id && m.raft_addr == raft_addr => Ok(Added::Existing(m)),
+                Some(m) => Err(Error::Conflict(format!(
+                    "{answered} says this node is already in the cluster differently: member \
+                     {:?} has Raft address {}, this node is {id:?} at {raft_addr}; remove the \
+                     stale member or fix `raft_addr`",
+                    m.id, m.raft_addr
+                ))),
+                None => Ok(Added::Unspecified),
+            },
+            _ => Err(status_error(&answer)),
+        }
+    }
+
+    /// Sends the request, following redirects (307/308 `Location`) and leader hints (421/503
+    /// with `{"leader": URL}`) for at most `MAX_HOPS` hops, never to the same URL twice.
+    async fn exchange(
+        &self,
+        method: Method,
+        mut url: Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(Url, Answer), Error> {
+        let mut visited: Vec<Url> = Vec::new();
+        loop {
+            if visited.contains(&url) || visited.len() > MAX_HOPS {
+                visited.push(url);
+                return Err(Error::Redirects {
+                    chain: visited
+                        .iter()
+                        .map(Url::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" -> "),
+                });
+            }
+            let answer = self
+                .http
+                .send(method.clone(), &url, body, self.token.as_ref())
+                .await?;
+            let next = match answer.status {
+                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => {
+                    let location = answer.location.as_deref().ok_or_else(|| {
+                        Error::Http(answer.decode_error("a redirect without Location".into()))
+                    })?;
+                    url.join(location).map_err(|e| {
+                        Error::Http(answer.decode_error(format!("bad Location {location:?}: {e}")))
+                    })?
+                }
+                StatusCode::MISDIRECTED_REQUEST | StatusCode::SERVICE_UNAVAILABLE => {
+                    match leader_hint(&answer) {
+                        Some(leader) => join_path(&leader, url.path()),
+                        // 503 without a hint: the service is busy, not elsewhere.
+                        None => return Ok((url, answer)),
+                    }
+                }
+                _ => return Ok((url, answer)),
+            };
+            if !permits(&next, self.allow_plaintext) {
+                return Err(Error::Conflict(format!(
+                    "{url} points to {next}, which is plain http to a host that is not loopback \
+                     (set `allow_plaintext: true` to accept it)"
+                )));
+            }
+            visited.push(url);
+            url = next;
+        }
+    }
+}
+
+/// The leader URL in a 421/503 body, if any.
+fn leader_hint(answer: &Answer) -> Option<Url> {
+    #[derive(Deserialize)]
+    struct Hint {
+        leader: String,
+    }
+    let hint: Hint = serde_json::from_slice(&answer.body).ok()?;
+    Url::parse(&hint.leader).ok()
+}
