@@ -1,0 +1,459 @@
+//! The admin API every HTTPS listener serves: routing, the bearer token, the cluster and IAM
+//! handlers, and the faults that replace or disturb their answers. One log line per request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::cluster::{self, Role};
+use crate::faults::{Fault, Kind, Route};
+use crate::http::{Body, Conn, Cutoff, Reply, read_body};
+use crate::iam;
+use crate::state::{Service, Shared};
+
+/// One request as the handlers need it.
+struct Call {
+    route: Route,
+    listener: String,
+    /// Path and query, for redirects that keep them.
+    target: String,
+    authorized: bool,
+    body: Bytes,
+}
+
+/// Answers one request on an admin listener.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    conn: Conn,
+    cut: Cutoff,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    // Only the path is logged: the query is the client's business.
+    let path = req.uri().path().to_string();
+    let (reply, fault) = answer(&shared, req, &conn, &cut).await;
+    let outcome = match &fault {
+        Some(Fault {
+            kind: Kind::Drop { after_bytes },
+            ..
+        }) => format!("dropped after {after_bytes} bytes"),
+        _ if reply.truncate => format!(
+            "{} truncated to {} of {} bytes",
+            reply.status.as_u16(),
+            reply.body.len() / 2,
+            reply.body.len()
+        ),
+        _ => reply.status.as_u16().to_string(),
+    };
+    let fault = fault.map_or_else(
+        || "none".to_string(),
+        |f| format!("#{} {}", f.seq, f.kind.name()),
+    );
+    eprintln!(
+        "{} {} {method} {path} -> {outcome} fault={fault} {} ms",
+        conn.listener,
+        conn.local,
+        started.elapsed().as_millis()
+    );
+    reply.into_response()
+}
+
+async fn answer(
+    shared: &Shared,
+    req: Request<Incoming>,
+    conn: &Conn,
+    cut: &Cutoff,
+) -> (Reply, Option<Fault>) {
+    let route = match route(shared.cluster, req.method(), req.uri().path()) {
+        Ok(route) => route,
+        Err(reply) => return (reply, None),
+    };
+    shared.world().count(&conn.listener, route);
+    let authorized = authorized(shared.token.as_deref(), req.headers());
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let body = match read_body(req.into_body()).await {
+        Ok(body) => body,
+        Err(reply) => return (reply, None),
+    };
+    if route == Route::Bootstrap
+        && let Err(message) = iam::screen(&body)
+    {
+        eprintln!(
+            "{} {} refused a bootstrap request carrying a secret (body not logged)",
+            conn.listener, conn.local
+        );
+        return (Reply::error(StatusCode::BAD_REQUEST, message), None);
+    }
+    let call = Call {
+        route,
+        listener: conn.listener.clone(),
+        target,
+        authorized,
+        body,
+    };
+    let fault = {
+        let mut world = shared.world();
+        let on_follower = match &world.service {
+            Service::Cluster(c) => c.leader() != call.listener,
+            Service::Iam(_) => false,
+        };
+        world.faults.take(route, &call.listener, on_follower)
+    };
+    let Some(fault) = fault else {
+        return (normal(shared, &call, true), None);
+    };
+    let reply = faulted(shared, &call, &fault, cut).await;
+    (reply, Some(fault))
+}
+
+fn route(cluster: bool, method: &Method, path: &str) -> Result<Route, Reply> {
+    let (route, allowed) = match (cluster, path) {
+        (true, "/health") => (Route::Health, Method::GET),
+        (true, "/admin/member/list") => (Route::List, Method::GET),
+        (true, "/admin/member/add") => (Route::Add, Method::POST),
+        (false, "/health") => (Route::IamHealth, Method::GET),
+        (false, "/admin/bootstrap") => (Route::Bootstrap, Method::POST),
+        _ => {
+            return Err(Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("no route {path}"),
+            ));
+        }
+    };
+    if *method != allowed {
+        return Err(Reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} takes {allowed}, not {method}"),
+        )
+        .with_header(header::ALLOW, allowed.as_str()));
+    }
+    Ok(route)
+}
+
+/// Whether the request carries the configured bearer token (always true without one).
+fn authorized(token: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    match value.split_once(' ') {
+        Some((scheme, given)) if scheme.eq_ignore_ascii_case("bearer") => {
+            constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+        }
+        _ => false,
+    }
+}
+
+/// Comparison whose time does not depend on where the first difference is; a test double, but
+/// it should not teach clients that timing leaks are fine.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized() -> Reply {
+    Reply::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+        .with_header(header::WWW_AUTHENTICATE, "Bearer")
+}
+
+fn status(code: u16) -> StatusCode {
+    // Codes were range-checked when the fault was armed.
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn is_redirect(code: u16) -> bool {
+    matches!(code, 301 | 302 | 303 | 307 | 308)
+}
+
+/// "Not the leader": a redirect with `Location` for 3xx codes, `{"leader": URL}` for the others.
+/// The body names the leader either way, as real servers tend to.
+fn leader_hint(shared: &Shared, leader: &str, code: u16, target: &str) -> Reply {
+    let Some(listener) = shared.listener(leader) else {
+        return Reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("leader {leader} has no listener"),
+        );
+    };
+    let base = format!("https://{}", listener.addr);
+    let reply = Reply::json(
+        status(code),
+        &json!({"error": "not the leader", "leader": base}),
+    );
+    if is_redirect(code) {
+        reply.with_header(header::LOCATION, &format!("{base}{target}"))
+    } else {
+        reply
+    }
+}
+
+/// The answer without faults. `real: false` works on a copy of the state, so a fault can show
+/// what the answer would have been without the change happening.
+fn normal(shared: &Shared, call: &Call, real: bool) -> Reply {
+    let mut world = shared.world();
+    if real {
+        respond(shared, &mut world.service, call)
+    } else {
+        let mut copy = world.service.clone();
+        drop(world);
+        respond(shared, &mut copy, call)
+    }
+}
+
+fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
+    let healthy = || Reply::json(StatusCode::OK, &json!({"status": "healthy"}));
+    let now = Instant::now();
+    match (call.route, service) {
+        (Route::Health | Route::IamHealth, _) => healthy(),
+        _ if !call.authorized => unauthorized(),
+        (Route::List, Service::Cluster(c)) => Reply::json(StatusCode::OK, &json!(c.list(now))),
+        (Route::Add, Service::Cluster(c)) => {
+            if c.leader() != call.listener {
+                let leader = c.leader().to_string();
+                return leader_hint(shared, &leader, 307, &call.target);
+            }
+            let (id, raft_addr) = match cluster::parse_add(&call.body) {
+                Ok(req) => req,
+                Err(message) => return Reply::error(StatusCode::BAD_REQUEST, message),
+            };
+            match c.add(&id, &raft_addr, now) {
+                Ok(member) => Reply::json(StatusCode::CREATED, &json!(member)),
+                Err(conflict) => Reply::json(
+                    StatusCode::CONFLICT,
+                    &json!({"error": conflict.message(), "member": conflict.member()}),
+                ),
+            }
+        }
+        (Route::Bootstrap, Service::Iam(state)) => {
+            let req = match iam::parse(&call.body) {
+                Ok(req) => req,
+                Err(message) => return Reply::error(StatusCode::BAD_REQUEST, message),
+            };
+            match state.bootstrap(req) {
+                Ok(created) => Reply::json(StatusCode::CREATED, &created.summary()),
+                Err(existing) => {
+                    let mut body = existing.summary();
+                    body["error"] = json!("already bootstrapped");
+                    Reply::json(StatusCode::CONFLICT, &body)
+                }
+            }
+        }
+        // Routing only hands cluster routes to a cluster and IAM routes to IAM.
+        _ => Reply::error(StatusCode::NOT_FOUND, "no such route on this server"),
+    }
+}
+
+async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> Reply {
+    let apply = || {
+        if fault.apply {
+            normal(shared, call, true);
+        }
+    };
+    let json_error = |code: u16, message: String| Reply::error(status(code), message);
+    match &fault.kind {
+        Kind::Delay { ms } => {
+            tokio::time::sleep(Duration::from_millis(*ms)).await;
+            normal(shared, call, true)
+        }
+        Kind::Status { code } => {
+            apply();
+            json_error(*code, format!("injected fault: status {code}"))
+        }
+        Kind::TooMany { seconds } => {
+            apply();
+            json_error(429, "too many requests".into())
+                .with_header(header::RETRY_AFTER, &seconds.to_string())
+        }
+        Kind::RedirectToLeader { code } | Kind::LeaderHint { code } => {
+            let leader = match &shared.world().service {
+                Service::Cluster(c) => c.leader().to_string(),
+                Service::Iam(_) => String::new(),
+            };
+            leader_hint(shared, &leader, *code, &call.target)
+        }
+        Kind::RedirectLoop { code } => {
+            let me = shared
+                .listener(&call.listener)
+                .map(|l| format!("https://{}{}", l.addr, call.target))
+                .unwrap_or_default();
+            json_error(*code, "redirected".into()).with_header(header::LOCATION, &me)
+        }
+        Kind::Drop { after_bytes } => {
+            cut.after(*after_bytes);
+            normal(shared, call, fault.apply)
+        }
+        Kind::TruncatedJson => {
+            let mut reply = normal(shared, call, fault.apply);
+            if !reply.status.is_success() {
+                reply.status = StatusCode::OK;
+            }
+            reply.truncate = true;
+            reply
+        }
+        Kind::MalformedJson => {
+            apply();
+            let garbage: &'static [u8] = match call.route {
+                Route::Health | Route::IamHealth => b"{\"status\": \"healthy\",,}",
+                Route::List => b"{\"leader\": \"node01\", \"members\": [",
+                Route::Add => b"{\"id\": \"node04\" \"raft_addr\": }",
+                Route::Bootstrap => b"{\"org\": [\"",
+            };
+            Reply::raw(StatusCode::OK, "application/json", garbage)
+        }
+        Kind::WrongContentType => {
+            apply();
+            Reply::raw(
+                StatusCode::OK,
+                "text/html",
+                "<!DOCTYPE html>\n<html><head><title>Welcome</title></head>\
+                 <body><h1>It works!</h1></body></html>\n",
+            )
+        }
+        Kind::ConflictSame | Kind::ConflictOther { .. } => conflict(call, &fault.kind),
+        Kind::TokenRequired => unauthorized(),
+        Kind::LeaderChange { code } => {
+            let leader = {
+                let mut world = shared.world();
+                match &mut world.service {
+                    Service::Cluster(c) => c
+                        .rotate_leader(Instant::now(), |id| shared.listener(id).is_some())
+                        .to_string(),
+                    Service::Iam(_) => String::new(),
+                }
+            };
+            eprintln!(
+                "{} leader changed to {leader} by fault #{}",
+                call.listener, fault.seq
+            );
+            leader_hint(shared, &leader, *code, &call.target)
+        }
+    }
+}
+
+/// A 409 made up from the request, as if another run had got there first.
+fn conflict(call: &Call, kind: &Kind) -> Reply {
+    let other = match kind {
+        Kind::ConflictOther {
+            id,
+            raft_addr,
+            org,
+            admin,
+        } => Some((id, raft_addr, org, admin)),
+        _ => None,
+    };
+    if call.route == Route::Bootstrap {
+        let req = match iam::parse(&call.body) {
+            Ok(req) => req,
+            Err(message) => return Reply::error(StatusCode::BAD_REQUEST, message),
+        };
+        let (org, admin) = match other {
+            None => (req.org, req.admin),
+            Some((_, _, org, admin)) => (
+                org.clone().unwrap_or_else(|| "other-org".into()),
+                admin.clone().unwrap_or_else(|| "other-admin".into()),
+            ),
+        };
+        return Reply::json(
+            StatusCode::CONFLICT,
+            &json!({"error": "already bootstrapped", "org": org, "admin": {"name": admin}}),
+        );
+    }
+    let (req_id, req_addr) = match cluster::parse_add(&call.body) {
+        Ok(req) => req,
+        Err(message) => return Reply::error(StatusCode::BAD_REQUEST, message),
+    };
+    let (id, raft_addr, message) = match other {
+        None => (req_id, req_addr, "already a member".to_string()),
+        Some((id, raft_addr, _, _)) => {
+            let id = id.clone().unwrap_or(req_id);
+            let raft_addr = raft_addr.clone().unwrap_or_else(|| moved(&req_addr));
+            let message = format!("{id} is already a member with raft_addr {raft_addr}");
+            (id, raft_addr, message)
+        }
+    };
+    let member = cluster::MemberView {
+        id,
+        raft_addr,
+        role: Role::Follower,
+    };
+    Reply::json(
+        StatusCode::CONFLICT,
+        &json!({"error": message, "member": member}),
+    )
+}
+
+/// Another raft_addr on the same host: what a node reinstalled with a different port would have.
+fn moved(raft_addr: &str) -> String {
+    match raft_addr.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port.parse::<u16>().unwrap_or(2380);
+            let other = if port > 64_535 {
+                port - 1000
+            } else {
+                port + 1000
+            };
+            format!("{host}:{other}")
+        }
+        None => "127.0.0.1:1".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_token_check() {
+        let mut h = HeaderMap::new();
+        assert!(authorized(None, &h));
+        assert!(!authorized(Some("s3cret"), &h));
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(authorized(Some("s3cret"), &h));
+        h.insert(header::AUTHORIZATION, "bearer s3cre".parse().unwrap());
+        assert!(!authorized(Some("s3cret"), &h));
+        h.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
+        assert!(!authorized(Some("s3cret"), &h));
+    }
+
+    #[test]
+    fn routes_and_methods() {
+        assert_eq!(
+            route(true, &Method::POST, "/admin/member/add").unwrap(),
+            Route::Add
+        );
+        assert_eq!(
+            route(false, &Method::GET, "/health").unwrap(),
+            Route::IamHealth
+        );
+        assert_eq!(
+            route(true, &Method::GET, "/admin/member/add")
+                .unwrap_err()
+                .status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            route(false, &Method::GET, "/admin/member/list")
+                .unwrap_err()
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn moved_raft_addr_differs() {
+        assert_eq!(moved("127.0.0.14:2380"), "127.0.0.14:3380");
+        assert_eq!(moved("h:65000"), "h:64000");
+    }
+}

@@ -1,0 +1,140 @@
+//! What every listener and the control API share: the service's state, the armed faults, and
+//! request counters, behind one lock that is never held across an await.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::cluster::Cluster;
+use crate::faults::{self, Fault, FaultSet, Route, Scope};
+use crate::iam::Iam;
+
+/// One address the server answers on, named like the node it stands for.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub enum Service {
+    Cluster(Cluster),
+    Iam(Iam),
+}
+
+#[derive(Debug)]
+pub struct World {
+    pub service: Service,
+    pub faults: FaultSet,
+    /// Requests per route, per listener (every request that reached a route, fault or not).
+    pub counters: BTreeMap<String, BTreeMap<Route, u64>>,
+}
+
+pub struct Shared {
+    /// A cluster (chainfire/flaredb) rather than an IAM service; fixed for the process.
+    pub cluster: bool,
+    pub listeners: Vec<Listener>,
+    /// The bearer token every `/admin/*` request must carry, when set. Never logged.
+    pub token: Option<String>,
+    world: Mutex<World>,
+}
+
+impl Shared {
+    pub fn new(listeners: Vec<Listener>, token: Option<String>, service: Service) -> Shared {
+        Shared {
+            cluster: matches!(service, Service::Cluster(_)),
+            listeners,
+            token,
+            world: Mutex::new(World {
+                service,
+                faults: FaultSet::default(),
+                counters: BTreeMap::new(),
+            }),
+        }
+    }
+
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        // A panic while holding the lock leaves plain data behind, still worth serving.
+        self.world
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// Parses faults against this server's routes and listeners.
+    pub fn parse_faults(&self, text: &[u8]) -> Result<Vec<Fault>, faults::Error> {
+        let names: Vec<(String, String)> = self
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.addr.to_string()))
+            .collect();
+        faults::parse(
+            text,
+            &Scope {
+                cluster: self.cluster,
+                listeners: &names,
+            },
+        )
+    }
+}
+
+impl World {
+    pub fn count(&mut self, listener: &str, route: Route) {
+        *self
+            .counters
+            .entry(listener.to_string())
+            .or_default()
+            .entry(route)
+            .or_default() += 1;
+    }
+
+    /// The body of the control API's `GET /state`.
+    pub fn snapshot(&self, now: Instant) -> Value {
+        let mut totals: BTreeMap<&str, u64> = Route::ALL.iter().map(|r| (r.name(), 0)).collect();
+        let mut by_listener = serde_json::Map::new();
+        for (listener, routes) in &self.counters {
+            let mut per = serde_json::Map::new();
+            for (route, n) in routes {
+                *totals.entry(route.name()).or_default() += n;
+                per.insert(route.name().into(), json!(n));
+            }
+            by_listener.insert(listener.clone(), Value::Object(per));
+        }
+        let (leader, members) = match &self.service {
+            Service::Cluster(c) => {
+                let list = c.list(now);
+                (json!(list.leader), json!(list.members))
+            }
+            Service::Iam(_) => (Value::Null, json!([])),
+        };
+        let iam = match &self.service {
+            Service::Iam(iam) => match iam.created() {
+                Some(b) => json!({
+                    "bootstrapped": true,
+                    "org": b.org,
+                    "admin": {"name": b.admin},
+                    "public_key": b.public_key,
+                }),
+                None => {
+                    json!({"bootstrapped": false, "org": null, "admin": null, "public_key": null})
+                }
+            },
+            Service::Cluster(_) => {
+                json!({"bootstrapped": false, "org": null, "admin": null, "public_key": null})
+            }
+        };
+        json!({
+            "leader": leader,
+            "members": members,
+            "requests": totals,
+            "requests_by_listener": by_listener,
+            "iam": iam,
+        })
+    }
+}
