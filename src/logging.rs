@@ -22,3 +22,18 @@ pub fn init(verbose: bool) {
         builder.init();
     }
 }
+
+/// A step line that a retry loop repeats: `info` the first time, `debug` after, so the journal
+/// shows each step once and `--verbose` shows every attempt.
+#[derive(Debug, Default)]
+pub struct StepLine(std::cell::Cell<bool>);
+
+impl StepLine {
+    pub fn log(&self, message: std::fmt::Arguments<'_>) {
+        if self.0.replace(true) {
+            tracing::debug!("{message} (again)");
+        } else {
+            tracing::info!("{message}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ use super::Context;
 use crate::config::{AdminSettings, Service};
 use crate::engines::Error;
 use crate::engines::admin::{Added, Admin, MemberList, Role};
+use crate::logging::StepLine;
 use crate::retry::{self, Classified, Pace};
 use crate::state::{Marker, MarkerKind};
 use crate::systemd;
@@ -27,6 +28,7 @@ pub async fn run(ctx: &Context, service: Service) -> anyhow::Result<()> {
         settings,
         service,
         node: ctx.config.node_id.as_str(),
+        adding_line: StepLine::default(),
     };
     join.wait_local_health().await?;
     if ctx.config.bootstrap {
@@ -42,6 +44,7 @@ struct Join<'a> {
     settings: &'a AdminSettings,
     service: Service,
     node: &'a str,
+    adding_line: StepLine,
 }
 
 impl Join<'_> {
@@ -129,10 +132,10 @@ impl Join<'_> {
             );
             return Ok(());
         }
-        info!(
+        self.adding_line.log(format_args!(
             "adding {} at {raft_addr} to {} through {answered}",
             self.node, self.service
-        );
+        ));
         systemd::status(&format!("adding this node to {}", self.service));
         match self.admin.add(&answered, self.node, raft_addr).await? {
             Added::New(member) => {

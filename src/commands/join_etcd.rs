@@ -12,6 +12,7 @@ use super::Context;
 use crate::config::{EtcdSettings, Service};
 use crate::engines::Error;
 use crate::engines::etcd::{Etcd, Member, MemberList, Refusal, bare_url, hex_id};
+use crate::logging::StepLine;
 use crate::retry::{self, Pace};
 use crate::state::{Marker, MarkerKind};
 use crate::systemd;
@@ -39,6 +40,8 @@ pub async fn run(ctx: &Context, phase: Option<Phase>) -> anyhow::Result<()> {
         settings,
         node: ctx.config.node_id.as_str(),
         last_voter: RefCell::new(None),
+        adding_line: StepLine::default(),
+        promoting_line: StepLine::default(),
     };
     if ctx.config.bootstrap {
         return join.bootstrap().await;
@@ -65,6 +68,8 @@ struct Join<'a> {
     node: &'a str,
     /// The voting member that answered last, nudged while the local member starts.
     last_voter: RefCell<Option<Url>>,
+    adding_line: StepLine,
+    promoting_line: StepLine,
 }
 
 impl Join<'_> {
@@ -117,7 +122,8 @@ impl Join<'_> {
             let ours = ours.clone();
             return Ok((list.members, ours));
         }
-        info!("adding learner {peer_url} through {endpoint}");
+        self.adding_line
+            .log(format_args!("adding learner {peer_url} through {endpoint}"));
         systemd::status("adding this node as an etcd learner");
         match self.etcd.add_learner(&endpoint, peer_url).await {
             Ok(answer) => {
@@ -310,7 +316,10 @@ impl Join<'_> {
     /// `Some` with the voter and its answer when that answer shows the promotion applied.
     async fn try_promote(&self, id: u64) -> Result<Option<(Url, Vec<Member>)>, Error> {
         let (endpoint, _) = self.voter().await?;
-        info!("promoting member {} through {endpoint}", hex_id(id));
+        self.promoting_line.log(format_args!(
+            "promoting member {} through {endpoint}",
+            hex_id(id)
+        ));
         match self.etcd.promote(&endpoint, id).await {
             Ok(members) if members.iter().any(|m| m.id == id && !m.is_learner) => {
                 Ok(Some((endpoint, members)))

@@ -160,18 +160,22 @@ fn table(report: &Report) -> String {
         }
     }
     for service in &report.services {
-        let _ = writeln!(
-            out,
-            "{}: {} members, leader {}: {}",
-            service.service,
-            service.members.len(),
-            service.leader.as_deref().unwrap_or("none"),
-            if service.healthy {
-                "healthy"
-            } else {
-                "UNHEALTHY"
-            }
-        );
+        let verdict = if service.healthy {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        };
+        if service.service == "iam" {
+            let _ = writeln!(out, "iam: {verdict}");
+        } else {
+            let _ = writeln!(
+                out,
+                "{}: {} members, leader {}: {verdict}",
+                service.service,
+                service.members.len(),
+                service.leader.as_deref().unwrap_or("none"),
+            );
+        }
         for problem in &service.problems {
             let _ = writeln!(out, "  - {problem}");
         }
