@@ -16,6 +16,7 @@ setup_main() {
         procps iproute2           # ps, ss: free loopback addresses and our own processes
         file                      # tells whether the release binary is static
         shellcheck                # lints these scripts in scripts/test.sh
+        systemd                   # systemd-analyze verify and security on the units in systemd/
     )
     local -a missing=()
     local pkg

@@ -5,7 +5,8 @@
 #
 # Checks, in order: rustfmt; shellcheck on the scripts; no aws-lc-rs in the dependency graph; clippy with
 # warnings denied; the release binary for x86_64-unknown-linux-musl is static and at most 3 MiB; the
-# whole test suite under cargo-nextest (.config/nextest.toml bounds every test). Every check runs even
+# systemd units verify and have an exposure of 2.0 or less; the whole test suite under cargo-nextest
+# (.config/nextest.toml bounds every test). Every check runs even
 # when an earlier one failed, and the script exits non-zero when any failed.
 set -euo pipefail
 
@@ -85,6 +86,8 @@ check "no aws-lc-rs (cargo tree -i aws-lc-rs --target all)" no_aws_lc_rs
 check "cargo clippy --workspace --all-targets -- -D warnings" \
     cargo clippy --workspace --all-targets --locked -- -D warnings
 check "static musl release binary, at most 3 MiB" static_release_binary
+units() { cargo build --locked -p flint && scripts/check-units.sh; }
+check "systemd units: systemd-analyze verify and security (scripts/check-units.sh)" units
 check "cargo nextest run --workspace --no-fail-fast" cargo nextest run --workspace --no-fail-fast --locked
 
 printf '\n==> scripts/test.sh: %d of %d checks ok in %d s\n' "${#passed[@]}" $((${#passed[@]} + ${#failed[@]})) \

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Checks every unit in systemd/: `systemd-analyze verify` (syntax, dependencies, executables)
+# inside a throw-away root that has the system's own units, stand-ins for the services flint's
+# units order against (chainfire, flaredb, iam, etcd), and the flint binary; then
+# `systemd-analyze security --offline=true --threshold=20` (exposure 2.0 at most: --threshold
+# counts on the 0-100 scale behind the 0.0-10.0 figure systemd prints, so 20 is 2.0).
+#
+#   scripts/check-units.sh [FLINT_BINARY]      (default: target/debug/flint)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+flint=${1:-$repo/target/debug/flint}
+[[ -x $flint ]] || { echo "no flint binary at $flint (build it first)" >&2; exit 1; }
+
+root=$(mktemp -d /tmp/flint-units.XXXXXX)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/usr/bin" "$root/usr/lib/systemd" "$root/etc/systemd/system"
+cp -r /usr/lib/systemd/system "$root/usr/lib/systemd/"
+cp "$flint" "$root/usr/bin/flint"
+for stub in chainfire flaredb iam etcd; do
+    printf '[Unit]\nDescription=stand-in for %s\n\n[Service]\nExecStart=/usr/bin/flint --version\n' \
+        "$stub" >"$root/etc/systemd/system/$stub.service"
+done
+cp -r "$repo"/systemd/. "$root/etc/systemd/system/"
+
+failed=0
+for path in "$repo"/systemd/*.service "$repo"/systemd/*.timer; do
+    unit=$(basename "$path")
+    if ! out=$(systemd-analyze verify --man=no --root="$root" "$unit" 2>&1) || [[ -n $out ]]; then
+        printf 'verify %s:\n%s\n' "$unit" "$out"
+        failed=1
+    fi
+    [[ $unit == *.service ]] || continue
+    if ! out=$(systemd-analyze security --offline=true --threshold=20 "$path" 2>&1); then
+        printf 'security %s: exposure above 2.0\n%s\n' "$unit" "$(grep -E '✗|Overall' <<<"$out")"
+        failed=1
+    else
+        printf '%-32s %s\n' "$unit" "$(grep -o 'Overall exposure level.*' <<<"$out")"
+    fi
+done
+if ((failed)); then
+    echo "unit checks failed"
+    exit 1
+fi
+echo "every unit verifies and has an exposure of 2.0 or less"
