@@ -17,6 +17,7 @@ setup_main() {
         file                      # tells whether the release binary is static
         shellcheck                # lints these scripts in scripts/test.sh
         systemd                   # systemd-analyze verify and security on the units in systemd/
+        nix-bin                   # nix-instantiate --parse on the NixOS modules
     )
     local -a missing=()
     local pkg

@@ -1,0 +1,103 @@
+# services.flint-boot: the stateless boot server of the pre-install phase (HTTP for iPXE scripts,
+# kernels and initrds; TFTP for the iPXE binaries; ProxyDHCP beside the site's own DHCP server).
+# It serves no secret: the inventory and the images are public by design (SECURITY.md).
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.flint-boot;
+  inherit (lib) mkEnableOption mkOption mkIf types optional concatStringsSep;
+
+  args = [
+    "serve"
+    "--inventory" (toString cfg.inventory)
+    "--images" (toString cfg.imageDir)
+    "--http" cfg.http.listen
+  ]
+  ++ lib.optionals cfg.tftp.enable [ "--tftp" cfg.tftp.listen "--tftp-root" (toString cfg.tftp.root) ]
+  ++ lib.optionals cfg.proxyDhcp.enable [ "--proxy-dhcp" cfg.proxyDhcp.interface ]
+  ++ lib.optionals (cfg.http.publicUrl != null) [ "--public-url" cfg.http.publicUrl ];
+
+  bindsPrivilegedPorts = cfg.tftp.enable || cfg.proxyDhcp.enable;
+in
+{
+  options.services.flint-boot = {
+    enable = mkEnableOption "flint-boot, the PXE boot server (HTTP, TFTP, ProxyDHCP)";
+
+    package = mkOption {
+      type = types.package;
+      description = "The package providing bin/flint-boot.";
+    };
+    inventory = mkOption {
+      type = types.path;
+      description = "The inventory (JSON): profiles, nodes and the policy for unknown machines. Reloaded when it changes.";
+    };
+    imageDir = mkOption {
+      type = types.path;
+      description = "Folder of kernels and initrds served over HTTP; nothing outside it is served.";
+    };
+    http = {
+      listen = mkOption { type = types.str; default = "0.0.0.0:8080"; description = "HTTP listen address."; };
+      publicUrl = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "http://10.0.200.2:8080";
+        description = "The URL booting machines reach this server at (put into boot.ipxe); null: derived from the listen address.";
+      };
+    };
+    tftp = {
+      enable = mkOption { type = types.bool; default = true; description = "Serve the iPXE binaries over TFTP."; };
+      listen = mkOption { type = types.str; default = "0.0.0.0:69"; description = "TFTP listen address."; };
+      root = mkOption {
+        type = types.path;
+        default = "${pkgs.ipxe}";
+        description = "Folder with undionly.kpxe, ipxe.efi and snponly.efi.";
+      };
+    };
+    proxyDhcp = {
+      enable = mkOption { type = types.bool; default = true; description = "Answer PXE clients on ports 67 and 4011 (the site's DHCP server keeps handing out addresses)."; };
+      interface = mkOption { type = types.str; example = "eno1"; description = "The provisioning network's interface."; };
+    };
+    openFirewall = mkOption { type = types.bool; default = false; description = "Open the HTTP, TFTP and ProxyDHCP ports."; };
+  };
+
+  config = mkIf cfg.enable {
+    systemd.services.flint-boot = {
+      description = "flint-boot: PXE boot server (HTTP, TFTP, ProxyDHCP)";
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      wantedBy = [ "multi-user.target" ];
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/flint-boot ${concatStringsSep " " (map lib.escapeShellArg args)}";
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        Restart = "on-failure";
+        DynamicUser = true;
+        # Ports 67, 69 and 4011 are privileged; nothing else is.
+        AmbientCapabilities = optional bindsPrivilegedPorts "CAP_NET_BIND_SERVICE";
+        CapabilityBoundingSet = optional bindsPrivilegedPorts "CAP_NET_BIND_SERVICE";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
+      };
+    };
+
+    networking.firewall = mkIf cfg.openFirewall {
+      allowedTCPPorts = [ (lib.toInt (lib.last (lib.splitString ":" cfg.http.listen))) ];
+      allowedUDPPorts = optional cfg.tftp.enable 69 ++ lib.optionals cfg.proxyDhcp.enable [ 67 4011 ];
+    };
+  };
+}

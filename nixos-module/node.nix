@@ -1,0 +1,359 @@
+# services.flint: flint's first-boot join and health units on a NixOS node.
+#
+# The typed options render cluster-config.json (docs/configuration.md). That file holds no secret,
+# only the names of credentials: every secret (client key, join token, IAM bootstrap token) stays
+# in a file outside the Nix store and reaches flint through systemd's LoadCredential=, so it is
+# never copied into the world-readable store.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.flint;
+  inherit (lib) mkEnableOption mkOption mkIf mkMerge types optionalAttrs filterAttrs;
+
+  notInStore = path: !(lib.hasPrefix builtins.storeDir (toString path));
+
+  # Secrets are loaded as credentials under these names; the config refers to them by name,
+  # relative to $CREDENTIALS_DIRECTORY.
+  credentials =
+    { "cluster-config.json" = configFile; }
+    // optionalAttrs (cfg.tls.caFile != null) { "ca.pem" = cfg.tls.caFile; }
+    // optionalAttrs (cfg.tls.certFile != null) { "node.pem" = cfg.tls.certFile; }
+    // optionalAttrs (cfg.tls.keyFile != null) { "node-key.pem" = cfg.tls.keyFile; }
+    // optionalAttrs (cfg.joinTokenFile != null) { "join-token" = cfg.joinTokenFile; }
+    // optionalAttrs (cfg.iam.bootstrapTokenFile != null) { "iam-bootstrap-token" = cfg.iam.bootstrapTokenFile; }
+    // optionalAttrs (cfg.iam.adminPublicKeyFile != null) { "iam-admin.pub" = cfg.iam.adminPublicKeyFile; };
+
+  dropNulls = filterAttrs (_: v: v != null);
+
+  serviceSection = s: dropNulls {
+    leader_url = s.leaderUrl;
+    peers = if s.peers == [ ] then null else s.peers;
+    raft_addr = s.raftAddr;
+    local_url = s.localUrl;
+  };
+
+  settings = dropNulls {
+    node_id = cfg.nodeId;
+    bootstrap = cfg.bootstrap;
+    leader_url = cfg.leaderUrl;
+    raft_addr = cfg.raftAddr;
+    peers = cfg.peers;
+    allow_plaintext = cfg.allowPlaintext;
+    tls = if cfg.tls.caFile == null then null else dropNulls {
+      ca = "ca.pem";
+      cert = if cfg.tls.certFile == null then null else "node.pem";
+      key = if cfg.tls.keyFile == null then null else "node-key.pem";
+    };
+    join_token_file = if cfg.joinTokenFile == null then null else "join-token";
+    timeouts = { inherit (cfg.timeouts) total request connect; };
+    chainfire = if builtins.elem "chainfire" cfg.join then serviceSection cfg.chainfire else null;
+    flaredb = if builtins.elem "flaredb" cfg.join then serviceSection cfg.flaredb else null;
+    etcd = if builtins.elem "etcd" cfg.join then serviceSection cfg.etcd // dropNulls { peer_url = cfg.etcd.peerUrl; } else null;
+    iam = if !cfg.iam.setup then null else dropNulls {
+      url = cfg.iam.url;
+      org = cfg.iam.org;
+      admin = { name = cfg.iam.adminName; public_key_file = "iam-admin.pub"; };
+      bootstrap_token_file = "iam-bootstrap-token";
+    };
+  };
+
+  configFile = (pkgs.formats.json { }).generate "cluster-config.json" settings;
+
+  serviceOptions = name: port: {
+    leaderUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "${name}'s URL asked first; null: the top-level leaderUrl (on port ${toString port}).";
+    };
+    peers = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "More ${name} URLs to try when the leader does not answer.";
+    };
+    raftAddr = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "This node's ${name} Raft address; null: the top-level raftAddr (port ${toString (port + 1)}).";
+    };
+    localUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "This node's own ${name} API, waited for before the join.";
+    };
+  };
+
+  # The sandbox of systemd/*.service: root without any capability (it reads root-owned secrets
+  # and writes /var/lib/flint), a read-only system, no devices, a system call filter.
+  hardening = {
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateMounts = true;
+    PrivateIPC = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
+    SystemCallErrorNumber = "EPERM";
+    DevicePolicy = "closed";
+    KeyringMode = "private";
+    UMask = "0077";
+    StateDirectory = "flint";
+    StateDirectoryMode = "0700";
+    LoadCredential = lib.mapAttrsToList (name: path: "${name}:${toString path}") credentials;
+  };
+
+  joinUnit = { description, marker, args, after ? [ ], requires ? [ ], before ? [ ] }: {
+    inherit description after requires before;
+    wants = [ "network-online.target" ];
+    wantedBy = [ "multi-user.target" ];
+    unitConfig = {
+      ConditionPathExists = "!/var/lib/flint/${marker}";
+      StartLimitIntervalSec = "1h";
+      StartLimitBurst = 6;
+    };
+    serviceConfig = hardening // {
+      Type = "oneshot";
+      RemainAfterExit = true;
+      NotifyAccess = "main";
+      ExecStart = "${cfg.package}/bin/flint ${args}";
+      TimeoutStartSec = "11min";
+      Restart = "on-failure";
+      RestartSec = "30s";
+      RestartPreventExitStatus = "64 65 77 78 243";
+    };
+  };
+in
+{
+  options.services.flint = {
+    enable = mkEnableOption "flint's first-boot cluster join and health check units";
+
+    package = mkOption {
+      type = types.package;
+      description = "The flint package (its static binary).";
+    };
+
+    join = mkOption {
+      type = types.listOf (types.enum [ "chainfire" "flaredb" "etcd" ]);
+      default = [ "chainfire" "flaredb" ];
+      description = "The clusters this node joins at first boot, each by its own unit.";
+    };
+
+    nodeId = mkOption {
+      type = types.strMatching "[A-Za-z0-9._-]{1,63}";
+      description = "This node's name in every cluster.";
+    };
+    bootstrap = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether this node is one of the initial members (nothing to add, only wait for a leader).";
+    };
+    leaderUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://node01.example.com:2379";
+      description = "The admin URL asked first (chainfire's; flaredb's is the same host on port 2479).";
+    };
+    raftAddr = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "10.0.200.13:2380";
+      description = "This node's Raft address (chainfire's; flaredb's is the same host on port 2480).";
+    };
+    peers = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "More admin URLs to try when the leader does not answer.";
+    };
+    allowPlaintext = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Allow plain http to hosts other than loopback.";
+    };
+
+    tls = {
+      caFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "The cluster CA (PEM). Required for https URLs.";
+      };
+      certFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "This node's client certificate (PEM), for mTLS.";
+      };
+      keyFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = "/etc/nixos/secrets/node-key.pem";
+        description = "This node's client key: a path outside the Nix store, mode 0600, passed as a credential.";
+      };
+    };
+    joinTokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/etc/nixos/secrets/join-token";
+      description = "File holding the admin APIs' bearer token: outside the Nix store, mode 0600.";
+    };
+
+    timeouts = {
+      total = mkOption { type = types.str; default = "10m"; description = "How long a join may take in all."; };
+      request = mkOption { type = types.str; default = "10s"; description = "One HTTP request."; };
+      connect = mkOption { type = types.str; default = "5s"; description = "One TCP connect."; };
+    };
+
+    chainfire = serviceOptions "chainfire" 2379;
+    flaredb = serviceOptions "flaredb" 2479;
+    etcd = serviceOptions "etcd" 2379 // {
+      peerUrl = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "This node's etcd peer URL; null: {scheme of leaderUrl}://{raftAddr}.";
+      };
+    };
+
+    iam = {
+      setup = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Run IAM's initial setup (first organization and admin) after flaredb has joined.";
+      };
+      url = mkOption { type = types.nullOr types.str; default = null; description = "This node's IAM; null: port 8080 on loopback."; };
+      org = mkOption { type = types.nullOr types.str; default = null; description = "The first organization's name."; };
+      adminName = mkOption { type = types.nullOr types.str; default = null; description = "The first admin's name."; };
+      adminPublicKeyFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "The first admin's PEM public key (never a private key).";
+      };
+      bootstrapTokenFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "IAM's bootstrap token: outside the Nix store, mode 0600.";
+      };
+    };
+
+    healthCheck = {
+      enable = mkOption { type = types.bool; default = true; description = "Run cluster-health-check at first boot and a periodic check for node_exporter."; };
+      interval = mkOption { type = types.str; default = "1min"; description = "How often the periodic check runs."; };
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = lib.all notInStore (lib.filter (p: p != null) [ cfg.tls.keyFile cfg.joinTokenFile cfg.iam.bootstrapTokenFile ]);
+        message = "services.flint: keyFile, joinTokenFile and iam.bootstrapTokenFile must be paths outside the Nix store (give them as strings, not Nix paths): the store is readable by every user.";
+      }
+      {
+        assertion = !cfg.iam.setup || (cfg.iam.org != null && cfg.iam.adminName != null && cfg.iam.adminPublicKeyFile != null && cfg.iam.bootstrapTokenFile != null);
+        message = "services.flint.iam: setup needs org, adminName, adminPublicKeyFile and bootstrapTokenFile.";
+      }
+      {
+        assertion = cfg.leaderUrl != null || lib.all (s: cfg.${s}.leaderUrl != null) cfg.join;
+        message = "services.flint: set leaderUrl, or leaderUrl in every joined service.";
+      }
+    ];
+
+    environment.systemPackages = [ cfg.package ];
+
+    systemd.services = mkMerge [
+      (mkIf (builtins.elem "chainfire" cfg.join) {
+        chainfire-cluster-join = joinUnit {
+          description = "Join this node to the chainfire cluster (flint)";
+          marker = ".chainfire-joined";
+          args = "join chainfire";
+          after = [ "chainfire.service" "network-online.target" ];
+          requires = [ "chainfire.service" ];
+          before = [ "flaredb.service" ];
+        };
+      })
+      (mkIf (builtins.elem "flaredb" cfg.join) {
+        flaredb-cluster-join = joinUnit {
+          description = "Join this node to the flaredb cluster (flint)";
+          marker = ".flaredb-joined";
+          args = "join flaredb";
+          after = [ "flaredb.service" "chainfire-cluster-join.service" "network-online.target" ];
+          requires = [ "flaredb.service" ];
+          before = [ "iam.service" ];
+        };
+      })
+      (mkIf cfg.iam.setup {
+        iam-initial-setup = joinUnit {
+          description = "IAM initial setup: the cluster's first organization and admin (flint)";
+          marker = ".iam-setup-done";
+          args = "iam-setup";
+          after = [ "iam.service" "flaredb-cluster-join.service" "network-online.target" ];
+          requires = [ "iam.service" ];
+        };
+      })
+      (mkIf (builtins.elem "etcd" cfg.join) {
+        etcd-cluster-join = joinUnit {
+          description = "Add this node to the etcd cluster as a learner and write etcd.env (flint)";
+          marker = ".etcd-joined";
+          args = "join etcd --phase add";
+          after = [ "network-online.target" ];
+          before = [ "etcd.service" ];
+        };
+        etcd-cluster-promote = joinUnit {
+          description = "Promote this node's etcd learner to a voting member (flint)";
+          marker = ".etcd-joined";
+          args = "join etcd --phase promote";
+          after = [ "etcd.service" "etcd-cluster-join.service" ];
+          requires = [ "etcd.service" ];
+        };
+        etcd.serviceConfig.EnvironmentFile = [ "-/var/lib/flint/etcd.env" ];
+      })
+      (mkIf cfg.healthCheck.enable {
+        cluster-health-check = {
+          description = "Cluster health validation after first boot (flint)";
+          after = [ "chainfire-cluster-join.service" "flaredb-cluster-join.service" "iam-initial-setup.service" "etcd-cluster-promote.service" ];
+          wantedBy = [ "multi-user.target" ];
+          unitConfig = { StartLimitIntervalSec = "1h"; StartLimitBurst = 10; };
+          serviceConfig = hardening // {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "${cfg.package}/bin/flint health --textfile /var/lib/flint/cluster-health.prom";
+            Restart = "on-failure";
+            RestartSec = "30s";
+            RestartPreventExitStatus = "64 65 77 78 243";
+            TimeoutStartSec = "2min";
+          };
+        };
+        flint-health = {
+          description = "Periodic cluster health check for node_exporter's textfile collector (flint)";
+          serviceConfig = hardening // {
+            Type = "oneshot";
+            ExecStart = "${cfg.package}/bin/flint health --textfile /var/lib/flint/cluster-health.prom";
+            SuccessExitStatus = "1";
+            TimeoutStartSec = "2min";
+          };
+        };
+      })
+    ];
+
+    systemd.timers = mkIf cfg.healthCheck.enable {
+      flint-health = {
+        description = "Check the cluster's health periodically (flint)";
+        wantedBy = [ "timers.target" ];
+        timerConfig = { OnBootSec = "2min"; OnUnitActiveSec = cfg.healthCheck.interval; AccuracySec = "10s"; };
+      };
+    };
+  };
+}
