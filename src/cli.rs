@@ -102,7 +102,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             .or(cli.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
     );
-    let config_path = config::locate(systemd::credentials_dir().as_deref(), cli.config.as_deref());
+    // Located only when a command reads it: a run-once exit reads nothing.
+    let cli_config = cli.config;
+    let config_path =
+        || config::locate(systemd::credentials_dir().as_deref(), cli_config.as_deref());
     match cli.command {
         Command::Join { service, phase } => {
             if phase.is_some() && service != JoinService::Etcd {
@@ -111,7 +114,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             if already_done(&state, service.into())? {
                 return Ok(ExitStatus::Success);
             }
-            let ctx = Context::new(config_path, state)?;
+            let ctx = Context::new(config_path(), state)?;
             let _lock = ctx.state.lock().await?;
             if already_done(&ctx.state, service.into())? {
                 return Ok(ExitStatus::Success);
@@ -128,7 +131,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             if already_done(&state, Service::Iam)? {
                 return Ok(ExitStatus::Success);
             }
-            let ctx = Context::new(config_path, state)?;
+            let ctx = Context::new(config_path(), state)?;
             let _lock = ctx.state.lock().await?;
             if !already_done(&ctx.state, Service::Iam)? {
                 iam_setup::run(&ctx).await?;
@@ -136,7 +139,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Success)
         }
         Command::Health { json, textfile } => {
-            let ctx = Context::new(config_path, state)?;
+            let ctx = Context::new(config_path(), state)?;
             let healthy = commands::health::run(&ctx, json, textfile.as_deref()).await?;
             Ok(if healthy {
                 ExitStatus::Success
@@ -145,7 +148,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             })
         }
         Command::NodeJoin(args) => {
-            let ctx = Context::new(config_path, state)?;
+            let ctx = Context::new(config_path(), state)?;
             node_join::run(&ctx, args).await
         }
     }

@@ -70,6 +70,9 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
         if let Some(e) = cause.downcast_ref::<crate::engines::Error>() {
             return e.exit_status();
         }
+        if let Some(e) = cause.downcast_ref::<crate::privileges::Error>() {
+            return e.exit_status();
+        }
         if let Some(e) = cause.downcast_ref::<crate::cli::UsageError>() {
             return e.exit_status();
         }

@@ -154,11 +154,16 @@ pub struct Config {
     configured: Vec<Service>,
 }
 
-/// Which file to read: systemd's credential first, then the command line, then the default.
+/// Which file to read: systemd's credential first, then the command line, then the default. A
+/// blank credential is skipped: it is the `SetCredential=` fallback flint's units give systemd
+/// for a file it could not load, so the error that follows names that file, not the credential.
 pub fn locate(credentials_dir: Option<&Path>, cli: Option<&Path>) -> PathBuf {
     if let Some(dir) = credentials_dir {
         let candidate = dir.join(CREDENTIAL_NAME);
-        if candidate.exists() {
+        let blank = std::fs::read(&candidate)
+            .map(|bytes| bytes.iter().all(u8::is_ascii_whitespace))
+            .unwrap_or(true);
+        if !blank {
             return candidate;
         }
     }

@@ -14,6 +14,9 @@ use serde_json::json;
 use url::Url;
 
 use super::{Error, status_error};
+
+/// What a 401/403 from this service asks the operator to check.
+const CREDENTIALS: &str = "`join_token_file` and `tls.cert`";
 use crate::config::{AdminPaths, join_path, permits};
 use crate::http::{Answer, Client};
 use crate::secrets::Secret;
@@ -111,7 +114,7 @@ impl Admin {
         }
         let answer = self.http.get(health_url).await?;
         if !answer.status.is_success() {
-            return Err(status_error(&answer));
+            return Err(status_error(&answer, CREDENTIALS));
         }
         let health: Health = answer.labelled_json()?;
         if health.status == "healthy" {
@@ -130,7 +133,7 @@ impl Admin {
         let url = join_path(base, &self.paths.member_list);
         let (answered, answer) = self.exchange(Method::GET, url, None).await?;
         if !answer.status.is_success() {
-            return Err(status_error(&answer));
+            return Err(status_error(&answer, CREDENTIALS));
         }
         let list = answer.labelled_json()?;
         let mut answered_base = answered.clone();
@@ -163,7 +166,7 @@ impl Admin {
                 ))),
                 None => Ok(Added::Unspecified),
             },
-            _ => Err(status_error(&answer)),
+            _ => Err(status_error(&answer, CREDENTIALS)),
         }
     }
 

@@ -9,6 +9,9 @@ use serde_json::json;
 use url::Url;
 
 use super::{Error, status_error};
+
+/// What a 401/403 from this service asks the operator to check.
+const CREDENTIALS: &str = "`tls.cert`";
 use crate::config::{Endpoints, join_path};
 use crate::http::Client;
 use crate::retry::{Class, Classified};
@@ -308,7 +311,7 @@ impl Etcd {
         }
         let answer = self.http.get(health_url).await?;
         if !answer.status.is_success() && !answer.status.is_server_error() {
-            return Err(status_error(&answer));
+            return Err(status_error(&answer, CREDENTIALS));
         }
         Ok(answer.json::<Health>()?.health == "true")
     }
@@ -344,7 +347,7 @@ impl Etcd {
                     message,
                 })
             }
-            _ => Err(status_error(&answer)),
+            _ => Err(status_error(&answer, CREDENTIALS)),
         }
     }
 }

@@ -14,6 +14,9 @@ use serde_json::json;
 use url::Url;
 
 use super::{Error, status_error};
+
+/// What a 401/403 from IAM asks the operator to check.
+const CREDENTIALS: &str = "`iam.bootstrap_token_file` and `tls.cert`";
 use crate::http::Client;
 use crate::secrets::Secret;
 
@@ -40,7 +43,7 @@ impl Iam {
         if answer.status.is_success() {
             Ok(())
         } else {
-            Err(status_error(&answer))
+            Err(status_error(&answer, CREDENTIALS))
         }
     }
 
@@ -52,6 +55,7 @@ impl Iam {
         admin: &str,
         public_key: &str,
     ) -> Result<Setup, Error> {
+        /// What IAM says it holds, in a 201 as in a 409.
         #[derive(Deserialize)]
         struct Existing {
             org: String,
@@ -66,12 +70,24 @@ impl Iam {
             .http
             .send(Method::POST, url, Some(&body), Some(token))
             .await?;
+        // A success is believed only when IAM names what it created: a 200 from a proxy in
+        // the way, or a body flint cannot read, must not become a marker.
+        let created = matches!(answer.status, StatusCode::OK | StatusCode::CREATED);
         match answer.status {
-            StatusCode::OK | StatusCode::CREATED => Ok(Setup::Created),
-            StatusCode::CONFLICT => {
+            StatusCode::OK | StatusCode::CREATED | StatusCode::CONFLICT => {
                 let existing: Existing = answer.labelled_json()?;
                 if existing.org == org && existing.admin.name == admin {
-                    Ok(Setup::AlreadyDone)
+                    Ok(if created {
+                        Setup::Created
+                    } else {
+                        Setup::AlreadyDone
+                    })
+                } else if created {
+                    Err(Error::Conflict(format!(
+                        "IAM at {url} answered {} for organization {:?} with admin {:?}, not \
+                         {org:?} with {admin:?}",
+                        answer.status, existing.org, existing.admin.name
+                    )))
                 } else {
                     Err(Error::Conflict(format!(
                         "IAM at {url} was already set up for organization {:?} with admin {:?}, \
@@ -81,7 +97,7 @@ impl Iam {
                     )))
                 }
             }
-            _ => Err(status_error(&answer)),
+            _ => Err(status_error(&answer, CREDENTIALS)),
         }
     }
 }

@@ -29,12 +29,12 @@ pub enum Error {
         class: Class,
     },
     /// The service refused flint's credentials (401/403): a token or client certificate problem.
-    #[error(
-        "{url} refused this node's credentials (HTTP {status}): check `join_token_file` and `tls.cert`"
-    )]
+    #[error("{url} refused this node's credentials (HTTP {status}): check {credentials}")]
     Denied {
         url: String,
         status: hyper::StatusCode,
+        /// The configuration fields that hold the credentials this service checks.
+        credentials: &'static str,
     },
     /// Redirects and leader hints that went in a circle or too far.
     #[error("redirects went in a circle or too far: {chain}")]
@@ -77,8 +77,9 @@ impl Classify for Error {
 }
 
 /// An answer that is neither success nor a protocol answer the engine handles: retried when
-/// HTTP says so (5xx, 408, 429), a permission problem on 401/403, else permanent.
-fn status_error(answer: &Answer) -> Error {
+/// HTTP says so (5xx, 408, 429), a permission problem on 401/403 (naming the `credentials`
+/// fields to check), else permanent.
+fn status_error(answer: &Answer, credentials: &'static str) -> Error {
     if matches!(
         answer.status,
         hyper::StatusCode::UNAUTHORIZED | hyper::StatusCode::FORBIDDEN
@@ -86,6 +87,7 @@ fn status_error(answer: &Answer) -> Error {
         return Error::Denied {
             url: answer.url.clone(),
             status: answer.status,
+            credentials,
         };
     }
     Error::Status {

@@ -97,6 +97,9 @@ mod tests {
         let node_join = std::fs::read_to_string(man.join("flint-node-join.1")).unwrap();
         assert!(node_join.contains("abandon"), "{node_join}");
         let bash = std::fs::read_to_string(dir.path().join("completions/flint.bash")).unwrap();
-        assert!(bash.contains("iam-setup") && bash.contains("--textfile"), "{bash}");
+        assert!(
+            bash.contains("iam-setup") && bash.contains("--textfile"),
+            "{bash}"
+        );
     }
 }
