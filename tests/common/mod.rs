@@ -9,12 +9,14 @@ mod flint;
 mod lab;
 mod pki;
 mod proxy;
+mod testserver;
 
 pub use etcd::{EtcdCluster, EtcdProcess, Member, ServerCert, read_env_file};
 pub use flint::{FlintOutput, FlintProcess, Node, flint_command};
 pub use lab::Lab;
 pub use pki::Pki;
 pub use proxy::{ProxyMode, TcpProxy};
+pub use testserver::*;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
