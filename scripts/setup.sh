@@ -18,6 +18,7 @@ setup_main() {
         shellcheck                # lints these scripts in scripts/test.sh
         systemd                   # systemd-analyze verify and security on the units in systemd/
         nix-bin                   # nix-instantiate --parse on the NixOS modules
+        debootstrap systemd-container  # a Debian root booted with systemd as PID 1 (tests/systemd)
     )
     local -a missing=()
     local pkg

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Boots flint's units under a real systemd (PID 1 of a systemd-nspawn container holding a Debian 12
+# root) against the chainfire, flaredb and IAM test servers on this machine's loopback, and checks
+# from the container's own systemd what ran, in which order, with which result:
+#   boot 1: the first-boot chain runs in order and succeeds, markers written, step lines in the
+#           journal, flint's STATUS= text visible while it waits;
+#   boot 2: the same root again: nothing runs (ConditionPathExists=! on the markers);
+#   boot 3: flaredb unreachable: its join fails with 69 and systemd restarts it;
+#   boot 4: a configuration with an unknown field: 78, a journal line naming file and field, no restart;
+#   boot 5: the configuration file missing: 78 and a journal line naming it, no restart loop.
+#
+#   tests/systemd/boot-test.sh FLINT FLINT_TESTSERVER
+#
+# Why a container and not a VM: /dev/kvm does not work here and a TCG-emulated VM boots in tens of
+# seconds; systemd-nspawn runs a real systemd as PID 1 in a second, sharing the host's loopback,
+# where the test servers listen. Everything runs on 127.0.0.0/8 and stops by PID.
+set -euo pipefail
+
+flint=$(realpath "$1")
+testserver=$(realpath "$2")
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+base=$("$here/make-root.sh")
+
+work=$(mktemp -d /var/tmp/flint-boot-test.XXXXXX)
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n ${FLINT_KEEP:-} ]]; then
+        echo "kept $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+fail() {
+    printf 'FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# A /24 of loopback of our own (the other test labs use 127.20-199.x.x).
+net=127.$((200 + RANDOM % 50)).$((RANDOM % 250))
+ip() { echo "$net.$((10 + $1))"; }
+
+# --- PKI and secrets, made now -------------------------------------------------------------------
+pki=$work/pki
+mkdir -p "$pki"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=flint-boot-test-ca \
+    -keyout "$pki/ca-key.pem" -out "$pki/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=server \
+    -keyout "$pki/server-key.pem" -out "$pki/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:%s,IP:%s,IP:%s,IP:%s\n' "$(ip 1)" "$(ip 2)" "$(ip 3)" "$(ip 4)" >"$pki/san"
+openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca-key.pem" -CAcreateserial -days 2 \
+    -extfile "$pki/san" -out "$pki/server.pem" 2>/dev/null
+openssl genpkey -algorithm ed25519 -out "$pki/admin-key.pem" 2>/dev/null
+openssl pkey -in "$pki/admin-key.pem" -pubout -out "$pki/admin.pub"
+head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$pki/join-token"
+head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$pki/iam-token"
+chmod 600 "$pki"/*-key.pem "$pki"/*-token
+
+# --- the test servers: nodes 1-3 are members, node 4 is the container --------------------------
+start_server() {
+    local name=$1 kind=$2 port=$3 control=$4 token=$5
+    local -a listen=()
+    local i
+    for i in 1 2 3 4; do listen+=(--listen "$(ip "$i"):$port"); done
+    local -a extra=()
+    [[ $kind == cluster ]] && extra=(--initial-members 3)
+    "$testserver" "$kind" "${listen[@]}" "${extra[@]}" --cert "$pki/server.pem" --key "$pki/server-key.pem" \
+        --token-file "$token" --control "$net.1:$control" --ready-file "$work/$name.ready" \
+        >"$work/$name.log" 2>&1 &
+    pids+=($!)
+}
+start_server chainfire cluster 2379 9101 "$pki/join-token"
+start_server flaredb cluster 2479 9102 "$pki/join-token"
+start_server iam iam 8080 9103 "$pki/iam-token"
+for name in chainfire flaredb iam; do
+    for _ in $(seq 100); do [[ -s $work/$name.ready ]] && break; sleep 0.1; done
+    [[ -s $work/$name.ready ]] || fail "test server $name did not start: $(tail -3 "$work/$name.log")"
+done
+control() { curl -sS --max-time 5 -X "$1" "http://$net.1:$2$3" ${4:+-d "$4"}; }
+
+# --- a container root with flint's units --------------------------------------------------------
+# install_root NAME CONFIG_JSON: a fresh copy of the base root with flint, its units, stand-ins for
+# the local services, the secrets, and the units that report to the host.
+install_root() {
+    local name=$1 config=$2 root=$work/$1
+    cp -a "$base" "$root"
+    install -m 755 "$flint" "$root/usr/bin/flint"
+    cp "$repo"/systemd/*.service "$repo"/systemd/*.timer "$root/etc/systemd/system/"
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/nixos/secrets" "$root/results"
+    local unit
+    for unit in chainfire flaredb iam; do
+        printf '[Unit]\nDescription=stand-in for the local %s (its API is the test server on the host)\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n' \
+            "$unit" >"$root/etc/systemd/system/$unit.service"
+    done
+    for unit in chainfire flaredb iam chainfire-cluster-join flaredb-cluster-join iam-initial-setup \
+        cluster-health-check flint-report; do
+        ln -sf "/etc/systemd/system/$unit.service" "$root/etc/systemd/system/multi-user.target.wants/$unit.service"
+    done
+    ln -sf /etc/systemd/system/flint-status-sampler.service \
+        "$root/etc/systemd/system/multi-user.target.wants/flint-status-sampler.service"
+    install -m 600 "$pki/ca.pem" "$pki/join-token" "$pki/iam-token" "$pki/admin.pub" "$root/etc/nixos/secrets/"
+    printf '%s\n' "$config" >"$root/etc/nixos/secrets/cluster-config.json"
+    chmod 600 "$root/etc/nixos/secrets/cluster-config.json"
+
+    # While chainfire's join runs, record what `systemctl status` shows of it.
+    cat >"$root/etc/systemd/system/flint-status-sampler.service" <<'UNIT'
+[Unit]
+Description=Record flint's STATUS= text while chainfire-cluster-join runs (test)
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'for i in $(seq 600); do systemctl show -p StatusText --value chainfire-cluster-join.service >> /results/status-text; sleep 0.05; done'
+UNIT
+    # Once every flint unit has settled (none activating or waiting to restart), dump what
+    # systemd knows, then power the container off.
+    cat >"$root/etc/systemd/system/flint-report.service" <<'UNIT'
+[Unit]
+Description=Report flint's units to the host (test)
+After=cluster-health-check.service iam-initial-setup.service flaredb-cluster-join.service chainfire-cluster-join.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/flint-report
+UNIT
+    mkdir -p "$root/usr/local/bin"
+    cat >"$root/usr/local/bin/flint-report" <<'SCRIPT'
+#!/bin/sh
+units="chainfire-cluster-join flaredb-cluster-join iam-initial-setup cluster-health-check chainfire flaredb iam"
+for i in $(seq 240); do
+    busy=0
+    for u in $units; do
+        state=$(systemctl show -p ActiveState --value $u.service)
+        sub=$(systemctl show -p SubState --value $u.service)
+        case "$state/$sub" in activating/*|*/auto-restart) busy=1 ;; esac
+    done
+    [ $busy = 0 ] && break
+    sleep 0.25
+done
+for u in $units; do
+    systemctl show -p ActiveState -p SubState -p Result -p ExecMainStatus -p NRestarts -p ConditionResult \
+        -p ExecMainStartTimestampMonotonic -p ExecMainExitTimestampMonotonic -p ActiveEnterTimestampMonotonic \
+        $u.service > /results/$u.show
+    journalctl -b -u $u.service -o cat --no-pager > /results/$u.journal
+done
+ls -A /var/lib/flint > /results/state-dir 2>&1
+systemctl poweroff --no-block
+SCRIPT
+    chmod 755 "$root/usr/local/bin/flint-report"
+}
+
+# boot NAME: boots the root until flint-report powers it off (bounded).
+boot() {
+    local root=$work/$1
+    rm -rf "${root:?}/results"/*
+    timeout 180 systemd-nspawn --quiet --register=no --keep-unit --console=pipe -D "$root" \
+        --bind="$root/results:/results" -b >"$work/$1.console" 2>&1 </dev/null \
+        || fail "boot of $1 did not end by itself: $(tail -5 "$work/$1.console")"
+    [[ -s $root/results/cluster-health-check.show ]] || fail "boot of $1 produced no report"
+}
+
+prop() { sed -n "s/^$2=//p" "$work/$1/results/$3.show"; }
+
+expect_prop() {
+    local root=$1 unit=$2 name=$3 want=$4 got
+    got=$(prop "$root" "$name" "$unit")
+    [[ $got == "$want" ]] || fail "$root: $unit $name is '$got', expected '$want'"
+}
+
+config() {
+    local flaredb_leader=$1 total=$2 more_fields=${3:-}
+    cat <<JSON
+{"node_id": "node04", "leader_url": "https://$(ip 1):2379", "raft_addr": "$(ip 4):2380",
+ "tls": {"ca": "/etc/nixos/secrets/ca.pem"}, "join_token_file": "/etc/nixos/secrets/join-token",
+ "timeouts": {"total": "$total", "request": "3s", "connect": "2s"}, $more_fields
+ "chainfire": {"local_url": "https://$(ip 4):2379"},
+ "flaredb": {"leader_url": "$flaredb_leader", "local_url": "https://$(ip 4):2479"},
+ "iam": {"url": "https://$(ip 4):8080", "org": "acme", "bootstrap_token_file": "/etc/nixos/secrets/iam-token",
+         "admin": {"name": "root", "public_key_file": "/etc/nixos/secrets/admin.pub"}}}
+JSON
+}
+
+# --- boot 1: the whole chain ---------------------------------------------------------------------
+echo "boot 1: first boot, the chain in order"
+install_root good "$(config "https://$(ip 1):2479" 60s)"
+# The local chainfire answers 429 with Retry-After: 2 once, so the join visibly waits.
+control POST 9101 /faults '{"route": "health", "kind": "too-many", "seconds": 2, "times": 1, "listener": "node04"}' >/dev/null
+boot good
+for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup cluster-health-check; do
+    expect_prop good "$unit" Result success
+    expect_prop good "$unit" ExecMainStatus 0
+    expect_prop good "$unit" ActiveState active
+done
+# The seed's order, as systemd ran it: each step started after the previous one ended.
+order=(chainfire:ActiveEnterTimestampMonotonic chainfire-cluster-join flaredb:ActiveEnterTimestampMonotonic
+    flaredb-cluster-join iam:ActiveEnterTimestampMonotonic iam-initial-setup cluster-health-check)
+previous_end=0
+previous=""
+for step in "${order[@]}"; do
+    unit=${step%%:*}
+    if [[ $step == *:* ]]; then
+        start=$(prop good ActiveEnterTimestampMonotonic "$unit")
+        end=$start
+    else
+        start=$(prop good ExecMainStartTimestampMonotonic "$unit")
+        end=$(prop good ExecMainExitTimestampMonotonic "$unit")
+    fi
+    ((start >= previous_end)) || fail "$unit started ($start) before $previous ended ($previous_end)"
+    previous_end=$end
+    previous=$unit
+done
+state=$(cat "$work/good/results/state-dir")
+for marker in .chainfire-joined .flaredb-joined .iam-setup-done; do
+    grep -qx -- "$marker" <<<"$state" || fail "marker $marker missing: $state"
+done
+grep -q "adding node04 at $(ip 4):2380 to chainfire" "$work/good/results/chainfire-cluster-join.journal" \
+    || fail "no step line in journalctl -u chainfire-cluster-join: $(cat "$work/good/results/chainfire-cluster-join.journal")"
+grep -q "joined chainfire as node04" "$work/good/results/chainfire-cluster-join.journal" || fail "no joined line"
+grep -q "waiting for the local chainfire to be healthy" "$work/good/results/status-text" \
+    || fail "systemctl never showed flint's STATUS= while it waited: $(sort -u "$work/good/results/status-text")"
+if grep -h -F -f "$pki/join-token" -f "$pki/iam-token" "$work"/good/results/*; then
+    fail "a token reached the journal"
+fi
+echo "  ok: 4 units succeeded in order; markers; step lines in the journal; STATUS= while waiting"
+
+# --- boot 2: run once ----------------------------------------------------------------------------
+echo "boot 2: the same root again"
+adds_before=$(control GET 9101 /state | tr -d ' \n' | grep -o '"add":[0-9]*' | head -1)
+boot good
+for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup; do
+    expect_prop good "$unit" ConditionResult no
+    [[ ! -s $work/good/results/$unit.journal ]] || grep -q "skipped because of an unmet condition check" "$work/good/results/$unit.journal" \
+        || fail "$unit ran again: $(cat "$work/good/results/$unit.journal")"
+done
+adds_after=$(control GET 9101 /state | tr -d ' \n' | grep -o '"add":[0-9]*' | head -1)
+[[ $adds_before == "$adds_after" ]] || fail "the second boot sent adds: $adds_before -> $adds_after"
+echo "  ok: the join units were skipped by their markers; no request reached the cluster"
+
+# --- boot 3: transient failure, restarted --------------------------------------------------------
+echo "boot 3: flaredb unreachable"
+control POST 9101 /members/remove '{"id": "node04"}' >/dev/null
+install_root transient "$(config "https://$(ip 9):2479" 2s)"
+mkdir -p "$work/transient/etc/systemd/system/flaredb-cluster-join.service.d"
+printf '[Service]\nRestartSec=1s\n[Unit]\nStartLimitBurst=3\n' \
+    >"$work/transient/etc/systemd/system/flaredb-cluster-join.service.d/test.conf"
+# The health check fails too (flaredb is gone) and would retry every 30 s: not what this boot tests.
+mkdir -p "$work/transient/etc/systemd/system/cluster-health-check.service.d"
+printf '[Service]\nRestart=no\n' >"$work/transient/etc/systemd/system/cluster-health-check.service.d/test.conf"
+boot transient
+expect_prop transient chainfire-cluster-join Result success
+expect_prop transient flaredb-cluster-join ExecMainStatus 69
+restarts=$(prop transient NRestarts flaredb-cluster-join)
+((restarts >= 1)) || fail "a join that failed with 69 was not restarted (NRestarts=$restarts)"
+grep -q "gave up waiting for" "$work/transient/results/flaredb-cluster-join.journal" || fail "no deadline line"
+echo "  ok: exit 69, restarted $restarts times by systemd"
+
+# --- boot 4: configuration error, not restarted --------------------------------------------------
+echo "boot 4: an unknown field in the configuration"
+install_root badconfig "$(config "https://$(ip 1):2479" 10s '"lader_url": "typo",')"
+boot badconfig
+for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup; do
+    expect_prop badconfig "$unit" ExecMainStatus 78
+    expect_prop badconfig "$unit" NRestarts 0
+    grep -q "cluster-config.json.*lader_url" "$work/badconfig/results/$unit.journal" \
+        || fail "$unit: no journal line naming the file and the field: $(cat "$work/badconfig/results/$unit.journal")"
+done
+echo "  ok: exit 78, file and field named in the journal, no restart"
+
+# --- boot 5: the credential is missing -----------------------------------------------------------
+echo "boot 5: /etc/nixos/secrets/cluster-config.json missing"
+install_root nocred "$(config "https://$(ip 1):2479" 10s)"
+rm "$work/nocred/etc/nixos/secrets/cluster-config.json"
+boot nocred
+for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup; do
+    expect_prop nocred "$unit" ExecMainStatus 78
+    expect_prop nocred "$unit" NRestarts 0
+    grep -q "cannot read configuration file /etc/nixos/secrets/cluster-config.json" "$work/nocred/results/$unit.journal" \
+        || fail "$unit: no journal line naming the missing file: $(cat "$work/nocred/results/$unit.journal")"
+done
+echo "  ok: exit 78 naming /etc/nixos/secrets/cluster-config.json, no restart loop"
+echo "all boots passed"
