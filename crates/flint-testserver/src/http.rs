@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -265,8 +265,19 @@ where
             match tls {
                 None => serve_connection(stream, conn, handler).await,
                 Some(acceptor) => {
+                    let started = Instant::now();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, conn, handler).await,
+                        Ok(Ok(tls_stream)) => {
+                            // From the accepted TCP connection to the client's Finished: the
+                            // server's work and the client's, and the round trips between.
+                            eprintln!(
+                                "{} {} TLS from {peer} in {:.3} ms",
+                                conn.listener,
+                                conn.local,
+                                started.elapsed().as_secs_f64() * 1e3
+                            );
+                            serve_connection(tls_stream, conn, handler).await
+                        }
                         Ok(Err(e)) => eprintln!(
                             "{} {} TLS handshake with {peer} failed: {e}",
                             conn.listener, conn.local
