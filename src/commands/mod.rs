@@ -16,6 +16,7 @@ use crate::secrets::{self, Secret};
 use crate::state::StateDir;
 use crate::tls;
 
+#[derive(Clone)]
 pub struct Context {
     pub config: Config,
     pub state: StateDir,

@@ -42,14 +42,26 @@ pub struct MemberReport {
 }
 
 pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> anyhow::Result<bool> {
-    let mut services = Vec::new();
-    for service in ctx.config.configured_services() {
-        services.push(match service {
-            Service::Etcd => etcd::check(ctx).await?,
-            Service::Chainfire | Service::Flaredb => admin::check(ctx, *service).await?,
-            Service::Iam => admin::check_iam(ctx).await,
+    // The services are independent: checked at once, reported in the configured order.
+    let mut checks = tokio::task::JoinSet::new();
+    for (index, service) in ctx.config.configured_services().iter().copied().enumerate() {
+        let ctx = ctx.clone();
+        checks.spawn(async move {
+            let report = match service {
+                Service::Etcd => etcd::check(&ctx).await,
+                Service::Chainfire | Service::Flaredb => admin::check(&ctx, service).await,
+                Service::Iam => Ok(admin::check_iam(&ctx).await),
+            };
+            (index, report)
         });
     }
+    let mut done = Vec::new();
+    while let Some(joined) = checks.join_next().await {
+        let (index, report) = joined.expect("health checks do not panic");
+        done.push((index, report?));
+    }
+    done.sort_by_key(|(index, _)| *index);
+    let services: Vec<ServiceReport> = done.into_iter().map(|(_, report)| report).collect();
     let report = Report {
         healthy: services.iter().all(|s| s.healthy),
         services,
