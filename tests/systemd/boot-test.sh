@@ -7,7 +7,9 @@
 #   boot 2: the same root again: nothing runs (ConditionPathExists=! on the markers);
 #   boot 3: flaredb unreachable: its join fails with 69 and systemd restarts it;
 #   boot 4: a configuration with an unknown field: 78, a journal line naming file and field, no restart;
-#   boot 5: the configuration file missing: 78 and a journal line naming it, no restart loop.
+#   boot 5: the configuration file missing: 78 and a journal line naming it, no restart loop;
+#   boot 6: etcd: the add unit before etcd.service (which reads etcd.env), the promote unit after,
+#           against a real 3-member etcd cluster on the host: the node ends a voting member.
 #
 #   tests/systemd/boot-test.sh FLINT FLINT_TESTSERVER
 #
@@ -88,23 +90,29 @@ done
 control() { curl -sS --max-time 5 -X "$1" "http://$net.1:$2$3" ${4:+-d "$4"}; }
 
 # --- a container root with flint's units --------------------------------------------------------
-# install_root NAME CONFIG_JSON: a fresh copy of the base root with flint, its units, stand-ins for
-# the local services, the secrets, and the units that report to the host.
+chain_units=(chainfire flaredb iam chainfire-cluster-join flaredb-cluster-join iam-initial-setup cluster-health-check)
+
+# install_root NAME CONFIG_JSON [UNIT...]: a fresh copy of the base root with flint, its units,
+# stand-ins for the local services, the secrets, and the units that report to the host. The
+# UNITs (default: the first-boot chain) are enabled and reported on.
 install_root() {
     local name=$1 config=$2 root=$work/$1
+    shift 2
+    local -a units=("$@")
+    ((${#units[@]})) || units=("${chain_units[@]}")
     cp -a "$base" "$root"
     install -m 755 "$flint" "$root/usr/bin/flint"
-    cp "$repo"/systemd/*.service "$repo"/systemd/*.timer "$root/etc/systemd/system/"
+    cp -r "$repo"/systemd/. "$root/etc/systemd/system/"
     mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/nixos/secrets" "$root/results"
     local unit
     for unit in chainfire flaredb iam; do
         printf '[Unit]\nDescription=stand-in for the local %s (its API is the test server on the host)\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n' \
             "$unit" >"$root/etc/systemd/system/$unit.service"
     done
-    for unit in chainfire flaredb iam chainfire-cluster-join flaredb-cluster-join iam-initial-setup \
-        cluster-health-check flint-report; do
+    for unit in "${units[@]}" flint-report; do
         ln -sf "/etc/systemd/system/$unit.service" "$root/etc/systemd/system/multi-user.target.wants/$unit.service"
     done
+    printf '%s\n' "${units[*]}" >"$root/etc/flint-report-units"
     ln -sf /etc/systemd/system/flint-status-sampler.service \
         "$root/etc/systemd/system/multi-user.target.wants/flint-status-sampler.service"
     install -m 600 "$pki/ca.pem" "$pki/join-token" "$pki/iam-token" "$pki/admin.pub" "$root/etc/nixos/secrets/"
@@ -125,6 +133,7 @@ UNIT
 [Unit]
 Description=Report flint's units to the host (test)
 After=cluster-health-check.service iam-initial-setup.service flaredb-cluster-join.service chainfire-cluster-join.service
+After=etcd-cluster-join.service etcd.service etcd-cluster-promote.service
 [Service]
 Type=oneshot
 ExecStart=/usr/local/bin/flint-report
@@ -132,7 +141,7 @@ UNIT
     mkdir -p "$root/usr/local/bin"
     cat >"$root/usr/local/bin/flint-report" <<'SCRIPT'
 #!/bin/sh
-units="chainfire-cluster-join flaredb-cluster-join iam-initial-setup cluster-health-check chainfire flaredb iam"
+units=$(cat /etc/flint-report-units)
 for i in $(seq 240); do
     busy=0
     for u in $units; do
@@ -150,6 +159,7 @@ for u in $units; do
     journalctl -b -u $u.service -o cat --no-pager > /results/$u.journal
 done
 ls -A /var/lib/flint > /results/state-dir 2>&1
+touch /results/done
 systemctl poweroff --no-block
 SCRIPT
     chmod 755 "$root/usr/local/bin/flint-report"
@@ -162,7 +172,7 @@ boot() {
     timeout 180 systemd-nspawn --quiet --register=no --keep-unit --console=pipe -D "$root" \
         --bind="$root/results:/results" -b >"$work/$1.console" 2>&1 </dev/null \
         || fail "boot of $1 did not end by itself: $(tail -5 "$work/$1.console")"
-    [[ -s $root/results/cluster-health-check.show ]] || fail "boot of $1 produced no report"
+    [[ -e $root/results/done ]] || fail "boot of $1 produced no report: $(tail -5 "$work/$1.console")"
 }
 
 prop() { sed -n "s/^$2=//p" "$work/$1/results/$3.show"; }
@@ -284,4 +294,47 @@ for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup; do
         || fail "$unit: no journal line naming the missing file: $(cat "$work/nocred/results/$unit.journal")"
 done
 echo "  ok: exit 78 naming /etc/nixos/secrets/cluster-config.json, no restart loop"
+# --- boot 6: etcd's two phases around etcd.service ----------------------------------------------
+echo "boot 6: etcd: learner before etcd.service, promoted after"
+etcd_cluster=""
+for i in 5 6 7; do etcd_cluster+="${etcd_cluster:+,}host$i=http://$(ip "$i"):2380"; done
+for i in 5 6 7; do
+    etcd --name "host$i" --data-dir "$work/etcd-data/host$i" \
+        --listen-client-urls "http://$(ip "$i"):2379" --advertise-client-urls "http://$(ip "$i"):2379" \
+        --listen-peer-urls "http://$(ip "$i"):2380" --initial-advertise-peer-urls "http://$(ip "$i"):2380" \
+        --initial-cluster "$etcd_cluster" --initial-cluster-state new >"$work/etcd-host$i.log" 2>&1 &
+    pids+=($!)
+done
+etcdctl_host() { ETCDCTL_API=3 etcdctl --endpoints "http://$(ip 5):2379,http://$(ip 6):2379" "$@"; }
+for _ in $(seq 150); do etcdctl_host endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+etcdctl_host endpoint health >/dev/null 2>&1 || fail "the host's etcd cluster did not start"
+# etcd refuses membership changes until its members have been connected for 5 s.
+sleep 5.5
+install_root etcd "{\"node_id\": \"node08\", \"leader_url\": \"http://$(ip 5):2379\",
+ \"peers\": [\"http://$(ip 6):2379\"], \"raft_addr\": \"$(ip 8):2380\", \"timeouts\": {\"total\": \"60s\"},
+ \"etcd\": {\"local_url\": \"http://$(ip 8):2379\"}}" etcd-cluster-join etcd etcd-cluster-promote
+# The node's own etcd settings; flint's etcd.env (read after this file) adds the cluster's.
+cat >"$work/etcd/etc/default/etcd" <<ENV
+ETCD_LISTEN_CLIENT_URLS=http://$(ip 8):2379
+ETCD_ADVERTISE_CLIENT_URLS=http://$(ip 8):2379
+ETCD_LISTEN_PEER_URLS=http://$(ip 8):2380
+ENV
+boot etcd
+for unit in etcd-cluster-join etcd-cluster-promote; do
+    expect_prop etcd "$unit" Result success
+    expect_prop etcd "$unit" ExecMainStatus 0
+done
+expect_prop etcd etcd ActiveState active
+add_end=$(prop etcd ExecMainExitTimestampMonotonic etcd-cluster-join)
+etcd_start=$(prop etcd ExecMainStartTimestampMonotonic etcd)
+promote_start=$(prop etcd ExecMainStartTimestampMonotonic etcd-cluster-promote)
+((add_end <= etcd_start)) || fail "etcd.service started before etcd-cluster-join ended"
+((etcd_start <= promote_start)) || fail "etcd-cluster-promote started before etcd.service"
+grep -qx .etcd-joined "$work/etcd/results/state-dir" || fail "no .etcd-joined: $(cat "$work/etcd/results/state-dir")"
+grep -q "adding learner http://$(ip 8):2380" "$work/etcd/results/etcd-cluster-join.journal" \
+    || fail "no learner line: $(cat "$work/etcd/results/etcd-cluster-join.journal")"
+members=$(etcdctl_host member list)
+grep -q "started, node08, http://$(ip 8):2380, http://$(ip 8):2379, false" <<<"$members" \
+    || fail "node08 is not a started voter: $members"
+echo "  ok: learner added before etcd.service, promoted after it; node08 is a voting member"
 echo "all boots passed"
