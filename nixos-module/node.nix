@@ -136,7 +136,7 @@ let
       TimeoutStartSec = "11min";
       Restart = "on-failure";
       RestartSec = "30s";
-      RestartPreventExitStatus = "64 65 77 78 243";
+      RestartPreventExitStatus = "64 65 77 78 238 243";
     };
   };
 in
@@ -332,7 +332,7 @@ in
             ExecStart = "${cfg.package}/bin/flint health --textfile /var/lib/flint/cluster-health.prom";
             Restart = "on-failure";
             RestartSec = "30s";
-            RestartPreventExitStatus = "64 65 77 78 243";
+            RestartPreventExitStatus = "64 65 77 78 238 243";
             TimeoutStartSec = "2min";
           };
         };

@@ -8,7 +8,8 @@
 #   boot 3: flaredb unreachable: its join fails with 69 and systemd restarts it;
 #   boot 4: a configuration with an unknown field: 78, a journal line naming file and field, no restart;
 #   boot 5: the configuration file missing: 78 and a journal line naming it, no restart loop;
-#   boot 6: etcd: the add unit before etcd.service (which reads etcd.env), the promote unit after,
+#   boot 6: /var/lib/flint unusable: systemd's line says so (238), no restart loop;
+#   boot 7: etcd: the add unit before etcd.service (which reads etcd.env), the promote unit after,
 #           against a real 3-member etcd cluster on the host: the node ends a voting member.
 #
 #   tests/systemd/boot-test.sh FLINT FLINT_TESTSERVER
@@ -294,8 +295,23 @@ for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup; do
         || fail "$unit: no journal line naming the missing file: $(cat "$work/nocred/results/$unit.journal")"
 done
 echo "  ok: exit 78 naming /etc/nixos/secrets/cluster-config.json, no restart loop"
-# --- boot 6: etcd's two phases around etcd.service ----------------------------------------------
-echo "boot 6: etcd: learner before etcd.service, promoted after"
+# --- boot 6: the state directory cannot be set up ---------------------------------------------
+echo "boot 6: /var/lib/flint is a file, not a directory"
+install_root nostate "$(config "https://$(ip 1):2479" 10s)"
+touch "$work/nostate/var/lib/flint"
+boot nostate
+for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup; do
+    expect_prop nostate "$unit" ExecMainStatus 238
+    expect_prop nostate "$unit" NRestarts 0
+done
+# systemd writes the reason once, at the first unit that needs the directory.
+grep -q "Failed to set up special execution directory in /var/lib: Not a directory" \
+    "$work/nostate/results/chainfire-cluster-join.journal" \
+    || fail "no journal line naming the state directory: $(cat "$work/nostate/results/chainfire-cluster-join.journal")"
+echo "  ok: systemd's line names the state directory under /var/lib (exit 238), no restart loop"
+
+# --- boot 7: etcd's two phases around etcd.service ----------------------------------------------
+echo "boot 7: etcd: learner before etcd.service, promoted after"
 etcd_cluster=""
 for i in 5 6 7; do etcd_cluster+="${etcd_cluster:+,}host$i=http://$(ip "$i"):2380"; done
 for i in 5 6 7; do
