@@ -204,49 +204,34 @@ fn table(report: &Report) -> String {
     out
 }
 
+/// A per-service metric's value.
+type ServiceGauge = fn(&ServiceReport) -> usize;
+
 fn write_textfile(path: &Path, report: &Report) -> anyhow::Result<()> {
     let mut out = String::new();
     let gauge = |out: &mut String, name: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
     };
-    gauge(
-        &mut out,
-        "flint_cluster_healthy",
-        "1 when the service has quorum and one leader.",
-    );
-    for s in &report.services {
-        let _ = writeln!(
-            out,
-            "flint_cluster_healthy{{service=\"{}\"}} {}",
-            s.service,
-            u8::from(s.healthy)
-        );
-    }
-    gauge(
-        &mut out,
-        "flint_cluster_members",
-        "Members the cluster lists.",
-    );
-    for s in &report.services {
-        let _ = writeln!(
-            out,
-            "flint_cluster_members{{service=\"{}\"}} {}",
-            s.service,
+    let per_service: [(&str, &str, ServiceGauge); 3] = [
+        (
+            "flint_cluster_healthy",
+            "1 when the service has quorum and one leader.",
+            |s| usize::from(s.healthy),
+        ),
+        ("flint_cluster_members", "Members the cluster lists.", |s| {
             s.members.len()
-        );
-    }
-    gauge(
-        &mut out,
-        "flint_cluster_leaders",
-        "Members that report themselves leader.",
-    );
-    for s in &report.services {
-        let leaders = s.members.iter().filter(|m| m.role == "leader").count();
-        let _ = writeln!(
-            out,
-            "flint_cluster_leaders{{service=\"{}\"}} {leaders}",
-            s.service
-        );
+        }),
+        (
+            "flint_cluster_leaders",
+            "Members that report themselves leader.",
+            |s| s.members.iter().filter(|m| m.role == "leader").count(),
+        ),
+    ];
+    for (name, help, value) in per_service {
+        gauge(&mut out, name, help);
+        for s in &report.services {
+            let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", s.service, value(s));
+        }
     }
     gauge(
         &mut out,
@@ -259,8 +244,8 @@ fn write_textfile(path: &Path, report: &Report) -> anyhow::Result<()> {
                 out,
                 "flint_member_healthy{{service=\"{}\",member=\"{}\",id=\"{}\"}} {}",
                 s.service,
-                m.name,
-                m.id,
+                label(&m.name),
+                label(&m.id),
                 u8::from(m.healthy)
             );
         }
@@ -277,4 +262,58 @@ fn write_textfile(path: &Path, report: &Report) -> anyhow::Result<()> {
     let _ = writeln!(out, "flint_health_check_timestamp_seconds {now}");
     crate::state::write_atomic(path, out.as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// A Prometheus label value: member names come from the cluster and may hold any character.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn textfile_metrics_escape_names_from_the_cluster() {
+        let report = Report {
+            healthy: false,
+            services: vec![ServiceReport {
+                service: "etcd",
+                healthy: false,
+                leader: None,
+                members: vec![MemberReport {
+                    id: "8e9e05c52164694d".into(),
+                    name: "odd\"name\\".into(),
+                    client_urls: Vec::new(),
+                    role: "leader",
+                    healthy: true,
+                    error: None,
+                }],
+                problems: Vec::new(),
+            }],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flint.prom");
+        write_textfile(&path, &report).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("flint_cluster_healthy{service=\"etcd\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flint_cluster_members{service=\"etcd\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flint_cluster_leaders{service=\"etcd\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"member="odd\"name\\",id="8e9e05c52164694d"} 1"#),
+            "{text}"
+        );
+    }
 }
