@@ -87,15 +87,17 @@ check "cargo clippy --workspace --all-targets -- -D warnings" \
     cargo clippy --workspace --all-targets --locked -- -D warnings
 check "static musl release binary, at most 3 MiB" static_release_binary
 units() { cargo build --locked -p flint && scripts/check-units.sh; }
-# Debian's nix-instantiate parses the NixOS modules (nixpkgs itself cannot be fetched here).
-nix_parse() {
+# Debian's nix-instantiate parses the NixOS modules and evaluates what they render against a
+# stand-in for nixpkgs' lib (nixpkgs itself cannot be fetched here).
+nix_modules() {
     local f
     for f in nixos-module/*.nix nixos-module/tests/*.nix; do
         nix-instantiate --parse "$f" >/dev/null || { echo "does not parse: $f"; return 1; }
         echo "parses: $f"
     done
+    nix-instantiate --eval --strict --json nixos-module/tests/eval.nix
 }
-check "NixOS modules parse (nix-instantiate --parse)" nix_parse
+check "NixOS modules parse and render (nix-instantiate)" nix_modules
 check "systemd units: systemd-analyze verify and security (scripts/check-units.sh)" units
 check "cargo nextest run --workspace --no-fail-fast" cargo nextest run --workspace --no-fail-fast --locked
 

@@ -1,0 +1,115 @@
+# Evaluates the NixOS modules here, without nixpkgs (which cannot be fetched in CI), against a
+# small stand-in for the parts of nixpkgs' lib and module system they use: option defaults merged
+# with a node's settings, mkIf/mkMerge, pkgs.formats.json. It checks what the modules render, not
+# the module system itself; nixpkgs' VM test (etcd-join.nix) covers the rest where Nix is at hand.
+#
+#   nix-instantiate --eval --strict --json nixos-module/tests/eval.nix
+let
+  inherit (builtins) all attrNames concatStringsSep elem filter foldl' fromJSON head isAttrs
+    length listToAttrs mapAttrs toJSON;
+
+  lib = rec {
+    mkOption = args: { _option = true; } // args;
+    mkEnableOption = what: mkOption { default = false; description = "Whether to enable ${what}."; };
+    mkIf = cond: value: { _if = true; inherit cond value; };
+    mkMerge = list: { _merge = true; inherit list; };
+    types = let t = name: { inherit name; }; in {
+      bool = t "bool"; str = t "str"; path = t "path"; package = t "package";
+      strMatching = _: t "strMatching"; enum = _: t "enum"; listOf = _: t "listOf"; nullOr = _: t "nullOr";
+    };
+    optional = cond: x: if cond then [ x ] else [ ];
+    optionals = cond: xs: if cond then xs else [ ];
+    optionalAttrs = cond: x: if cond then x else { };
+    filterAttrs = pred: set: listToAttrs (filter (kv: pred kv.name kv.value)
+      (map (name: { inherit name; value = set.${name}; }) (attrNames set)));
+    mapAttrsToList = f: set: map (name: f name set.${name}) (attrNames set);
+    hasPrefix = prefix: s: builtins.substring 0 (builtins.stringLength prefix) s == prefix;
+    inherit all filter concatStringsSep;
+    escapeShellArg = s: "'${s}'";
+    splitString = sep: s: filter builtins.isString (builtins.split sep s);
+    last = list: builtins.elemAt list (length list - 1);
+    toInt = s: fromJSON s;
+  };
+
+  pkgs = {
+    formats.json = { }: { generate = _name: value: toJSON value; };
+    ipxe = "/nix/store/00000000000000000000000000000000-ipxe";
+    coreutils = "/nix/store/00000000000000000000000000000000-coreutils";
+  };
+
+  # Option declarations -> their defaults; then the node's settings on top.
+  defaults = opts:
+    if opts ? _option then (opts.default or null)
+    else if isAttrs opts then mapAttrs (_: defaults) opts
+    else opts;
+  recursiveUpdate = a: b: a // mapAttrs (name: value:
+    if isAttrs value && a ? ${name} && isAttrs a.${name} && !(value ? _if) then recursiveUpdate a.${name} value else value) b;
+  # mkIf / mkMerge, resolved the way the module system does for plain values.
+  resolve = v:
+    if isAttrs v && v ? _if then (if v.cond then resolve v.value else { })
+    else if isAttrs v && v ? _merge then foldl' recursiveUpdate { } (map resolve v.list)
+    else if isAttrs v then mapAttrs (_: resolve) v
+    else v;
+
+  evalModule = path: name: settings:
+    let
+      module = import path { inherit config lib pkgs; };
+      cfg = recursiveUpdate (defaults module.options.services.${name}) settings;
+      config = { services.${name} = cfg; };
+    in resolve module.config;
+
+  node = evalModule ../node.nix "flint" {
+    enable = true;
+    package = "/nix/store/00000000000000000000000000000000-flint";
+    nodeId = "node04";
+    leaderUrl = "https://node01.example.com:2379";
+    raftAddr = "10.0.200.13:2380";
+    tls = { caFile = "/etc/nixos/secrets/ca.pem"; certFile = "/etc/nixos/secrets/node04.pem"; keyFile = "/etc/nixos/secrets/node04-key.pem"; };
+    joinTokenFile = "/etc/nixos/secrets/join-token";
+    iam = { org = "acme"; adminName = "root"; adminPublicKeyFile = "/etc/nixos/secrets/admin.pub"; bootstrapTokenFile = "/etc/nixos/secrets/iam-token"; };
+  };
+  units = node.systemd.services;
+  join = units.chainfire-cluster-join;
+  credentials = join.serviceConfig.LoadCredential;
+  boot = evalModule ../boot-server.nix "flint-boot" {
+    enable = true;
+    package = "/nix/store/00000000000000000000000000000000-flint-boot";
+    inventory = "/etc/flint-boot/inventory.json";
+    imageDir = "/srv/images";
+    proxyDhcp.interface = "eno1";
+  };
+
+  checks = {
+    "every node unit is rendered" = all (u: units ? ${u})
+      [ "chainfire-cluster-join" "flaredb-cluster-join" "iam-initial-setup" "cluster-health-check" "flint-health" ];
+    "etcd units only when etcd is joined" = !(units ? etcd-cluster-join);
+    "join runs the packaged flint" = join.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint join chainfire";
+    "the marker is the run-once condition" = join.unitConfig.ConditionPathExists == "!/var/lib/flint/.chainfire-joined";
+    "permanent failures do not restart" = join.serviceConfig.RestartPreventExitStatus == "64 65 77 78 238 243";
+    "secrets are credentials from outside the store" = all (c: !(lib.hasPrefix "node04-key.pem:/nix/store" c)) credentials
+      && elem "node-key.pem:/etc/nixos/secrets/node04-key.pem" credentials
+      && elem "join-token:/etc/nixos/secrets/join-token" credentials
+      && elem "iam-bootstrap-token:/etc/nixos/secrets/iam-token" credentials;
+    "no capability at all" = join.serviceConfig.CapabilityBoundingSet == "";
+    "assertions hold for a sound node" = all (a: a.assertion) node.assertions;
+    "ordering follows the seed" = elem "chainfire-cluster-join.service" units.flaredb-cluster-join.after
+      && elem "flaredb-cluster-join.service" units.iam-initial-setup.after;
+    "boot server binds privileged ports with one capability" =
+      boot.systemd.services.flint-boot.serviceConfig.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ];
+  };
+
+  # cluster-config.json as the module renders it (the credential's value is the JSON itself here).
+  rendered = fromJSON (builtins.elemAt (builtins.split "cluster-config.json:" (head (filter (c: lib.hasPrefix "cluster-config.json:" c) credentials))) 2);
+  configChecks = {
+    "config names secrets by credential" = rendered.tls == { ca = "ca.pem"; cert = "node.pem"; key = "node-key.pem"; }
+      && rendered.join_token_file == "join-token"
+      && rendered.iam.bootstrap_token_file == "iam-bootstrap-token";
+    "config carries the seed's fields" = rendered.node_id == "node04" && rendered.raft_addr == "10.0.200.13:2380"
+      && rendered.leader_url == "https://node01.example.com:2379" && rendered.bootstrap == false;
+    "config has no null and no unknown field" = all (k: elem k [ "node_id" "bootstrap" "leader_url" "raft_addr" "peers"
+      "allow_plaintext" "tls" "join_token_file" "timeouts" "chainfire" "flaredb" "iam" ]) (attrNames rendered);
+  };
+  failed = filter (name: !(checks // configChecks).${name}) (attrNames (checks // configChecks));
+in
+if failed == [ ] then { passed = length (attrNames (checks // configChecks)); }
+else throw "NixOS module checks failed: ${concatStringsSep "; " failed}"
