@@ -16,12 +16,7 @@ use crate::systemd;
 
 pub async fn run(ctx: &Context, service: Service) -> anyhow::Result<()> {
     let settings = ctx.config.admin(service)?;
-    let admin = Admin::new(
-        ctx.http.clone(),
-        ctx.join_token.clone(),
-        settings.paths.clone(),
-        ctx.config.allow_plaintext,
-    );
+    let admin = ctx.admin(settings);
     let join = Join {
         ctx,
         admin: &admin,

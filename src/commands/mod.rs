@@ -9,7 +9,8 @@ pub mod node_join;
 
 use std::path::PathBuf;
 
-use crate::config::Config;
+use crate::config::{AdminSettings, Config};
+use crate::engines::admin::Admin;
 use crate::http;
 use crate::retry::Deadline;
 use crate::secrets::{self, Secret};
@@ -27,6 +28,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// A client of chainfire's or flaredb's admin API, with this node's token and URL policy.
+    pub fn admin(&self, settings: &AdminSettings) -> Admin {
+        Admin::new(
+            self.http.clone(),
+            self.join_token.clone(),
+            settings.paths.clone(),
+            self.config.allow_plaintext,
+        )
+    }
+
     /// Reads the configuration and the secrets it names, and builds the client; the deadline
     /// starts now.
     pub fn new(config_path: PathBuf, state: StateDir) -> anyhow::Result<Self> {

@@ -8,7 +8,6 @@ use tracing::info;
 use super::{Context, iam_setup, join_admin, join_etcd};
 use crate::config::Service;
 use crate::engines::Error;
-use crate::engines::admin::Admin;
 use crate::engines::etcd::{Etcd, bare_url, hex_id};
 use crate::exit::ExitStatus;
 use crate::state::{Marker, MarkerKind};
@@ -171,12 +170,7 @@ async fn etcd_member(ctx: &Context) -> anyhow::Result<Option<MemberState>> {
 
 async fn admin_member(ctx: &Context, service: Service) -> anyhow::Result<Option<MemberState>> {
     let settings = ctx.config.admin(service)?;
-    let admin = Admin::new(
-        ctx.http.clone(),
-        ctx.join_token.clone(),
-        settings.paths.clone(),
-        ctx.config.allow_plaintext,
-    );
+    let admin = ctx.admin(settings);
     let mut last = None;
     for endpoint in settings.endpoints.iter() {
         match admin.members(endpoint).await {

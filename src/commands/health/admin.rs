@@ -5,17 +5,12 @@ use tokio::task::JoinSet;
 use super::{MemberReport, ServiceReport};
 use crate::commands::Context;
 use crate::config::{Service, join_path};
-use crate::engines::admin::{Admin, MemberList, Role};
+use crate::engines::admin::{MemberList, Role};
 use crate::engines::iam::Iam;
 
 pub(super) async fn check(ctx: &Context, service: Service) -> anyhow::Result<ServiceReport> {
     let settings = ctx.config.admin(service)?;
-    let admin = Admin::new(
-        ctx.http.clone(),
-        ctx.join_token.clone(),
-        settings.paths.clone(),
-        ctx.config.allow_plaintext,
-    );
+    let admin = ctx.admin(settings);
     let mut problems = Vec::new();
     let mut list: Option<MemberList> = None;
     for endpoint in settings.endpoints.iter() {
