@@ -1,0 +1,15 @@
+//! Boot inventory and iPXE script rendering for flint's boot server (`flint-boot`).
+//!
+//! The inventory format is described in this crate's README. [`Inventory::from_json`] validates
+//! it so that no value can add a command to a script; [`Inventory::select`] picks what a
+//! machine boots; [`render_boot_ipxe`] and [`Inventory::render`] write the scripts.
+
+mod inventory;
+mod render;
+pub mod safe;
+
+pub use inventory::{
+    Arch, Images, Inventory, InventoryError, InventoryErrors, Mac, Node, Profile, Selection,
+    UnknownPolicy, Uuid,
+};
+pub use render::{COMMANDS, UrlError, render_boot_ipxe, render_refuse};

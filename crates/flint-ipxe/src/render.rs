@@ -1,0 +1,195 @@
+//! Rendering of iPXE scripts: `boot.ipxe`, a node's script, the menu and the refusal.
+//!
+//! Validation already keeps hostile values out; `Script` checks again at the last moment (belt
+//! and braces), so a future code path that forgets to validate fails loudly instead of emitting
+//! a script with a command an inventory author smuggled in.
+
+use crate::inventory::{Arch, Images, Inventory, Mac, Profile, Selection};
+use crate::safe;
+
+/// The first word of every line a renderer may emit.
+pub const COMMANDS: &[&str] = &[
+    "#!ipxe", "kernel", "initrd", "boot", "echo", "exit", "menu", "item", "choose", "goto", "chain",
+];
+
+/// The boot server URL given to [`render_boot_ipxe`] is not safe to put in a script.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("boot server URL {url:?}: expected {expected}")]
+pub struct UrlError {
+    pub url: String,
+    pub expected: &'static str,
+}
+
+/// A script under construction. Every line starts with one keyword of [`COMMANDS`] (or is a
+/// `:label`), and no argument can contain a line break or a `${` we did not write ourselves.
+struct Script(String);
+
+impl Script {
+    fn new() -> Script {
+        Script("#!ipxe\n".into())
+    }
+
+    /// Panics if a data argument could break out of its line or word: that is a bug in the
+    /// validation, and a broken script must never reach a machine.
+    fn line(&mut self, cmd: &str, args: &[&str]) {
+        assert!(COMMANDS.contains(&cmd), "unexpected iPXE command {cmd:?}");
+        self.0.push_str(cmd);
+        for a in args {
+            assert!(
+                !a.is_empty() && !a.contains('$') && !a.bytes().any(|b| b.is_ascii_control()),
+                "unsafe iPXE argument {a:?}"
+            );
+            self.0.push(' ');
+            self.0.push_str(a);
+        }
+        self.0.push('\n');
+    }
+
+    /// A line made only of constant text we wrote, which may use iPXE expansion on purpose.
+    fn trusted(&mut self, line: &'static str) {
+        self.0.push_str(line);
+        self.0.push('\n');
+    }
+
+    fn label(&mut self, name: &str) {
+        assert!(safe::name(name).is_ok(), "unsafe iPXE label {name:?}");
+        self.0.push(':');
+        self.0.push_str(name);
+        self.0.push('\n');
+    }
+
+    fn finish(self) -> String {
+        self.0
+    }
+}
+
+/// The script every machine fetches first (by DHCP or as a static file): it chains to the
+/// server's `/ipxe` endpoint with what identifies the machine.
+///
+/// The MAC is `${netX/mac:hexhyp}`: `netX` is the interface iPXE booted from (not always `net0`
+/// on multi-port machines), and the hyphenated form needs no percent-encoding. On failure it
+/// exits so the firmware tries its next boot device, instead of looping.
+pub fn render_boot_ipxe(base_url: &str) -> Result<String, UrlError> {
+    safe::base_url(base_url).map_err(|expected| UrlError {
+        url: base_url.into(),
+        expected,
+    })?;
+    let base = base_url.trim_end_matches('/');
+    Ok(format!(
+        "#!ipxe\nchain --autofree {base}/ipxe?mac=${{netX/mac:hexhyp}}&uuid=${{uuid}}\
+         &platform=${{platform}}&buildarch=${{buildarch}} || exit 1\n"
+    ))
+}
+
+impl Inventory {
+    /// The URL iPXE fetches for an image path. Without `images_url` it is relative, which iPXE
+    /// resolves against the URL of the script itself, so the same scripts work from the boot
+    /// server and as static files next to an `images/` folder.
+    pub fn image_url(&self, path: &str) -> String {
+        match self.images_url() {
+            Some(base) => format!("{base}/{path}"),
+            None => format!("images/{path}"),
+        }
+    }
+
+    fn boot_lines(&self, s: &mut Script, profile: &Profile, images: &Images) {
+        let kernel = self.image_url(&images.kernel);
+        let mut args = vec![kernel.as_str()];
+        args.extend(profile.cmdline.split(' ').filter(|w| !w.is_empty()));
+        s.line("kernel", &args);
+        for i in &images.initrds {
+            s.line("initrd", &[&self.image_url(i)]);
+        }
+        s.line("boot", &[]);
+    }
+
+    /// The script answering `/ipxe` for one machine.
+    pub fn render(
+        &self,
+        selection: &Selection<'_>,
+        mac: Option<&Mac>,
+        arch: Option<Arch>,
+    ) -> String {
+        match selection {
+            Selection::Node {
+                node,
+                profile,
+                images,
+            } => {
+                let mut s = Script::new();
+                s.line(
+                    "echo",
+                    &["flint:", "booting", &node.name, "profile", &profile.name],
+                );
+                self.boot_lines(&mut s, profile, images);
+                s.finish()
+            }
+            Selection::Default { profile, images } => {
+                let mut s = Script::new();
+                s.line(
+                    "echo",
+                    &[
+                        "flint:",
+                        "unknown",
+                        "machine,",
+                        "default",
+                        "profile",
+                        &profile.name,
+                    ],
+                );
+                self.boot_lines(&mut s, profile, images);
+                s.finish()
+            }
+            Selection::Menu => self.render_menu(mac, arch),
+            Selection::Refuse => render_refuse(mac),
+        }
+    }
+
+    /// A node's script by name, for `flint-boot render` and tests.
+    pub fn render_node(&self, name: &str, arch: Option<Arch>) -> Option<String> {
+        let node = self.node_by_name(name)?;
+        let sel = self.select(Some(&node.mac), None, arch);
+        Some(self.render(&sel, Some(&node.mac), arch))
+    }
+
+    /// A menu of every profile for a machine we do not know. Each choice jumps to a label named
+    /// after its profile (names are validated as safe labels).
+    pub fn render_menu(&self, mac: Option<&Mac>, arch: Option<Arch>) -> String {
+        let mut s = Script::new();
+        let who = mac.map_or_else(|| "unidentified".to_string(), Mac::to_string);
+        s.line("menu", &["flint:", "choose", "a", "profile", "for", &who]);
+        for name in self.profiles().keys() {
+            s.line("item", &[name, name]);
+        }
+        s.trusted("choose target || exit 1");
+        s.trusted("goto ${target}");
+        for p in self.profiles().values() {
+            s.label(&p.name);
+            self.boot_lines(&mut s, p, p.images_for(arch));
+        }
+        s.finish()
+    }
+}
+
+/// For unknown machines under the `refuse` policy: say which MAC was refused, then leave iPXE
+/// so the firmware moves on. Never chains anywhere, so it cannot loop.
+pub fn render_refuse(mac: Option<&Mac>) -> String {
+    let mut s = Script::new();
+    let who = mac.map_or_else(|| "unidentified".to_string(), Mac::to_string);
+    s.line(
+        "echo",
+        &[
+            "flint:",
+            "machine",
+            &who,
+            "is",
+            "not",
+            "in",
+            "the",
+            "inventory,",
+            "refused",
+        ],
+    );
+    s.line("exit", &["1"]);
+    s.finish()
+}
