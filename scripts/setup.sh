@@ -19,6 +19,7 @@ setup_main() {
         systemd                   # systemd-analyze verify and security on the units in systemd/
         nix-bin                   # nix-instantiate --parse on the NixOS modules
         debootstrap systemd-container  # a Debian root booted with systemd as PID 1 (tests/systemd)
+        tftp-hpa                  # a real TFTP client against flint-boot's TFTP server
     )
     local -a missing=()
     local pkg

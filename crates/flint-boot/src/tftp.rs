@@ -1,0 +1,370 @@
+//! Read-only TFTP server (RFC 1350, options 2347/2348/2349, windowsize 7440) for the iPXE binaries.
+
+mod packet;
+mod path;
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+
+use packet::{Packet, Request};
+
+/// Largest blksize RFC 2348 allows.
+const BLKSIZE_MAX_RFC: u16 = 65464;
+/// DATA header: opcode and block number.
+const DATA_HEADER: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root: PathBuf,
+    pub max_transfers: usize,
+    /// 1468 keeps a DATA packet inside a 1500-byte Ethernet frame; larger blocks fragment.
+    pub max_blksize: u16,
+    /// tftp-hpa fails above 64 and gains level off near there (notes/pxe-protocol.md).
+    pub max_windowsize: u16,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl Config {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            max_transfers: 64,
+            max_blksize: 1468,
+            max_windowsize: 64,
+            timeout: Duration::from_secs(1),
+            retries: 5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("TFTP root {0}: {1}")]
+    Root(PathBuf, #[source] io::Error),
+    #[error("TFTP socket: {0}")]
+    Socket(#[source] io::Error),
+}
+
+/// Serves requests arriving on `socket` until the future is dropped.
+pub async fn serve(socket: UdpSocket, config: Config) -> Result<(), Error> {
+    // Canonical once, so every request compares against the same resolved root.
+    let root = config
+        .root
+        .canonicalize()
+        .map_err(|e| Error::Root(config.root.clone(), e))?;
+    let config = Arc::new(Config { root, ..config });
+    let local = socket.local_addr().map_err(Error::Socket)?;
+    let slots = Arc::new(Semaphore::new(config.max_transfers));
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            // ICMP port-unreachable from an earlier reply surfaces here on some systems.
+            Err(e) => {
+                tracing::debug!(error = %e, "tftp recv");
+                continue;
+            }
+        };
+        let req = match packet::parse(&buf[..len]) {
+            Ok(Packet::Request(req)) => req,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "malformed tftp packet");
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, file = %req.filename, "too many transfers, refusing");
+            let _ = socket
+                .send_to(
+                    &packet::error(packet::ERR_UNDEFINED, "too many transfers"),
+                    peer,
+                )
+                .await;
+            continue;
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            handle(config, local, peer, req).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Why a transfer stopped early; decides the log level.
+enum Outcome {
+    Done,
+    Refused(u16, String),
+    ClientError(u16, String),
+    TimedOut,
+    Io(io::Error),
+}
+
+async fn handle(config: Arc<Config>, local: SocketAddr, peer: SocketAddr, req: Request) {
+    let started = Instant::now();
+    // A fresh ephemeral port is the transfer ID; the same IP keeps replies on the interface asked.
+    let sock = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "tftp: cannot bind transfer socket");
+            return;
+        }
+    };
+    if let Err(e) = sock.connect(peer).await {
+        tracing::error!(%peer, error = %e, "tftp: cannot connect transfer socket");
+        return;
+    }
+    let mut transfer = Transfer {
+        config: &config,
+        sock,
+        blksize: 512,
+        windowsize: 1,
+        timeout: config.timeout,
+        sent_bytes: 0,
+        accepted: Vec::new(),
+    };
+    let outcome = transfer.run(&req).await;
+    let opts = transfer
+        .accepted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let file = &req.filename;
+    let bytes = transfer.sent_bytes;
+    let ms = started.elapsed().as_millis();
+    match outcome {
+        Outcome::Done => {
+            tracing::info!(%peer, file, options = %opts, bytes, ms, "tftp sent")
+        }
+        Outcome::Refused(code, msg) => {
+            tracing::info!(%peer, file, code, msg, "tftp refused");
+            let _ = transfer.sock.send(&packet::error(code, &msg)).await;
+        }
+        // EDK2 asks for tsize, then aborts with ERROR 8 and asks again: a normal step.
+        Outcome::ClientError(packet::ERR_OPTIONS, msg) => {
+            tracing::debug!(%peer, file, options = %opts, msg, "tftp client ended after OACK")
+        }
+        Outcome::ClientError(code, msg) => {
+            tracing::warn!(%peer, file, options = %opts, bytes, ms, code, msg, "tftp client aborted")
+        }
+        Outcome::TimedOut => {
+            tracing::warn!(%peer, file, options = %opts, bytes, ms, "tftp transfer timed out")
+        }
+        Outcome::Io(e) => {
+            tracing::error!(%peer, file, bytes, ms, error = %e, "tftp transfer failed")
+        }
+    }
+}
+
+struct Transfer<'a> {
+    config: &'a Config,
+    sock: UdpSocket,
+    blksize: u16,
+    windowsize: u16,
+    timeout: Duration,
+    sent_bytes: u64,
+    accepted: Vec<(String, String)>,
+}
+
+/// One step of waiting for the client.
+enum Reply {
+    Ack(u16),
+    Stray,
+    Timeout,
+    End(Outcome),
+}
+
+impl Transfer<'_> {
+    async fn run(&mut self, req: &Request) -> Outcome {
+        if req.write {
+            return Outcome::Refused(packet::ERR_ACCESS, "read-only server".into());
+        }
+        match req.mode.as_str() {
+            "octet" => {}
+            "netascii" => {
+                return Outcome::Refused(
+                    packet::ERR_UNDEFINED,
+                    "netascii mode not supported, use octet".into(),
+                );
+            }
+            _ => return Outcome::Refused(packet::ERR_ILLEGAL_OP, "unknown transfer mode".into()),
+        }
+        let path = match path::resolve(&self.config.root, &req.filename) {
+            Ok(p) => p,
+            Err((code, msg)) => return Outcome::Refused(code, msg),
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Outcome::Refused(packet::ERR_ACCESS, "permission denied".into());
+            }
+            Err(e) => return Outcome::Refused(packet::ERR_NOT_FOUND, e.to_string()),
+        };
+        let size = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return Outcome::Io(e),
+        };
+        self.negotiate(&req.options, size);
+        if !self.accepted.is_empty() {
+            // Block 0 is the OACK's acknowledgement.
+            let oack = packet::oack(&self.accepted);
+            match self.exchange(&oack, 0).await {
+                Ok(()) => {}
+                Err(o) => return o,
+            }
+        }
+        self.send_file(&file, size).await
+    }
+
+    /// Keeps only options we understand and accept, so the OACK never lists unasked ones.
+    fn negotiate(&mut self, options: &[(String, String)], size: u64) {
+        for (name, value) in options {
+            let Ok(n) = value.parse::<u64>() else {
+                continue;
+            };
+            let accepted = match name.as_str() {
+                "blksize" if (8..=u64::from(BLKSIZE_MAX_RFC)).contains(&n) => {
+                    self.blksize = (n as u16).min(self.config.max_blksize);
+                    self.blksize.to_string()
+                }
+                "tsize" => size.to_string(),
+                "windowsize" if (1..=65535).contains(&n) => {
+                    self.windowsize = (n as u16).min(self.config.max_windowsize);
+                    self.windowsize.to_string()
+                }
+                "timeout" if (1..=255).contains(&n) => {
+                    self.timeout = Duration::from_secs(n);
+                    n.to_string()
+                }
+                _ => continue,
+            };
+            if !self.accepted.iter().any(|(k, _)| k == name) {
+                self.accepted.push((name.clone(), accepted));
+            }
+        }
+    }
+
+    /// Waits until `deadline`, which the caller fixes at send time so that a client
+    /// repeating old ACKs cannot postpone our retransmission forever.
+    async fn recv_reply(&self, buf: &mut [u8], deadline: tokio::time::Instant) -> Reply {
+        match tokio::time::timeout_at(deadline, self.sock.recv(buf)).await {
+            Err(_) => Reply::Timeout,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                // The client's port is gone: nobody is listening any more.
+                Reply::End(Outcome::ClientError(0, "port unreachable".into()))
+            }
+            Ok(Err(e)) => Reply::End(Outcome::Io(e)),
+            Ok(Ok(len)) => match packet::parse(&buf[..len]) {
+                Ok(Packet::Ack(n)) => Reply::Ack(n),
+                Ok(Packet::Error(code, msg)) => Reply::End(Outcome::ClientError(code, msg)),
+                // Stray or malformed packets do not end a transfer; wait on.
+                _ => Reply::Stray,
+            },
+        }
+    }
+
+    /// Sends `pkt` until the client acknowledges `block` (used for the OACK).
+    async fn exchange(&mut self, pkt: &[u8], block: u16) -> Result<(), Outcome> {
+        let mut buf = vec![0u8; 1024];
+        let mut tries = 0;
+        loop {
+            self.sock.send(pkt).await.map_err(Outcome::Io)?;
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            loop {
+                match self.recv_reply(&mut buf, deadline).await {
+                    Reply::Ack(n) if n == block => return Ok(()),
+                    Reply::Ack(_) | Reply::Stray => continue,
+                    Reply::End(o) => return Err(o),
+                    Reply::Timeout => break,
+                }
+            }
+            tries += 1;
+            if tries > self.config.retries {
+                return Err(Outcome::TimedOut);
+            }
+        }
+    }
+
+    /// Sends the file in windows; block numbers are 16-bit on the wire and wrap to 0,
+    /// so positions are tracked as 64-bit counts and only truncated when sent or compared.
+    async fn send_file(&mut self, file: &File, size: u64) -> Outcome {
+        let blksize = u64::from(self.blksize);
+        // A file that fills its last block exactly still needs an empty block to end it.
+        let last = size / blksize + 1;
+        let window = u64::from(self.windowsize);
+        let mut acked: u64 = 0;
+        let mut next: u64 = 1;
+        let mut tries = 0;
+        let mut pkt = vec![0u8; DATA_HEADER + blksize as usize];
+        let mut buf = vec![0u8; 1024];
+        let mut deadline = tokio::time::Instant::now();
+        loop {
+            let mut sent_any = false;
+            while next <= last && next <= acked + window {
+                let offset = (next - 1) * blksize;
+                let n = match read_block(file, offset, &mut pkt[DATA_HEADER..]) {
+                    Ok(n) => n,
+                    Err(e) => return Outcome::Io(e),
+                };
+                pkt[..2].copy_from_slice(&packet::DATA.to_be_bytes());
+                pkt[2..4].copy_from_slice(&(next as u16).to_be_bytes());
+                if let Err(e) = self.sock.send(&pkt[..DATA_HEADER + n]).await {
+                    return Outcome::Io(e);
+                }
+                next += 1;
+                sent_any = true;
+            }
+            if sent_any {
+                deadline = tokio::time::Instant::now() + self.timeout;
+            }
+            match self.recv_reply(&mut buf, deadline).await {
+                Reply::Ack(n) => {
+                    // Map the 16-bit number onto the blocks in flight; anything else is an
+                    // old or duplicate ACK, and answering those would double the traffic.
+                    let ahead = u64::from(n.wrapping_sub(acked as u16));
+                    if ahead == 0 || acked + ahead >= next {
+                        continue;
+                    }
+                    acked += ahead;
+                    self.sent_bytes = (acked * blksize).min(size);
+                    tries = 0;
+                    if acked == last {
+                        return Outcome::Done;
+                    }
+                }
+                Reply::Timeout => {
+                    tries += 1;
+                    if tries > self.config.retries {
+                        return Outcome::TimedOut;
+                    }
+                    next = acked + 1;
+                }
+                Reply::Stray => {}
+                Reply::End(o) => return o,
+            }
+        }
+    }
+}
+
+fn read_block(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
