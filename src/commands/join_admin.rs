@@ -10,7 +10,7 @@ use crate::config::{AdminSettings, Service};
 use crate::engines::Error;
 use crate::engines::admin::{Added, Admin, MemberList, Role};
 use crate::logging::StepLine;
-use crate::retry::{self, Classified, Pace};
+use crate::retry::{self, Pace};
 use crate::state::{Marker, MarkerKind};
 use crate::systemd;
 
@@ -105,17 +105,8 @@ impl Join<'_> {
         self.mark(&list)
     }
 
-    /// The member list from the first endpoint that answers: the leader URL, then the peers.
     async fn list(&self) -> Result<(Url, MemberList), Error> {
-        let mut last = None;
-        for endpoint in self.settings.endpoints.iter() {
-            match self.admin.members(endpoint).await {
-                Ok(answer) => return Ok(answer),
-                Err(e) if e.class() == retry::Class::Permanent => return Err(e),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("config validation guarantees at least one endpoint"))
+        self.admin.first_members(&self.settings.endpoints).await
     }
 
     async fn try_add(&self, raft_addr: &str) -> Result<(), Error> {

@@ -171,24 +171,14 @@ async fn etcd_member(ctx: &Context) -> anyhow::Result<Option<MemberState>> {
 async fn admin_member(ctx: &Context, service: Service) -> anyhow::Result<Option<MemberState>> {
     let settings = ctx.config.admin(service)?;
     let admin = ctx.admin(settings);
-    let mut last = None;
-    for endpoint in settings.endpoints.iter() {
-        match admin.members(endpoint).await {
-            Ok((_, list)) => {
-                return Ok(list
-                    .member(ctx.config.node_id.as_str())
-                    .map(|m| MemberState {
-                        id: m.id.clone(),
-                        role: m.role.name().into(),
-                        started: true,
-                    }));
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last
-        .expect("config validation guarantees at least one endpoint")
-        .into())
+    let (_, list) = admin.first_members(&settings.endpoints).await?;
+    Ok(list
+        .member(ctx.config.node_id.as_str())
+        .map(|m| MemberState {
+            id: m.id.clone(),
+            role: m.role.name().into(),
+            started: true,
+        }))
 }
 
 /// Removes this node's etcd member when it is a learner or never started; a started voter is

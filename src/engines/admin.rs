@@ -17,8 +17,9 @@ use super::{Error, status_error};
 
 /// What a 401/403 from this service asks the operator to check.
 const CREDENTIALS: &str = "`join_token_file` and `tls.cert`";
-use crate::config::{AdminPaths, join_path, permits};
+use crate::config::{AdminPaths, Endpoints, join_path, permits};
 use crate::http::{Answer, Client};
+use crate::retry::{Class, Classified};
 use crate::secrets::Secret;
 
 /// Hops a request may take from member to member before flint calls it a loop. A leader
@@ -143,6 +144,20 @@ impl Admin {
                 .unwrap_or("/"),
         );
         Ok((answered_base, list))
+    }
+
+    /// The member list from the first of `endpoints` that answers (the leader URL, then the
+    /// peers); a permanent error stops the search, since every member would answer the same.
+    pub async fn first_members(&self, endpoints: &Endpoints) -> Result<(Url, MemberList), Error> {
+        let mut last = None;
+        for endpoint in endpoints.iter() {
+            match self.members(endpoint).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.class() == Class::Permanent => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("config validation guarantees at least one endpoint"))
     }
 
     /// Asks the leader (found from `base`, following its hints) to add this node.
