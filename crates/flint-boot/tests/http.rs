@@ -1,0 +1,498 @@
+//! The HTTP side of the real binary on loopback, driven by curl: scripts, images with HEAD,
+//! Range and conditional requests, metrics, inventory reload, `render`, and start-up errors.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flint-boot");
+
+const INVENTORY: &str = r#"{
+  "profiles": {
+    "worker": {
+      "kernel": "debian/vmlinuz",
+      "initrds": ["debian/initrd.img"],
+      "cmdline": "console=ttyS0 flint.profile=worker",
+      "arch": {"arm64": {"kernel": "arm/vmlinuz", "initrds": ["arm/initrd.img"]}}
+    },
+    "control-plane": {"kernel": "debian/vmlinuz", "cmdline": "flint.profile=cp"}
+  },
+  "nodes": [
+    {"name": "node01", "mac": "52:54:00:00:00:01", "profile": "worker"},
+    {"name": "node02", "mac": "52:54:00:00:00:02", "profile": "control-plane",
+     "uuid": "4c4c4544-0042-3510-8051-b4c04f4e3232"}
+  ],
+  "unknown": {"policy": "menu"}
+}"#;
+
+fn free_addr() -> SocketAddr {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let ip = Ipv4Addr::new(127, 30 + (pid % 60) as u8, (pid / 60 % 250) as u8, n);
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(images.join("debian")).unwrap();
+        std::fs::write(images.join("debian/vmlinuz"), kernel_bytes()).unwrap();
+        std::fs::write(images.join("debian/initrd.img"), b"initrd").unwrap();
+        std::fs::write(dir.path().join("secret.txt"), b"not for clients").unwrap();
+        std::fs::write(dir.path().join("inventory.json"), INVENTORY).unwrap();
+        let addr = free_addr();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--http", &addr.to_string(), "--inventory"])
+            .arg(dir.path().join("inventory.json"))
+            .arg("--images")
+            .arg(&images)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let server = Server { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.curl(&["/healthz"]).stdout != b"ok\n" {
+            assert!(Instant::now() < deadline, "not up:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn inventory(&self) -> PathBuf {
+        self.dir.path().join("inventory.json")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap()
+    }
+
+    /// curl with `args`; an argument starting with `/` is a path on this server, except
+    /// `/dev/null`.
+    fn curl(&self, args: &[&str]) -> Output {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with('/') && *a != "/dev/null" {
+                    self.url(a)
+                } else {
+                    (*a).to_owned()
+                }
+            })
+            .collect();
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .expect("run curl")
+    }
+
+    fn get(&self, path: &str) -> String {
+        let out = self.curl(&["--fail", path]);
+        assert!(
+            out.status.success(),
+            "GET {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn status(&self, args: &[&str]) -> String {
+        let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        a.extend_from_slice(args);
+        String::from_utf8(self.curl(&a).stdout).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kernel_bytes() -> Vec<u8> {
+    (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// Replaces a file the way a careful operator (or a config tool) does: write, then rename.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn scripts_by_mac_uuid_arch_and_policy() {
+    let s = Server::start(&[]);
+    assert_eq!(
+        s.get("/boot.ipxe"),
+        "#!ipxe\nchain --autofree ipxe?mac=${netX/mac:hexhyp}&uuid=${uuid}\
+         &platform=${platform}&buildarch=${buildarch} || exit 1\n"
+    );
+    let node01 = "#!ipxe\necho flint: booting node01 profile worker\n\
+                  kernel images/debian/vmlinuz console=ttyS0 flint.profile=worker\n\
+                  initrd images/debian/initrd.img\nboot\n";
+    // What iPXE sends: ${netX/mac:hexhyp}, and BIOS iPXE's buildarch/platform.
+    assert_eq!(
+        s.get("/ipxe?mac=52-54-00-00-00-01&uuid=&platform=pcbios&buildarch=i386"),
+        node01
+    );
+    assert_eq!(s.get("/ipxe?mac=52:54:00:00:00:01"), node01);
+    assert!(
+        s.get("/ipxe?mac=52-54-00-00-00-01&platform=efi&buildarch=arm64")
+            .contains("kernel images/arm/vmlinuz console=ttyS0")
+    );
+    // Unknown MAC, known SMBIOS UUID (any case): the node of that UUID.
+    assert!(
+        s.get("/ipxe?mac=02-00-00-00-00-09&uuid=4C4C4544-0042-3510-8051-B4C04F4E3232")
+            .contains("booting node02 profile control-plane")
+    );
+    // Nobody we know: the menu policy. An unreadable UUID counts as none.
+    let menu = s.get("/ipxe?mac=02-00-00-00-00-09&uuid=not-a-uuid");
+    assert!(
+        menu.starts_with("#!ipxe\nmenu flint: choose a profile for ${netX/mac}\n"),
+        "{menu}"
+    );
+    assert_eq!(
+        s.get("/ipxe"),
+        menu,
+        "no parameters at all: still the policy"
+    );
+    assert_eq!(s.status(&["/ipxe?mac=52-54-00-zz"]), "400");
+    let head = s.curl(&["-I", "/ipxe?mac=52-54-00-00-00-01"]);
+    let head = String::from_utf8(head.stdout).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; charset=utf-8"),
+        "{head}"
+    );
+    let metrics = s.get("/metrics");
+    for line in [
+        "flint_boot_scripts_served_total{profile=\"worker\"} 4\n",
+        "flint_boot_scripts_served_total{profile=\"control-plane\"} 1\n",
+        "flint_boot_scripts_served_total{profile=\"menu\"} 2\n",
+        "flint_boot_http_requests_total{route=\"/ipxe\",status=\"400\"} 1\n",
+        "flint_boot_inventory_nodes 2\n",
+    ] {
+        assert!(metrics.contains(line), "want {line:?} in\n{metrics}");
+    }
+    let log = s.log();
+    assert!(
+        log.contains("mac=52:54:00:00:00:01 uuid=- arch=\"x86_64\" served=\"worker\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn public_url_makes_boot_ipxe_absolute() {
+    let s = Server::start(&["--public-url", "http://10.0.200.2:8080/"]);
+    assert!(
+        s.get("/boot.ipxe")
+            .contains("chain --autofree http://10.0.200.2:8080/ipxe?mac=")
+    );
+}
+
+#[test]
+fn images_with_head_range_etag_and_no_escape() {
+    let s = Server::start(&[]);
+    let kernel = kernel_bytes();
+    let full = s.curl(&["--fail", "/images/debian/vmlinuz"]);
+    assert_eq!(full.stdout, kernel);
+
+    let head = String::from_utf8(s.curl(&["-I", "/images/debian/vmlinuz"]).stdout).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 300000"), "{head}");
+    assert!(head.contains("accept-ranges: bytes"), "{head}");
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("an ETag")
+        .trim()
+        .to_owned();
+
+    // UEFI HTTP Boot and BMC virtual media resume with Range and expect 206.
+    let part = s.curl(&[
+        "-r",
+        "1000-1999",
+        "-w",
+        "%{http_code}",
+        "/images/debian/vmlinuz",
+    ]);
+    let (body, code) = part.stdout.split_at(part.stdout.len() - 3);
+    assert_eq!(code, b"206");
+    assert_eq!(body, &kernel[1000..2000]);
+    let tail = s.curl(&["-r", "-10", "/images/debian/vmlinuz"]);
+    assert_eq!(tail.stdout, &kernel[kernel.len() - 10..]);
+    assert_eq!(
+        s.status(&["-r", "400000-", "/images/debian/vmlinuz"]),
+        "416"
+    );
+
+    let inm = format!("If-None-Match: {etag}");
+    assert_eq!(s.status(&["-H", &inm, "/images/debian/vmlinuz"]), "304");
+    assert_eq!(
+        s.status(&["-H", "If-None-Match: \"other\"", "/images/debian/vmlinuz"]),
+        "200"
+    );
+
+    // Nothing outside the folder, however the path is spelled; no listing, no redirect.
+    for path in [
+        "/images/../secret.txt",
+        "/images/%2e%2e/secret.txt",
+        "/images/debian/../../secret.txt",
+        "/images/%2F..%2Fsecret.txt",
+        "/images/debian",
+        "/images/debian/",
+        "/images/nope",
+    ] {
+        let code = s.status(&["--path-as-is", path]);
+        assert_eq!(code, "404", "{path}");
+    }
+
+    // Keep-alive: two requests on one connection.
+    let v = s.curl(&[
+        "-v",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "/images/debian/initrd.img",
+        "/images/debian/initrd.img",
+    ]);
+    let verbose = String::from_utf8_lossy(&v.stderr);
+    assert!(
+        verbose.contains("Re-using existing connection") || verbose.contains("Reusing existing"),
+        "{verbose}"
+    );
+
+    let metrics = s.get("/metrics");
+    assert!(
+        metrics.contains("flint_boot_http_requests_total{route=\"/images\",status=\"206\"} 2\n"),
+        "{metrics}"
+    );
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flint_boot_http_bytes_sent_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent >= 300_000 + 1000 + 10 + 12, "bytes sent {sent}");
+}
+
+#[test]
+fn inventory_reloads_on_change_and_sighup_and_keeps_serving_through_a_bad_one() {
+    let s = Server::start(&[]);
+    let node03 = "/ipxe?mac=52-54-00-00-00-03";
+    assert!(s.get(node03).contains("menu flint"));
+
+    let with_node03 = INVENTORY.replace(
+        r#"{"name": "node01","#,
+        r#"{"name": "node03", "mac": "52:54:00:00:00:03", "profile": "worker"},
+    {"name": "node01","#,
+    );
+    replace(&s.inventory(), &with_node03);
+    wait_for("node03 after the file changed", || {
+        s.get(node03).contains("booting node03")
+    });
+
+    // A broken inventory is rejected with a line naming file, field and what was expected;
+    // the previous one keeps serving.
+    let broken = with_node03.replace(r#""profile": "control-plane","#, r#""profile": "gpu","#);
+    replace(&s.inventory(), &broken);
+    wait_for("the rejection", || {
+        s.log().contains("new inventory rejected")
+    });
+    let log = s.log();
+    assert!(log.contains("inventory.json: nodes[2].profile"), "{log}");
+    assert!(log.contains("gpu"), "{log}");
+    assert!(s.get(node03).contains("booting node03"));
+    assert!(
+        s.get("/metrics")
+            .contains("flint_boot_inventory_reloads_total{result=\"rejected\"} 1\n")
+    );
+
+    // SIGHUP reads the file again even when its metadata did not change.
+    replace(&s.inventory(), INVENTORY);
+    wait_for("node03 gone", || s.get(node03).contains("menu flint"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for("the SIGHUP reload", || s.log().contains("why=\"SIGHUP\""));
+    assert!(
+        s.get("/metrics")
+            .contains("flint_boot_inventory_reloads_total{result=\"ok\"} 3\n")
+    );
+}
+
+fn render(inventory: &Path, dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(["render", "--inventory"])
+        .arg(inventory)
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn render_writes_exactly_what_serve_answers() {
+    let s = Server::start(&[]);
+    let out = s.dir.path().join("www");
+    let r = render(&s.inventory(), &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let file = |rel: &str| std::fs::read_to_string(out.join(rel)).unwrap();
+    assert_eq!(file("boot.ipxe"), s.get("/boot.ipxe"));
+    let queries = [
+        ("default", ""),
+        ("x86_64", "&buildarch=i386&platform=pcbios"),
+        ("x86_64", "&buildarch=x86_64&platform=efi"),
+        ("i386", "&buildarch=i386&platform=efi"),
+        ("arm64", "&buildarch=arm64&platform=efi"),
+    ];
+    for (arch, q) in queries {
+        for mac in ["52-54-00-00-00-01", "52-54-00-00-00-02"] {
+            assert_eq!(
+                file(&format!("ipxe/mac/{mac}/{arch}.ipxe")),
+                s.get(&format!("/ipxe?mac={mac}{q}")),
+                "{mac} {q}"
+            );
+        }
+        assert_eq!(
+            file(&format!(
+                "ipxe/uuid/4c4c4544-0042-3510-8051-b4c04f4e3232/{arch}.ipxe"
+            )),
+            s.get(&format!(
+                "/ipxe?mac=02-00-00-00-00-09&uuid=4c4c4544-0042-3510-8051-b4c04f4e3232{q}"
+            ))
+        );
+        assert_eq!(
+            file(&format!("ipxe/unknown/{arch}.ipxe")),
+            s.get(&format!("/ipxe?mac=02-00-00-00-00-09{q}"))
+        );
+    }
+
+    // Rendering again replaces the whole set: a node gone from the inventory leaves no file.
+    let one_node = INVENTORY.replace(
+        r#"{"name": "node01", "mac": "52:54:00:00:00:01", "profile": "worker"},"#,
+        "",
+    );
+    replace(&s.inventory(), &one_node);
+    let r = render(&s.inventory(), &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(!out.join("ipxe/mac/52-54-00-00-00-01").exists());
+    assert!(out.join("ipxe/mac/52-54-00-00-00-02/default.ipxe").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".render-"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging folders left: {leftovers:?}");
+}
+
+#[test]
+fn render_refuses_to_replace_a_folder_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.json");
+    std::fs::write(&inv, INVENTORY).unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("index.html"), "site").unwrap();
+    let r = render(&inv, &www);
+    assert_eq!(r.status.code(), Some(73));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("was not written by flint-boot render"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(www.join("index.html")).unwrap(),
+        "site"
+    );
+    assert_eq!(std::fs::read_dir(&www).unwrap().count(), 1);
+}
+
+fn serve_fails(args: &[&str], dir: &Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn start_up_errors_name_the_problem_and_use_the_documented_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("images")).unwrap();
+    let bad = INVENTORY.replace("52:54:00:00:00:02", "52:54:00:00:00:01");
+    std::fs::write(dir.path().join("bad.json"), bad).unwrap();
+    std::fs::write(dir.path().join("good.json"), INVENTORY).unwrap();
+    let addr = free_addr().to_string();
+    let http = |inv: &'static str| -> Vec<String> {
+        ["--http", &addr, "--inventory", inv, "--images", "images"]
+            .map(String::from)
+            .to_vec()
+    };
+    let args = http("bad.json");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = serve_fails(&args, dir.path());
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("bad.json: nodes[1].mac"), "{err}");
+
+    let (code, err) = serve_fails(&["--http", &addr], dir.path());
+    assert_eq!(code, 64, "{err}");
+
+    let mut args = http("good.json");
+    args.extend(["--public-url".into(), "http://x/a b".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = serve_fails(&args, dir.path());
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("--public-url"), "{err}");
+
+    let taken = TcpListener::bind(&addr).unwrap();
+    let args = http("good.json");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = serve_fails(&args, dir.path());
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains(&format!("bind HTTP {addr}")), "{err}");
+    drop(taken);
+
+    let (code, err) = serve_fails(&["--proxy-dhcp", "eth0"], dir.path());
+    assert_eq!(code, 64, "{err}");
+    let (code, err) = serve_fails(&[], dir.path());
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("no service enabled"), "{err}");
+}
