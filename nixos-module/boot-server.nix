@@ -70,6 +70,8 @@ in
         ExecStart = "${cfg.package}/bin/flint-boot ${concatStringsSep " " (map lib.escapeShellArg args)}";
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "on-failure";
+        # Usage and configuration errors and a missing capability do not fix themselves.
+        RestartPreventExitStatus = "64 77 78";
         DynamicUser = true;
         # Ports 67, 69 and 4011 are privileged; nothing else is.
         AmbientCapabilities = optional bindsPrivilegedPorts "CAP_NET_BIND_SERVICE";
@@ -85,7 +87,8 @@ in
         ProtectControlGroups = true;
         ProtectClock = true;
         ProtectHostname = true;
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        # AF_NETLINK: finding the ProxyDHCP interface's address.
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
         RestrictNamespaces = true;
         RestrictRealtime = true;
         LockPersonality = true;

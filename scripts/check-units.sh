@@ -5,18 +5,26 @@
 # `systemd-analyze security --offline=true --threshold=20` (exposure 2.0 at most: --threshold
 # counts on the 0-100 scale behind the 0.0-10.0 figure systemd prints, so 20 is 2.0).
 #
-#   scripts/check-units.sh [FLINT_BINARY]      (default: target/debug/flint)
+#   scripts/check-units.sh [FLINT_BINARY [FLINT_BOOT_BINARY]]
+#                          (default: target/debug/flint, target/debug/flint-boot)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 flint=${1:-$repo/target/debug/flint}
-[[ -x $flint ]] || { echo "no flint binary at $flint (build it first)" >&2; exit 1; }
+flint_boot=${2:-$repo/target/debug/flint-boot}
+for bin in "$flint" "$flint_boot"; do
+    [[ -x $bin ]] || { echo "no binary at $bin (build it first)" >&2; exit 1; }
+done
 
 root=$(mktemp -d /tmp/flint-units.XXXXXX)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/bin" "$root/usr/lib/systemd" "$root/etc/systemd/system"
 cp -r /usr/lib/systemd/system "$root/usr/lib/systemd/"
 cp "$flint" "$root/usr/bin/flint"
+cp "$flint_boot" "$root/usr/bin/flint-boot"
+# flint-boot.service reloads with /bin/kill.
+mkdir -p "$root/bin"
+cp "$(type -P kill)" "$root/bin/kill"
 for stub in chainfire flaredb iam etcd; do
     printf '[Unit]\nDescription=stand-in for %s\n\n[Service]\nExecStart=/usr/bin/flint --version\n' \
         "$stub" >"$root/etc/systemd/system/$stub.service"

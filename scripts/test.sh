@@ -86,7 +86,7 @@ check "no aws-lc-rs (cargo tree -i aws-lc-rs --target all)" no_aws_lc_rs
 check "cargo clippy --workspace --all-targets -- -D warnings" \
     cargo clippy --workspace --all-targets --locked -- -D warnings
 check "static musl release binary, at most 3 MiB" static_release_binary
-units() { cargo build --locked -p flint && scripts/check-units.sh; }
+units() { cargo build --locked -p flint -p flint-boot && scripts/check-units.sh; }
 # Debian's nix-instantiate parses the NixOS modules and evaluates what they render against a
 # stand-in for nixpkgs' lib (nixpkgs itself cannot be fetched here).
 nix_modules() {

@@ -96,6 +96,8 @@ let
       && elem "flaredb-cluster-join.service" units.iam-initial-setup.after;
     "boot server binds privileged ports with one capability" =
       boot.systemd.services.flint-boot.serviceConfig.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ];
+    "boot server errors that need an operator do not restart" =
+      boot.systemd.services.flint-boot.serviceConfig.RestartPreventExitStatus == "64 77 78";
   };
 
   # cluster-config.json as the module renders it (the credential's value is the JSON itself here).
