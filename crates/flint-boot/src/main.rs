@@ -89,7 +89,13 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(|e| ExitError::Unavailable(format!("cannot start runtime: {e}")))
-            .and_then(|rt| rt.block_on(serve(*args))),
+            .and_then(|rt| {
+                let result = rt.block_on(serve(*args));
+                // TFTP transfers run on blocking threads that may sit in a 1 s receive: do not
+                // let them hold up the exit.
+                rt.shutdown_timeout(std::time::Duration::from_millis(100));
+                result
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

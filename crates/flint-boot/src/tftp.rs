@@ -97,8 +97,11 @@ pub async fn serve(socket: UdpSocket, config: Config, metrics: Arc<Metrics>) -> 
             continue;
         };
         let (config, metrics) = (config.clone(), metrics.clone());
-        tokio::spawn(async move {
-            handle(config, &metrics, local, peer, req).await;
+        // Lockstep TFTP is bound by the time from an ACK's arrival to the next DATA: a thread
+        // blocked in recv answers it sooner than an async task woken through the reactor, and
+        // the bounded number of transfers bounds the threads.
+        tokio::task::spawn_blocking(move || {
+            handle(&config, &metrics, local, peer, req);
             drop(permit);
         });
     }
@@ -113,16 +116,10 @@ enum Outcome {
     Io(io::Error),
 }
 
-async fn handle(
-    config: Arc<Config>,
-    metrics: &Metrics,
-    local: SocketAddr,
-    peer: SocketAddr,
-    req: Request,
-) {
+fn handle(config: &Config, metrics: &Metrics, local: SocketAddr, peer: SocketAddr, req: Request) {
     let started = Instant::now();
     // A fresh ephemeral port is the transfer ID; the same IP keeps replies on the interface asked.
-    let sock = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
+    let sock = match std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)) {
         Ok(s) => s,
         Err(e) => {
             metrics.errors.inc(&["tftp-socket"]);
@@ -130,21 +127,22 @@ async fn handle(
             return;
         }
     };
-    if let Err(e) = sock.connect(peer).await {
+    if let Err(e) = sock.connect(peer) {
         metrics.errors.inc(&["tftp-socket"]);
         tracing::error!(%peer, error = %e, "tftp: cannot connect transfer socket");
         return;
     }
     let mut transfer = Transfer {
-        config: &config,
+        config,
         sock,
+        sock_timeout: std::cell::Cell::new(Duration::ZERO),
         blksize: 512,
         windowsize: 1,
         timeout: config.timeout,
         sent_bytes: 0,
         accepted: Vec::new(),
     };
-    let outcome = transfer.run(&req).await;
+    let outcome = transfer.run(&req);
     let opts = transfer
         .accepted
         .iter()
@@ -162,7 +160,7 @@ async fn handle(
         }
         Outcome::Refused(code, msg) => {
             tracing::info!(%peer, file, code, msg, "tftp refused");
-            let _ = transfer.sock.send(&packet::error(code, &msg)).await;
+            let _ = transfer.sock.send(&packet::error(code, &msg));
         }
         // EDK2 asks for tsize, then aborts with ERROR 8 and asks again: a normal step.
         Outcome::ClientError(packet::ERR_OPTIONS, msg) => {
@@ -196,7 +194,9 @@ impl Outcome {
 
 struct Transfer<'a> {
     config: &'a Config,
-    sock: UdpSocket,
+    sock: std::net::UdpSocket,
+    /// The receive timeout currently set on `sock`.
+    sock_timeout: std::cell::Cell<Duration>,
     blksize: u16,
     windowsize: u16,
     timeout: Duration,
@@ -213,7 +213,7 @@ enum Reply {
 }
 
 impl Transfer<'_> {
-    async fn run(&mut self, req: &Request) -> Outcome {
+    fn run(&mut self, req: &Request) -> Outcome {
         if req.write {
             return Outcome::Refused(packet::ERR_ACCESS, "read-only server".into());
         }
@@ -246,12 +246,12 @@ impl Transfer<'_> {
         if !self.accepted.is_empty() {
             // Block 0 is the OACK's acknowledgement.
             let oack = packet::oack(&self.accepted);
-            match self.exchange(&oack, 0).await {
+            match self.exchange(&oack, 0) {
                 Ok(()) => {}
                 Err(o) => return o,
             }
         }
-        self.send_file(&file, size).await
+        self.send_file(&file, size)
     }
 
     /// Keeps only options we understand and accept, so the OACK never lists unasked ones.
@@ -284,15 +284,36 @@ impl Transfer<'_> {
 
     /// Waits until `deadline`, which the caller fixes at send time so that a client
     /// repeating old ACKs cannot postpone our retransmission forever.
-    async fn recv_reply(&self, buf: &mut [u8], deadline: tokio::time::Instant) -> Reply {
-        match tokio::time::timeout_at(deadline, self.sock.recv(buf)).await {
-            Err(_) => Reply::Timeout,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+    fn recv_reply(&self, buf: &mut [u8], deadline: Instant) -> Reply {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Reply::Timeout;
+        }
+        // One setsockopt per wait would be one more syscall per block: keep the timeout set
+        // while it overshoots the deadline by less than 20 ms.
+        let set = self.sock_timeout.get();
+        if left > set || left + Duration::from_millis(20) < set {
+            if let Err(e) = self.sock.set_read_timeout(Some(left)) {
+                return Reply::End(Outcome::Io(e));
+            }
+            self.sock_timeout.set(left);
+        }
+        match self.sock.recv(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Reply::Timeout
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Reply::Stray,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 // The client's port is gone: nobody is listening any more.
                 Reply::End(Outcome::ClientError(0, "port unreachable".into()))
             }
-            Ok(Err(e)) => Reply::End(Outcome::Io(e)),
-            Ok(Ok(len)) => match packet::parse(&buf[..len]) {
+            Err(e) => Reply::End(Outcome::Io(e)),
+            Ok(len) => match packet::parse(&buf[..len]) {
                 Ok(Packet::Ack(n)) => Reply::Ack(n),
                 Ok(Packet::Error(code, msg)) => Reply::End(Outcome::ClientError(code, msg)),
                 // Stray or malformed packets do not end a transfer; wait on.
@@ -302,14 +323,14 @@ impl Transfer<'_> {
     }
 
     /// Sends `pkt` until the client acknowledges `block` (used for the OACK).
-    async fn exchange(&mut self, pkt: &[u8], block: u16) -> Result<(), Outcome> {
+    fn exchange(&mut self, pkt: &[u8], block: u16) -> Result<(), Outcome> {
         let mut buf = vec![0u8; 1024];
         let mut tries = 0;
         loop {
-            self.sock.send(pkt).await.map_err(Outcome::Io)?;
-            let deadline = tokio::time::Instant::now() + self.timeout;
+            self.sock.send(pkt).map_err(Outcome::Io)?;
+            let deadline = Instant::now() + self.timeout;
             loop {
-                match self.recv_reply(&mut buf, deadline).await {
+                match self.recv_reply(&mut buf, deadline) {
                     Reply::Ack(n) if n == block => return Ok(()),
                     Reply::Ack(_) | Reply::Stray => continue,
                     Reply::End(o) => return Err(o),
@@ -325,7 +346,7 @@ impl Transfer<'_> {
 
     /// Sends the file in windows; block numbers are 16-bit on the wire and wrap to 0,
     /// so positions are tracked as 64-bit counts and only truncated when sent or compared.
-    async fn send_file(&mut self, file: &File, size: u64) -> Outcome {
+    fn send_file(&mut self, file: &File, size: u64) -> Outcome {
         let blksize = u64::from(self.blksize);
         // A file that fills its last block exactly still needs an empty block to end it.
         let last = size / blksize + 1;
@@ -335,27 +356,28 @@ impl Transfer<'_> {
         let mut tries = 0;
         let mut pkt = vec![0u8; DATA_HEADER + blksize as usize];
         let mut buf = vec![0u8; 1024];
-        let mut deadline = tokio::time::Instant::now();
+        let mut deadline = Instant::now();
+        let mut reader = ReadAhead::new(file);
         loop {
             let mut sent_any = false;
             while next <= last && next <= acked + window {
                 let offset = (next - 1) * blksize;
-                let n = match read_block(file, offset, &mut pkt[DATA_HEADER..]) {
+                let n = match reader.read_at(offset, &mut pkt[DATA_HEADER..]) {
                     Ok(n) => n,
                     Err(e) => return Outcome::Io(e),
                 };
                 pkt[..2].copy_from_slice(&packet::DATA.to_be_bytes());
                 pkt[2..4].copy_from_slice(&(next as u16).to_be_bytes());
-                if let Err(e) = self.sock.send(&pkt[..DATA_HEADER + n]).await {
+                if let Err(e) = self.sock.send(&pkt[..DATA_HEADER + n]) {
                     return Outcome::Io(e);
                 }
                 next += 1;
                 sent_any = true;
             }
             if sent_any {
-                deadline = tokio::time::Instant::now() + self.timeout;
+                deadline = Instant::now() + self.timeout;
             }
-            match self.recv_reply(&mut buf, deadline).await {
+            match self.recv_reply(&mut buf, deadline) {
                 Reply::Ack(n) => {
                     // Map the 16-bit number onto the blocks in flight; anything else is an
                     // old or duplicate ACK, and answering those would double the traffic.
@@ -384,15 +406,55 @@ impl Transfer<'_> {
     }
 }
 
-fn read_block(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Reads ahead in large chunks: one syscall per chunk instead of one per block, which matters
+/// when each block is one round trip.
+struct ReadAhead<'f> {
+    file: &'f File,
+    buf: Vec<u8>,
+    start: u64,
+    len: usize,
+}
+
+impl<'f> ReadAhead<'f> {
+    const CHUNK: usize = 256 * 1024;
+
+    fn new(file: &'f File) -> Self {
+        Self {
+            file,
+            buf: vec![0; Self::CHUNK],
+            start: 0,
+            len: 0,
         }
     }
-    Ok(filled)
+
+    /// Copies the bytes at `offset` into `out`; fewer than `out.len()` only at the end of the
+    /// file.
+    fn read_at(&mut self, offset: u64, out: &mut [u8]) -> io::Result<usize> {
+        let cached =
+            offset >= self.start && offset + out.len() as u64 <= self.start + self.len as u64;
+        if !cached {
+            self.fill(offset)?;
+        }
+        let from = (offset - self.start) as usize;
+        let n = out.len().min(self.len.saturating_sub(from));
+        out[..n].copy_from_slice(&self.buf[from..from + n]);
+        Ok(n)
+    }
+
+    fn fill(&mut self, offset: u64) -> io::Result<()> {
+        self.start = offset;
+        self.len = 0;
+        while self.len < self.buf.len() {
+            match self
+                .file
+                .read_at(&mut self.buf[self.len..], offset + self.len as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
