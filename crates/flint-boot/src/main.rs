@@ -2,12 +2,6 @@
 //! static renderer of its scripts.
 
 mod cli;
-mod dhcp;
-mod http;
-mod inventory;
-mod metrics;
-mod render;
-mod tftp;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -18,51 +12,9 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 
-use crate::inventory::SharedInventory;
-use crate::metrics::Metrics;
-
-/// A failure with its exit status (sysexits, as the node binary `flint` uses them).
-#[derive(Debug, thiserror::Error)]
-pub enum ExitError {
-    /// 64: the command line is inconsistent.
-    #[error("{0}")]
-    Usage(String),
-    /// 78: the inventory or a URL is invalid.
-    #[error("{0}")]
-    Config(String),
-    /// 69: a socket cannot be opened (address in use, interface missing) or a service died.
-    #[error("{0}")]
-    Unavailable(String),
-    /// 77: a privileged port without the capability to bind it, or a file we may not read.
-    #[error("{0}")]
-    Permission(String),
-    /// 73: `render` cannot write its output.
-    #[error("{0}")]
-    CantCreate(String),
-}
-
-impl ExitError {
-    fn code(&self) -> u8 {
-        match self {
-            ExitError::Usage(_) => 64,
-            ExitError::Unavailable(_) => 69,
-            ExitError::CantCreate(_) => 73,
-            ExitError::Permission(_) => 77,
-            ExitError::Config(_) => 78,
-        }
-    }
-
-    fn socket(what: String, e: &std::io::Error) -> ExitError {
-        let msg = format!("{what}: {e}");
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            ExitError::Permission(format!(
-                "{msg} (ports below 1024 need CAP_NET_BIND_SERVICE)"
-            ))
-        } else {
-            ExitError::Unavailable(msg)
-        }
-    }
-}
+use flint_boot::inventory::{self, SharedInventory};
+use flint_boot::metrics::Metrics;
+use flint_boot::{ExitError, dhcp, http, render, tftp};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {

@@ -1,6 +1,6 @@
 //! Read-only TFTP server (RFC 1350, options 2347/2348/2349, windowsize 7440) for the iPXE binaries.
 
-mod packet;
+pub mod packet;
 mod path;
 
 use std::fs::File;

@@ -1,0 +1,44 @@
+//! Exit statuses of `flint-boot` (sysexits, as the node binary `flint` uses them).
+
+/// A failure and the status the process exits with.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    /// 64: the command line is inconsistent.
+    #[error("{0}")]
+    Usage(String),
+    /// 78: the inventory or a URL is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// 69: a socket cannot be opened (address in use, interface missing) or a service died.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 77: a privileged port without the capability to bind it, or a file we may not read.
+    #[error("{0}")]
+    Permission(String),
+    /// 73: `render` cannot write its output.
+    #[error("{0}")]
+    CantCreate(String),
+}
+
+impl ExitError {
+    pub fn code(&self) -> u8 {
+        match self {
+            ExitError::Usage(_) => 64,
+            ExitError::Unavailable(_) => 69,
+            ExitError::CantCreate(_) => 73,
+            ExitError::Permission(_) => 77,
+            ExitError::Config(_) => 78,
+        }
+    }
+
+    pub fn socket(what: String, e: &std::io::Error) -> ExitError {
+        let msg = format!("{what}: {e}");
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            ExitError::Permission(format!(
+                "{msg} (ports below 1024 need CAP_NET_BIND_SERVICE)"
+            ))
+        } else {
+            ExitError::Unavailable(msg)
+        }
+    }
+}
