@@ -162,27 +162,10 @@ impl Admin {
 
     /// Asks the leader (found from `base`, following its hints) to add this node.
     pub async fn add(&self, base: &Url, id: &str, raft_addr: &str) -> Result<Added, Error> {
-        #[derive(Deserialize)]
-        struct Conflict {
-            member: Option<Member>,
-        }
         let url = join_path(base, &self.paths.member_add);
         let body = json!({"id": id, "raft_addr": raft_addr});
         let (answered, answer) = self.exchange(Method::POST, url, Some(&body)).await?;
-        match answer.status {
-            StatusCode::OK | StatusCode::CREATED => Ok(Added::New(answer.labelled_json()?)),
-            StatusCode::CONFLICT => match answer.labelled_json::<Conflict>()?.member {
-                Some(m) if m.id == id && m.raft_addr == raft_addr => Ok(Added::Existing(m)),
-                Some(m) => Err(Error::Conflict(format!(
-                    "{answered} says this node is already in the cluster differently: member \
-                     {:?} has Raft address {}, this node is {id:?} at {raft_addr}; remove the \
-                     stale member or fix `raft_addr`",
-                    m.id, m.raft_addr
-                ))),
-                None => Ok(Added::Unspecified),
-            },
-            _ => Err(status_error(&answer, CREDENTIALS)),
-        }
+        read_added(&answered, &answer, id, raft_addr)
     }
 
     /// Sends the request, following redirects (307/308 `Location`) and leader hints (421/503
@@ -209,34 +192,72 @@ impl Admin {
                 .http
                 .send(method.clone(), &url, body, self.token.as_ref())
                 .await?;
-            let next = match answer.status {
-                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => {
-                    let location = answer.location.as_deref().ok_or_else(|| {
-                        Error::Http(answer.decode_error("a redirect without Location".into()))
-                    })?;
-                    url.join(location).map_err(|e| {
-                        Error::Http(answer.decode_error(format!("bad Location {location:?}: {e}")))
-                    })?
-                }
-                StatusCode::MISDIRECTED_REQUEST | StatusCode::SERVICE_UNAVAILABLE => {
-                    match leader_hint(&answer) {
-                        Some(leader) => join_path(&leader, url.path()),
-                        // 503 without a hint: the service is busy, not elsewhere.
-                        None => return Ok((url, answer)),
-                    }
-                }
-                _ => return Ok((url, answer)),
+            let Some(next) = next_hop(&url, &answer, self.allow_plaintext)? else {
+                return Ok((url, answer));
             };
-            if !permits(&next, self.allow_plaintext) {
-                return Err(Error::Conflict(format!(
-                    "{url} points to {next}, which is plain http to a host that is not loopback \
-                     (set `allow_plaintext: true` to accept it)"
-                )));
-            }
             visited.push(url);
             url = next;
         }
     }
+}
+
+/// What an answer to a member add means, once redirects are followed: added, already a member
+/// (the same one, or a conflicting one), or an error.
+pub fn read_added(
+    answered: &Url,
+    answer: &Answer,
+    id: &str,
+    raft_addr: &str,
+) -> Result<Added, Error> {
+    #[derive(Deserialize)]
+    struct Conflict {
+        member: Option<Member>,
+    }
+    match answer.status {
+        StatusCode::OK | StatusCode::CREATED => Ok(Added::New(answer.labelled_json()?)),
+        StatusCode::CONFLICT => match answer.labelled_json::<Conflict>()?.member {
+            Some(m) if m.id == id && m.raft_addr == raft_addr => Ok(Added::Existing(m)),
+            Some(m) => Err(Error::Conflict(format!(
+                "{answered} says this node is already in the cluster differently: member \
+                 {:?} has Raft address {}, this node is {id:?} at {raft_addr}; remove the \
+                 stale member or fix `raft_addr`",
+                m.id, m.raft_addr
+            ))),
+            None => Ok(Added::Unspecified),
+        },
+        _ => Err(status_error(answer, CREDENTIALS)),
+    }
+}
+
+/// Where an answer to a request for `url` sends it next: `None` when it is the final answer,
+/// the redirect's `Location` (307/308) or the leader's hint (421/503 with `{"leader": URL}`)
+/// otherwise. Never plain http to a host that is not loopback unless `allow_plaintext`.
+pub fn next_hop(url: &Url, answer: &Answer, allow_plaintext: bool) -> Result<Option<Url>, Error> {
+    let next = match answer.status {
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => {
+            let location = answer.location.as_deref().ok_or_else(|| {
+                Error::Http(answer.decode_error("a redirect without Location".into()))
+            })?;
+            url.join(location).map_err(|e| {
+                Error::Http(answer.decode_error(format!("bad Location {location:?}: {e}")))
+            })?
+        }
+        StatusCode::MISDIRECTED_REQUEST | StatusCode::SERVICE_UNAVAILABLE => {
+            match leader_hint(answer) {
+                Some(leader) => join_path(&leader, url.path()),
+                // 503 without a hint: the service is busy, not elsewhere.
+                None => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    };
+    if !permits(&next, allow_plaintext) {
+        return Err(Error::Conflict(format!(
+            "{url} points to {next}, which is plain http to a host that is not loopback \
+             (set `allow_plaintext: true` to accept it)"
+        )));
+    }
+    Ok(Some(next))
 }
 
 /// The leader URL in a 421/503 body, if any.

@@ -13,7 +13,7 @@ use super::{Error, status_error};
 /// What a 401/403 from this service asks the operator to check.
 const CREDENTIALS: &str = "`tls.cert`";
 use crate::config::{Endpoints, join_path};
-use crate::http::Client;
+use crate::http::{Answer, Client};
 use crate::retry::{Class, Classified};
 
 /// etcd's refusals that flint acts on, recognised by gRPC code and message.
@@ -329,26 +329,32 @@ impl Etcd {
     ) -> Result<T, Error> {
         let url = join_path(endpoint, path);
         let answer = self.http.post_json(&url, &body).await?;
-        if answer.status.is_success() {
-            return Ok(answer.json()?);
+        interpret(&url, &answer)
+    }
+}
+
+/// What an answer of the gateway means: the value asked for, or etcd's refusal classed by its
+/// gRPC code and message, or an HTTP error.
+pub fn interpret<T: serde::de::DeserializeOwned>(url: &Url, answer: &Answer) -> Result<T, Error> {
+    if answer.status.is_success() {
+        return Ok(answer.json()?);
+    }
+    match serde_json::from_slice::<GatewayError>(&answer.body) {
+        Ok(refusal) if !refusal.message.is_empty() || !refusal.error.is_empty() => {
+            let message = if refusal.message.is_empty() {
+                refusal.error
+            } else {
+                refusal.message
+            };
+            let reason = Refusal::recognise(refusal.code, &message);
+            Err(Error::Refused {
+                url: url.to_string(),
+                code: refusal.code,
+                class: reason.class(refusal.code),
+                message,
+            })
         }
-        match serde_json::from_slice::<GatewayError>(&answer.body) {
-            Ok(refusal) if !refusal.message.is_empty() || !refusal.error.is_empty() => {
-                let message = if refusal.message.is_empty() {
-                    refusal.error
-                } else {
-                    refusal.message
-                };
-                let reason = Refusal::recognise(refusal.code, &message);
-                Err(Error::Refused {
-                    url: url.to_string(),
-                    code: refusal.code,
-                    class: reason.class(refusal.code),
-                    message,
-                })
-            }
-            _ => Err(status_error(&answer, CREDENTIALS)),
-        }
+        _ => Err(status_error(answer, CREDENTIALS)),
     }
 }
 

@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::metrics::Metrics;
-pub use request::{Malformed, Request};
+pub use request::{Malformed, Request, parse as parse_request};
 
 pub const DHCP_PORT: u16 = 67;
 pub const PXE_PORT: u16 = 4011;

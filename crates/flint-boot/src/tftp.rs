@@ -1,7 +1,7 @@
 //! Read-only TFTP server (RFC 1350, options 2347/2348/2349, windowsize 7440) for the iPXE binaries.
 
 pub mod packet;
-mod path;
+pub mod path;
 
 use std::fs::File;
 use std::io;
