@@ -71,6 +71,9 @@ stop() {
 
 cleanup() {
     local status=$? pid
+    # timeout(1) passes a signal on to this script and again to its whole process group, so a
+    # second SIGINT or SIGTERM can arrive while this runs: it must not cut the cleanup short.
+    trap '' INT TERM
     for pid in "${!running[@]}"; do
         stop "$pid"
     done
@@ -320,7 +323,7 @@ refused() {
     local line="flint: machine $mac is not in the inventory, refused"
     t0=$EPOCHREALTIME
     boot_vm "$name" "$firmware" "$mac"
-    refusal_seen() { serial_has "$line" || vm_gone; }
+    refusal_seen() { serial_has "$line" || vm_done; }
     until_true "$limit" refusal_seen || true
     stop "$vm_pid"
     if ! serial_has "$line"; then
@@ -365,7 +368,7 @@ if grep '^flint_boot_errors_total{' "$work/metrics.txt"; then
 fi
 if ((${#metric_problems[@]})); then
     failed+=(metrics)
-    printf 'FAIL metrics: %s\n' "${metric_problems[*]}"
+    printf 'FAIL metrics: %s\n' "${metric_problems[@]}"
     grep -v '^#' "$work/metrics.txt"
 else
     passed+=(metrics)

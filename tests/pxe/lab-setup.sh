@@ -62,6 +62,8 @@ if [[ -f $lab/.complete ]]; then
     exit 0
 fi
 
+# With the lock held no other build runs: a build folder left here was cut short (SIGKILL).
+rm -rf "$cache"/build.*
 build=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$build"' EXIT
 say "building $lab from: $(tr '\n' ' ' <<<"$wanted")"
