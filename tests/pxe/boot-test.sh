@@ -110,9 +110,18 @@ until_true() {
     done
 }
 
+# elapsed_ms START: milliseconds since START, an earlier $EPOCHREALTIME (its separator is the
+# locale's decimal point, hence the digits only).
 elapsed_ms() {
-    local now=${EPOCHREALTIME/./} then=${1/./}
+    local now=${EPOCHREALTIME//[!0-9]/} then=${1//[!0-9]/}
     echo $(((now - then) / 1000))
+}
+
+# seconds START: "12.3", the seconds since START.
+seconds() {
+    local ms
+    ms=$(elapsed_ms "$1")
+    echo "$((ms / 1000)).$((ms % 1000 / 100))"
 }
 
 # Serial output as text: no carriage returns, no terminal escapes (SeaBIOS and iPXE draw with them).
@@ -243,15 +252,18 @@ boot_vm() {
 # serial_has TEXT: the VM's serial output has TEXT.
 serial_has() { serial_text "$serial" | grep -qF -- "$1"; }
 vm_gone() { ! kill -0 "$vm_pid" 2>/dev/null; }
-# What firmware prints once network boot has failed; waiting longer would change nothing.
-gave_up() { serial_text "$serial" | grep -qE 'No bootable device|BdsDxe: failed to load|Kernel panic'; }
+# What the firmware or the kernel prints once the boot has failed; waiting longer would change
+# nothing. stopped_at prints that line.
+stopped_at() { serial_text "$serial" | grep -m1 -E 'No bootable device|BdsDxe: failed to load|Kernel panic'; }
+gave_up() { stopped_at >/dev/null; }
 vm_done() { vm_gone || gave_up; }
+shows_or_done() { serial_has "$1" || vm_done; }
 
 # scenario_failed NAME REASON: records the failure and shows what the VM and the servers said.
 scenario_failed() {
     local name=$1 reason=$2
     failed+=("$name")
-    printf 'FAIL %s (%.1f s): %s\n' "$name" "$(($(elapsed_ms "$t0") / 100))e-1" "$reason"
+    printf 'FAIL %s (%s s): %s\n' "$name" "$(seconds "$t0")" "$reason"
     echo "--- serial console ($name), last 25 lines"
     serial_text "$serial" | tail -25
     echo "--- flint-boot stderr, last 40 lines"
@@ -263,7 +275,7 @@ scenario_failed() {
 
 scenario_passed() {
     passed+=("$1")
-    printf 'PASS %s (%.1f s): %s\n' "$1" "$(($(elapsed_ms "$t0") / 100))e-1" "$2"
+    printf 'PASS %s (%s s): %s\n' "$1" "$(seconds "$t0")" "$2"
 }
 
 # server_saw MAC FIRMWARE SERVED: flint-boot's log shows the chain for MAC: its ProxyDHCP answers
@@ -298,7 +310,7 @@ boots() {
     until_true "$limit" vm_done || true
     if gave_up; then
         stop "$vm_pid"
-        scenario_failed "$name" "the firmware gave up"
+        scenario_failed "$name" "the boot stopped at: $(stopped_at)"
     elif ! vm_gone; then
         stop "$vm_pid"
         scenario_failed "$name" "the VM was still running after $limit s"
@@ -323,10 +335,11 @@ refused() {
     local line="flint: machine $mac is not in the inventory, refused"
     t0=$EPOCHREALTIME
     boot_vm "$name" "$firmware" "$mac"
-    refusal_seen() { serial_has "$line" || vm_done; }
-    until_true "$limit" refusal_seen || true
+    until_true "$limit" shows_or_done "$line" || true
     stop "$vm_pid"
-    if ! serial_has "$line"; then
+    if ! serial_has "$line" && gave_up; then
+        scenario_failed "$name" "no '$line'; the boot stopped at: $(stopped_at)"
+    elif ! serial_has "$line"; then
         scenario_failed "$name" "no '$line' on the serial console within $limit s"
     elif serial_has "FLINT-PXE-MARKER"; then
         scenario_failed "$name" "a refused machine booted a kernel"
