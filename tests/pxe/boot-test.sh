@@ -23,10 +23,12 @@
 set -euo pipefail
 
 # The whole run is bounded: the script runs again under timeout(1), which on expiry sends SIGTERM
-# to it and to everything it started, so the EXIT trap below still removes the namespaces.
+# to it, and the EXIT trap below stops what it started and removes the namespaces. --foreground
+# keeps everything in the caller's process group, where a Ctrl-C, or the SIGTERM of a test runner
+# whose own limit expired, reaches this script too.
 if [[ -z ${FLINT_PXE_BOUNDED:-} ]]; then
     export FLINT_PXE_BOUNDED=1
-    exec timeout --kill-after=20 "${FLINT_PXE_TIMEOUT:-300}" "${BASH_SOURCE[0]}" "$@"
+    exec timeout --foreground --kill-after=20 "${FLINT_PXE_TIMEOUT:-300}" "${BASH_SOURCE[0]}" "$@"
 fi
 
 if (($# != 1)); then
@@ -71,8 +73,8 @@ stop() {
 
 cleanup() {
     local status=$? pid
-    # timeout(1) passes a signal on to this script and again to its whole process group, so a
-    # second SIGINT or SIGTERM can arrive while this runs: it must not cut the cleanup short.
+    # A Ctrl-C reaches this script twice, from the terminal and passed on by timeout(1): the
+    # second must not cut the cleanup short.
     trap '' INT TERM
     for pid in "${!running[@]}"; do
         stop "$pid"
