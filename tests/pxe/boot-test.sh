@@ -73,8 +73,6 @@ stop() {
 
 cleanup() {
     local status=$? pid
-    # A Ctrl-C reaches this script twice, from the terminal and passed on by timeout(1): the
-    # second must not cut the cleanup short.
     trap '' INT TERM
     for pid in "${!running[@]}"; do
         stop "$pid"
@@ -89,8 +87,11 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# A Ctrl-C or a test runner's SIGTERM reaches this script twice, sent to the process group and
+# passed on by timeout(1): the second must not end the first one's cleanup midway, so the first
+# thing a handler does is ignore them.
+trap 'trap "" INT TERM; exit 130' INT
+trap 'trap "" INT TERM; exit 143' TERM
 
 # background NAME COMMAND...: starts COMMAND with its output in $work/NAME.log; sets $last_pid.
 background() {
