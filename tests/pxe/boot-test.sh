@@ -239,9 +239,9 @@ boot_vm() {
         ;;
     uefi)
         # romfile= leaves iPXE's EFI ROM out, so OVMF's own PXE client (VirtioNetDxe and the
-        # PXE base code) boots, as a server's firmware would. OVMF ignores -boot n; bootindex
-        # puts the NIC first in the boot order it reads from QEMU. Each VM gets its own copy
-        # of the variable store.
+        # PXE base code) boots, as a server's firmware would. OVMF ignores -boot n and would
+        # try QEMU's empty DVD drive first; bootindex puts the NIC first in the boot order it
+        # reads from QEMU. Each VM gets its own copy of the variable store.
         cp "$lab/usr/share/OVMF/OVMF_VARS_4M.fd" "$work/$name.vars.fd"
         args+=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$lab/usr/share/OVMF/OVMF_CODE_4M.fd"
             -drive "if=pflash,format=raw,unit=1,file=$work/$name.vars.fd"
@@ -255,9 +255,12 @@ boot_vm() {
 # serial_has TEXT: the VM's serial output has TEXT.
 serial_has() { serial_text "$serial" | grep -qF -- "$1"; }
 vm_gone() { ! kill -0 "$vm_pid" 2>/dev/null; }
-# What the firmware or the kernel prints once the boot has failed; waiting longer would change
+# What the firmware or the kernel prints once the boot has failed (SeaBIOS out of boot devices,
+# OVMF's IPv4 PXE entry failed, a kernel without its initramfs); waiting longer would change
 # nothing. stopped_at prints that line.
-stopped_at() { serial_text "$serial" | grep -m1 -E 'No bootable device|BdsDxe: failed to load|Kernel panic'; }
+stopped_at() {
+    serial_text "$serial" | grep -m1 -E 'No bootable device|BdsDxe: failed to load Boot[0-9A-F]+ "UEFI PXEv4|Kernel panic'
+}
 gave_up() { stopped_at >/dev/null; }
 vm_done() { vm_gone || gave_up; }
 shows_or_done() { serial_has "$1" || vm_done; }
