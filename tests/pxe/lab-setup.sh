@@ -14,7 +14,7 @@ set -euo pipefail
 cache=/var/tmp/flint-pxe-lab
 # Bump when what goes into the folder changes, so that old folders are not reused.
 revision=1
-# Unpacked whole into the folder; QEMU's own firmware search path is replaced by -L on its lab copy.
+# Unpacked whole into the folder (boot-test.sh points QEMU at the firmware in there with -L).
 debs=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu ipxe ovmf busybox-static)
 
 say() { echo "lab-setup.sh: $*" >&2; }
@@ -37,18 +37,17 @@ versions() {
     return 0
 }
 
-wanted=$(versions)
-if [[ -z $wanted ]]; then
-    # A fresh machine has no package lists yet.
-    say "apt-get update (package lists missing)"
-    apt-get update -qq >&2
+# find_lab: sets $wanted and $lab, the folder for the versions in apt's lists (empty when the
+# lists lack a package).
+find_lab() {
     wanted=$(versions)
-    [[ -n $wanted ]] || { say "cannot find ${debs[*]} and linux-image-amd64 in apt's lists"; exit 1; }
-fi
-key=r$revision-$(sha256sum <<<"$wanted" | cut -c1-16)
-lab=$cache/$key
+    lab=""
+    [[ -n $wanted ]] && lab=$cache/r$revision-$(sha256sum <<<"$wanted" | cut -c1-16)
+    return 0
+}
 
-if [[ -f $lab/.complete ]]; then
+find_lab
+if [[ -n $lab && -f $lab/.complete ]]; then
     echo "$lab"
     exit 0
 fi
@@ -57,6 +56,12 @@ mkdir -p "$cache"
 # One builder at a time; a second run waits, then finds the folder complete.
 exec 9>"$cache/.lock"
 flock -w 600 9 || { say "another lab-setup.sh has held $cache/.lock for 10 minutes"; exit 1; }
+# Building is rare, so apt's lists are refreshed first: a fresh machine has none, and old ones
+# name debs that a security update has since replaced on the mirror.
+say "apt-get update"
+apt-get update -qq >&2
+find_lab
+[[ -n $lab ]] || { say "cannot find ${debs[*]} and linux-image-amd64 in apt's lists"; exit 1; }
 if [[ -f $lab/.complete ]]; then
     echo "$lab"
     exit 0
