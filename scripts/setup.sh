@@ -20,6 +20,7 @@ setup_main() {
         nix-bin                   # nix-instantiate --parse on the NixOS modules
         debootstrap systemd-container  # a Debian root booted with systemd as PID 1 (tests/systemd)
         tftp-hpa                  # a real TFTP client against flint-boot's TFTP server
+        dnsmasq-base              # the site's ordinary DHCP server in the PXE boot test (tests/pxe)
     )
     local -a missing=()
     local pkg
