@@ -15,10 +15,10 @@ fn config() -> &'static Config {
         script_url: "http://10.0.200.2:8080/boot.ipxe".into(),
         firmware_url: Some("http://10.0.200.2:8080/firmware".into()),
         binaries: Binaries {
-            bios: "undionly.kpxe".into(),
-            efi_i386: "ipxe-i386.efi".into(),
-            efi_x64: "ipxe.efi".into(),
-            efi_arm64: "ipxe-arm64.efi".into(),
+            bios: Some("undionly.kpxe".into()),
+            efi_i386: Some("ipxe-i386.efi".into()),
+            efi_x64: Some("ipxe.efi".into()),
+            efi_arm64: Some("ipxe-arm64.efi".into()),
         },
     })
 }

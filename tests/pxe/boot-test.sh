@@ -146,11 +146,10 @@ install -m 755 "$here/init.sh" "$work/initramfs/init"
 # - console=ttyS0: the kernel and the marker on the serial port the test reads;
 # - quiet: a short serial log;
 # - panic=-1: a kernel that cannot start its initramfs powers off at once (QEMU runs with
-#   -no-reboot) instead of waiting for the test's deadline;
-# - initrd=initrd.img: Debian 12's ipxe.efi (2019) hands initrds to the kernel's EFI stub only
-#   as files of a simple file system, found by this name; it has no LoadFile2, which Linux 6.1
-#   tries first. Without it the UEFI boot panics "Unable to mount root fs". BIOS iPXE ignores it.
-cmdline="console=ttyS0 quiet panic=-1 initrd=initrd.img"
+#   -no-reboot) instead of waiting for the test's deadline.
+# flint-ipxe adds initrd=initrd.img itself: without it Debian 12's ipxe.efi (2019, no LoadFile2)
+# leaves Linux 6.1's EFI stub without its initrd and the UEFI boot panics "Unable to mount root fs".
+cmdline="console=ttyS0 quiet panic=-1"
 # inventory FILE UNKNOWN_POLICY_JSON
 inventory() {
     local profile profiles=""

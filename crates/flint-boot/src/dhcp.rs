@@ -47,13 +47,14 @@ pub struct Config {
     pub binaries: Binaries,
 }
 
-/// iPXE binaries by firmware, as names in the TFTP root.
+/// iPXE binaries by firmware, as names in the TFTP root; `None` where the root has none, so
+/// such clients are left to another server instead of being sent a file that is not there.
 #[derive(Debug, Clone)]
 pub struct Binaries {
-    pub bios: String,
-    pub efi_i386: String,
-    pub efi_x64: String,
-    pub efi_arm64: String,
+    pub bios: Option<String>,
+    pub efi_i386: Option<String>,
+    pub efi_x64: Option<String>,
+    pub efi_arm64: Option<String>,
 }
 
 /// The firmware a client runs, from option 93 (RFC 4578, IANA processor architecture types).
@@ -92,12 +93,12 @@ impl Firmware {
 }
 
 impl Binaries {
-    fn for_firmware(&self, fw: Firmware) -> &str {
+    pub fn for_firmware(&self, fw: Firmware) -> Option<&str> {
         match fw {
-            Firmware::Bios => &self.bios,
-            Firmware::EfiI386 => &self.efi_i386,
-            Firmware::EfiX64 => &self.efi_x64,
-            Firmware::EfiArm64 => &self.efi_arm64,
+            Firmware::Bios => self.bios.as_deref(),
+            Firmware::EfiI386 => self.efi_i386.as_deref(),
+            Firmware::EfiX64 => self.efi_x64.as_deref(),
+            Firmware::EfiArm64 => self.efi_arm64.as_deref(),
         }
     }
 }
@@ -132,10 +133,12 @@ pub enum Ignored {
     NoArch,
     #[error("no iPXE build for client architecture {0}")]
     UnsupportedArch(u16),
-    #[error("message type {0:?} is not answered on port {1}")]
-    MessageType(Option<u8>, u16),
+    #[error("message type {} is not answered on port {port}", message_type.map_or("(none)".into(), |t| t.to_string()))]
+    MessageType { message_type: Option<u8>, port: u16 },
     #[error("UEFI HTTP Boot client, but no HTTP server to boot it from")]
     NoHttp,
+    #[error("no iPXE binary for {} clients in the TFTP root", .0.name())]
+    NoBinary(Firmware),
 }
 
 impl Ignored {
@@ -146,8 +149,9 @@ impl Ignored {
             Ignored::NotPxe => "not-pxe",
             Ignored::NoArch => "no-arch",
             Ignored::UnsupportedArch(_) => "unsupported-arch",
-            Ignored::MessageType(..) => "message-type",
+            Ignored::MessageType { .. } => "message-type",
             Ignored::NoHttp => "no-http",
+            Ignored::NoBinary(_) => "no-binary",
         }
     }
 }
@@ -235,22 +239,27 @@ pub fn answer(
     let reply_type = match (port, msg_type) {
         (Port::Dhcp, Some(DISCOVER)) => MessageType::Offer,
         (Port::Pxe, Some(REQUEST | INFORM)) => MessageType::Ack,
-        _ => return Err(Ignored::MessageType(msg_type, port.number())),
+        _ => {
+            return Err(Ignored::MessageType {
+                message_type: msg_type,
+                port: port.number(),
+            });
+        }
     };
     let (firmware, http_boot) = Firmware::from_arch(arch).ok_or(Ignored::UnsupportedArch(arch))?;
     let (boot, file) = if is_ipxe(&req) {
         (Boot::Script, config.script_url.clone())
-    } else if http_boot || http_client {
-        let base = config.firmware_url.as_deref().ok_or(Ignored::NoHttp)?;
-        (
-            Boot::Http,
-            format!("{base}/{}", config.binaries.for_firmware(firmware)),
-        )
     } else {
-        (
-            Boot::Tftp,
-            config.binaries.for_firmware(firmware).to_owned(),
-        )
+        let binary = config
+            .binaries
+            .for_firmware(firmware)
+            .ok_or(Ignored::NoBinary(firmware))?;
+        if http_boot || http_client {
+            let base = config.firmware_url.as_deref().ok_or(Ignored::NoHttp)?;
+            (Boot::Http, format!("{base}/{binary}"))
+        } else {
+            (Boot::Tftp, binary.to_owned())
+        }
     };
 
     let mut reply = Message::default();

@@ -142,7 +142,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         });
     }
 
-    if let Some(iface) = dhcp.proxy_dhcp {
+    if let Some(iface) = dhcp.proxy_dhcp.clone() {
         let server_ip = interface_ipv4(&iface)?;
         let base = match (&public_url, http_port) {
             (Some(u), _) => u.clone(),
@@ -161,14 +161,9 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             server_ip,
             script_url: format!("{base}/boot.ipxe"),
             firmware_url: http_port.map(|_| format!("{base}/firmware")),
-            binaries: dhcp::Binaries {
-                bios: dhcp.ipxe_bios,
-                efi_i386: dhcp.ipxe_efi_i386,
-                efi_x64: dhcp.ipxe_efi_x64,
-                efi_arm64: dhcp.ipxe_efi_arm64,
-            },
+            binaries: binaries(&dhcp, tftp.tftp_root.as_deref())?,
         };
-        check_dhcp_config(&config, tftp.tftp_root.as_deref())?;
+        check_script_url(&config.script_url)?;
         let config = Arc::new(config);
         for port in [dhcp::Port::Dhcp, dhcp::Port::Pxe] {
             let socket = dhcp::bind(&iface, port.number()).map_err(|e| {
@@ -201,35 +196,52 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     }
 }
 
-/// Catches at start what would otherwise only show when a machine fails to boot.
-fn check_dhcp_config(config: &dhcp::Config, tftp_root: Option<&Path>) -> Result<(), ExitError> {
-    if config.script_url.len() > dhcp::MAX_FILE {
+/// The DHCP file field holds what iPXE fetches; a URL that does not fit would be cut.
+fn check_script_url(url: &str) -> Result<(), ExitError> {
+    if url.len() > dhcp::MAX_FILE {
         return Err(ExitError::Config(format!(
-            "--public-url: {} is {} bytes, more than the DHCP file field holds ({})",
-            config.script_url,
-            config.script_url.len(),
+            "--public-url: {url} is {} bytes, more than the DHCP file field holds ({})",
+            url.len(),
             dhcp::MAX_FILE
         )));
     }
-    let b = &config.binaries;
-    for (flag, name) in [
-        ("--ipxe-bios", &b.bios),
-        ("--ipxe-efi-i386", &b.efi_i386),
-        ("--ipxe-efi-x64", &b.efi_x64),
-        ("--ipxe-efi-arm64", &b.efi_arm64),
-    ] {
+    Ok(())
+}
+
+/// The binaries ProxyDHCP hands out, each checked against the TFTP root now rather than when a
+/// machine fails to boot. A missing one is not an error (Debian ships no i386 or ARM64 iPXE,
+/// and a site may have no such machines): its clients get no answer, and the log says so once.
+fn binaries(args: &cli::DhcpArgs, root: Option<&Path>) -> Result<dhcp::Binaries, ExitError> {
+    let check = |flag: &str, name: &str, firmware: dhcp::Firmware| {
         if name.is_empty() || name.len() > dhcp::MAX_FILE || name.contains('\0') {
             return Err(ExitError::Config(format!(
                 "{flag}: expected a file name of 1 to {} bytes, found {name:?}",
                 dhcp::MAX_FILE
             )));
         }
-        if let Some(root) = tftp_root
-            && !root.join(name).is_file()
-        {
-            // Not fatal: a site may have no machines of that kind.
-            tracing::warn!(flag, file = %root.join(name).display(), "iPXE binary missing from the TFTP root; such clients will fail to boot");
+        match root {
+            Some(root) if !root.join(name).is_file() => {
+                tracing::info!(
+                    firmware = firmware.name(), file = %root.join(name).display(),
+                    "no such iPXE binary: these clients get no ProxyDHCP answer"
+                );
+                Ok(None)
+            }
+            _ => Ok(Some(name.to_owned())),
         }
-    }
-    Ok(())
+    };
+    Ok(dhcp::Binaries {
+        bios: check("--ipxe-bios", &args.ipxe_bios, dhcp::Firmware::Bios)?,
+        efi_i386: check(
+            "--ipxe-efi-i386",
+            &args.ipxe_efi_i386,
+            dhcp::Firmware::EfiI386,
+        )?,
+        efi_x64: check("--ipxe-efi-x64", &args.ipxe_efi_x64, dhcp::Firmware::EfiX64)?,
+        efi_arm64: check(
+            "--ipxe-efi-arm64",
+            &args.ipxe_efi_arm64,
+            dhcp::Firmware::EfiArm64,
+        )?,
+    })
 }

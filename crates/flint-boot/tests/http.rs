@@ -157,7 +157,7 @@ fn scripts_by_mac_uuid_arch_and_policy() {
          &platform=${platform}&buildarch=${buildarch} || exit 1\n"
     );
     let node01 = "#!ipxe\necho flint: booting node01 profile worker\n\
-                  kernel images/debian/vmlinuz console=ttyS0 flint.profile=worker\n\
+                  kernel images/debian/vmlinuz initrd=initrd.img console=ttyS0 flint.profile=worker\n\
                   initrd images/debian/initrd.img\nboot\n";
     // What iPXE sends: ${netX/mac:hexhyp}, and BIOS iPXE's buildarch/platform.
     assert_eq!(
@@ -167,7 +167,7 @@ fn scripts_by_mac_uuid_arch_and_policy() {
     assert_eq!(s.get("/ipxe?mac=52:54:00:00:00:01"), node01);
     assert!(
         s.get("/ipxe?mac=52-54-00-00-00-01&platform=efi&buildarch=arm64")
-            .contains("kernel images/arm/vmlinuz console=ttyS0")
+            .contains("kernel images/arm/vmlinuz initrd=initrd.img console=ttyS0")
     );
     // Unknown MAC, known SMBIOS UUID (any case): the node of that UUID.
     assert!(

@@ -28,16 +28,21 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("images")).unwrap();
-        std::fs::create_dir_all(root.join("tftp")).unwrap();
-        for f in [
+        Server::with_binaries(&[
             "undionly.kpxe",
             "ipxe.efi",
             "ipxe-i386.efi",
             "ipxe-arm64.efi",
-        ] {
+        ])
+    }
+
+    /// A server whose TFTP root holds only `binaries`.
+    fn with_binaries(binaries: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("images")).unwrap();
+        std::fs::create_dir_all(root.join("tftp")).unwrap();
+        for f in binaries {
             std::fs::write(root.join("tftp").join(f), f).unwrap();
         }
         std::fs::write(
@@ -457,4 +462,22 @@ fn broken_and_foreign_packets_are_ignored_and_the_server_carries_on() {
         let line = format!("flint_boot_dhcp_ignored_total{{reason=\"{reason}\"}} {n}\n");
         assert!(metrics.contains(&line), "want {line:?} in\n{metrics}");
     }
+}
+
+#[test]
+fn firmware_without_a_binary_in_the_tftp_root_gets_no_answer() {
+    let server = Server::with_binaries(&["undionly.kpxe", "ipxe.efi"]);
+    assert!(server.exchange(&discover(11)).is_none(), "arm64 answered");
+    assert!(server.exchange(&discover(6)).is_none(), "i386 EFI answered");
+    assert_eq!(file(&server.exchange(&discover(7)).unwrap().0), "ipxe.efi");
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains("flint_boot_dhcp_ignored_total{reason=\"no-binary\"} 2\n"),
+        "{metrics}"
+    );
+    let log = server.log();
+    assert!(
+        log.contains("firmware=\"efi-arm64\"") && log.contains("no such iPXE binary"),
+        "{log}"
+    );
 }

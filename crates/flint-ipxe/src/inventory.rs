@@ -103,6 +103,12 @@ impl Uuid {
         }
         Some(Uuid(out))
     }
+
+    /// All zeros or all ones: what boards without a programmed UUID report (every QEMU VM
+    /// without `-uuid` sends all zeros). It identifies no machine, so it never selects a node.
+    pub fn is_placeholder(&self) -> bool {
+        self.0 == [0; 16] || self.0 == [0xff; 16]
+    }
 }
 
 impl fmt::Display for Uuid {
@@ -155,6 +161,11 @@ impl Arch {
             _ => None,
         }
     }
+}
+
+/// The last segment of an image path: the name iPXE gives the image it fetched.
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Kernel and initrds, as paths under the images URL.
@@ -288,9 +299,10 @@ impl Inventory {
         uuid: Option<&Uuid>,
         arch: Option<Arch>,
     ) -> Selection<'_> {
-        let idx = mac
-            .and_then(|m| self.by_mac.get(m))
-            .or_else(|| uuid.and_then(|u| self.by_uuid.get(u)));
+        let idx = mac.and_then(|m| self.by_mac.get(m)).or_else(|| {
+            uuid.filter(|u| !u.is_placeholder())
+                .and_then(|u| self.by_uuid.get(u))
+        });
         if let Some(&i) = idx {
             let node = &self.nodes[i];
             // Validation guarantees the profile exists.
@@ -421,8 +433,21 @@ impl Validator<'_> {
 
     fn images(&mut self, path: &str, kernel: String, initrds: Vec<String>) -> Images {
         self.check(format!("{path}.kernel"), &kernel, safe::image_path);
+        let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, p) in initrds.iter().enumerate() {
             self.check(format!("{path}.initrds[{i}]"), p, safe::image_path);
+            // The kernel line names each initrd by its file name (`initrd=NAME`), so two with
+            // the same name would be one.
+            if let Some(first) = names.insert(file_name(p), i) {
+                self.err(
+                    format!("{path}.initrds[{i}]"),
+                    format!(
+                        "a file name not already used by initrds[{first}] (iPXE names an \
+                         initrd by its last path segment), found {}",
+                        shown(p)
+                    ),
+                );
+            }
         }
         Images { kernel, initrds }
     }
@@ -515,6 +540,13 @@ impl Validator<'_> {
                         format!(
                             "a UUID like \"01234567-89ab-cdef-0123-456789abcdef\", found {}",
                             shown(u)
+                        ),
+                    ),
+                    Some(id) if id.is_placeholder() => self.err(
+                        format!("{path}.uuid"),
+                        format!(
+                            "a UUID that identifies one machine (all zeros and all ones are what \
+                             boards without one report), found {id}"
                         ),
                     ),
                     Some(id) => {

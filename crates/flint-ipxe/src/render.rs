@@ -4,7 +4,7 @@
 //! and braces), so a future code path that forgets to validate fails loudly instead of emitting
 //! a script with a command an inventory author smuggled in.
 
-use crate::inventory::{Arch, Images, Inventory, Profile, Selection};
+use crate::inventory::{Arch, Images, Inventory, Profile, Selection, file_name};
 use crate::safe;
 
 /// The first word of every line a renderer may emit.
@@ -101,7 +101,16 @@ impl Inventory {
 
     fn boot_lines(&self, s: &mut Script, profile: &Profile, images: &Images) {
         let kernel = self.image_url(&images.kernel);
+        // Linux's EFI stub finds an initrd loaded by iPXE only through `initrd=NAME` on its
+        // command line, unless both are recent enough for the LoadFile2 protocol; BIOS kernels
+        // ignore the parameter. So it is always there, one per initrd.
+        let initrd_args: Vec<String> = images
+            .initrds
+            .iter()
+            .map(|i| format!("initrd={}", file_name(i)))
+            .collect();
         let mut args = vec![kernel.as_str()];
+        args.extend(initrd_args.iter().map(String::as_str));
         args.extend(profile.cmdline.split(' ').filter(|w| !w.is_empty()));
         s.line("kernel", &args);
         for i in &images.initrds {

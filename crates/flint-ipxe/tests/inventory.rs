@@ -308,7 +308,7 @@ fn golden_node_scripts() {
         inv.render_node("node01", Some(Arch::X86_64)).unwrap(),
         "#!ipxe\n\
          echo flint: booting node01 profile worker\n\
-         kernel images/debian/vmlinuz console=ttyS0 ip=dhcp\n\
+         kernel images/debian/vmlinuz initrd=initrd.img console=ttyS0 ip=dhcp\n\
          initrd images/debian/initrd.img\n\
          boot\n"
     );
@@ -316,7 +316,7 @@ fn golden_node_scripts() {
         inv.render_node("node01", Some(Arch::Arm64)).unwrap(),
         "#!ipxe\n\
          echo flint: booting node01 profile worker\n\
-         kernel images/debian-arm64/vmlinuz console=ttyS0 ip=dhcp\n\
+         kernel images/debian-arm64/vmlinuz initrd=initrd.img console=ttyS0 ip=dhcp\n\
          initrd images/debian-arm64/initrd.img\n\
          boot\n"
     );
@@ -332,7 +332,7 @@ fn golden_node_scripts() {
         inv.render_node("node02", None).unwrap(),
         "#!ipxe\n\
          echo flint: booting node02 profile control-plane\n\
-         kernel http://10.0.200.2:8080/images/cp/vmlinuz\n\
+         kernel http://10.0.200.2:8080/images/cp/vmlinuz initrd=initrd.img initrd=extra.img\n\
          initrd http://10.0.200.2:8080/images/cp/initrd.img\n\
          initrd http://10.0.200.2:8080/images/cp/extra.img\n\
          boot\n"
@@ -351,12 +351,12 @@ fn golden_menu() {
          choose target || exit 1\n\
          goto ${target}\n\
          :control-plane\n\
-         kernel images/cp/vmlinuz\n\
+         kernel images/cp/vmlinuz initrd=initrd.img initrd=extra.img\n\
          initrd images/cp/initrd.img\n\
          initrd images/cp/extra.img\n\
          boot\n\
          :worker\n\
-         kernel images/debian-arm64/vmlinuz console=ttyS0 ip=dhcp\n\
+         kernel images/debian-arm64/vmlinuz initrd=initrd.img console=ttyS0 ip=dhcp\n\
          initrd images/debian-arm64/initrd.img\n\
          boot\n"
     );
@@ -392,4 +392,42 @@ fn mac_forms() {
 fn hostile_key_in_serde_error_is_escaped() {
     let errs = errors(r#"{"profiles": {"w\nx": {"kernel": "k", "bogus": 1}}}"#);
     assert!(!errs[0].to_string().contains('\n'), "{}", errs[0]);
+}
+
+#[test]
+fn placeholder_uuids_select_nobody_and_are_refused_in_the_inventory() {
+    let zero = "00000000-0000-0000-0000-000000000000";
+    let json = format!(
+        r#"{{"profiles": {{"w": {{"kernel": "k"}}}},
+            "nodes": [{{"name": "n1", "mac": "52:54:00:00:00:01", "profile": "w", "uuid": "{zero}"}}]}}"#
+    );
+    let errs = Inventory::from_json("inv.json", &json).unwrap_err();
+    assert_eq!(
+        errs.0[0].to_string(),
+        format!(
+            "inv.json: nodes[0].uuid: expected a UUID that identifies one machine (all zeros and \
+             all ones are what boards without one report), found {zero}"
+        )
+    );
+    let inv = good();
+    for placeholder in [zero, "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"] {
+        let u = Uuid::parse(placeholder).unwrap();
+        assert!(u.is_placeholder());
+        assert_eq!(
+            inv.select(Some(&mac("02:00:00:00:00:01")), Some(&u), None),
+            Selection::Menu
+        );
+    }
+}
+
+#[test]
+fn initrds_of_one_kernel_need_distinct_file_names() {
+    let json =
+        r#"{"profiles": {"w": {"kernel": "k", "initrds": ["a/initrd.img", "b/initrd.img"]}}}"#;
+    let errs = Inventory::from_json("inv.json", json).unwrap_err();
+    assert_eq!(
+        errs.0[0].to_string(),
+        "inv.json: profiles.w.initrds[1]: expected a file name not already used by initrds[0] \
+         (iPXE names an initrd by its last path segment), found \"b/initrd.img\""
+    );
 }
