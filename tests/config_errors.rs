@@ -66,6 +66,24 @@ fn unknown_top_level_field() {
     assert_rejected(&node, &["leader_ulr", "leader_url", "raft_addr"]);
 }
 
+/// Found by the config fuzz target: a key with a line break was echoed raw, so one error
+/// became two log lines, the second one written by whoever wrote the file.
+#[test]
+fn a_line_break_in_a_key_cannot_forge_a_log_line() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    node.config["x\nflint: join done"] = json!(1);
+    assert_rejected(&node, &["x\\nflint: join done"]);
+    let out = node.run(ADD);
+    assert!(
+        !out.stderr
+            .lines()
+            .any(|l| l.starts_with("flint: join done")),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn unknown_nested_field() {
     let lab = Lab::new();

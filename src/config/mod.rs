@@ -30,35 +30,71 @@ const DEFAULT_REQUEST: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 
 /// A configuration problem. Every variant names the file; the field is a JSON path such as
-/// `etcd.peer_url` or `tls`.
+/// `etcd.peer_url` or `tls`. Shown on one line whatever the file holds: a key or value with a
+/// line break in it is escaped, so it cannot forge a second log line.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be opened or read.
-    #[error("cannot read configuration file {}", path.display())]
+    #[error("cannot read configuration file {}", shown(path))]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
     /// The file exists but holds nothing.
-    #[error("configuration file {} is empty: expected a JSON object with at least `node_id`", path.display())]
+    #[error(
+        "configuration file {} is empty: expected a JSON object with at least `node_id`",
+        shown(path)
+    )]
     Empty { path: PathBuf },
     /// Not JSON at all.
-    #[error("configuration file {} is not valid JSON: {message}", path.display())]
+    #[error(
+        "configuration file {} is not valid JSON: {}",
+        shown(path),
+        one_line(message)
+    )]
     NotJson { path: PathBuf, message: String },
     /// A field of the wrong type, a missing or an unknown field.
-    #[error("configuration file {}: at `{field}`: {message}", path.display())]
+    #[error(
+        "configuration file {}: at `{}`: {}",
+        shown(path),
+        one_line(field),
+        one_line(message)
+    )]
     Syntax {
         path: PathBuf,
         field: String,
         message: String,
     },
     /// Well-formed JSON whose value is not acceptable.
-    #[error("configuration file {}: field `{field}`: {problem}", path.display())]
+    #[error(
+        "configuration file {}: field `{}`: {}",
+        shown(path),
+        one_line(field),
+        one_line(problem)
+    )]
     Invalid {
         path: PathBuf,
         field: String,
         problem: String,
     },
+}
+
+/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`...).
+fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+fn shown(path: &Path) -> String {
+    one_line(&path.display().to_string())
 }
 
 impl Classify for Error {

@@ -15,13 +15,34 @@ use serde::Deserialize;
 use crate::safe;
 
 /// One problem in an inventory file: which file, where in it, and what was expected there.
+/// Shown on one line whatever the file holds: a key or value with a line break in it is
+/// escaped, so it cannot forge a second log line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {path}: expected {expected}")]
+#[error(
+    "{}: {}: expected {}",
+    one_line(file),
+    one_line(path),
+    one_line(expected)
+)]
 pub struct InventoryError {
     pub file: String,
     /// JSON path in `serde_path_to_error` form, e.g. `nodes[3].mac`; `.` is the document root.
     pub path: String,
     pub expected: String,
+}
+
+/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`...).
+fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// Every problem found in one inventory file (never empty).

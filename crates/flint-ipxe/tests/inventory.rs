@@ -431,3 +431,14 @@ fn initrds_of_one_kernel_need_distinct_file_names() {
          (iPXE names an initrd by its last path segment), found \"b/initrd.img\""
     );
 }
+
+/// Found by the inventory fuzz target: an unknown key with a line break was echoed raw, so one
+/// error became two log lines.
+#[test]
+fn errors_stay_on_one_line_whatever_the_keys_hold() {
+    let json = "{\"profiles\": {\"w\": {\"kernel\": \"k\"}}, \"a\\nflint-boot: ok\\r\": 1}";
+    let errs = Inventory::from_json("inv.json", json).unwrap_err();
+    let msg = errs.to_string();
+    assert!(!msg.contains(['\n', '\r']), "{msg:?}");
+    assert!(msg.contains("a\\nflint-boot: ok\\r"), "{msg}");
+}
