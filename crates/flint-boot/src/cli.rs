@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "flint-boot",
     version,
-    about = "Boot server for bare-metal nodes"
+    about = "Boot server for bare-metal nodes: HTTP, TFTP and ProxyDHCP for iPXE"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -18,15 +18,38 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the boot services until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    /// Run the boot services until SIGTERM or SIGINT; SIGHUP reloads the inventory.
+    Serve(Box<ServeArgs>),
+    /// Write boot.ipxe and every script `serve` can answer as static files under DIR.
+    Render(RenderArgs),
 }
 
-/// Each service is an optional group so HTTP and ProxyDHCP can join without reshaping this.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
     pub tftp: TftpArgs,
+    #[command(flatten)]
+    pub dhcp: DhcpArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Address to serve HTTP on (boot.ipxe, /ipxe, /images/, /healthz, /metrics), e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR", requires_all = ["inventory", "images"])]
+    pub http: Option<SocketAddr>,
+    /// The inventory (JSON); reloaded on SIGHUP and when the file changes.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub inventory: Option<PathBuf>,
+    /// Folder of kernels and initrds served at /images/; nothing outside it is reachable.
+    #[arg(long, value_name = "DIR", requires = "http")]
+    pub images: Option<PathBuf>,
+    /// The URL machines reach this server at, e.g. http://10.0.200.2:8080. Used in DHCP answers
+    /// to iPXE; boot.ipxe then chains to it too. Default: the --proxy-dhcp interface's address
+    /// and the --http port, and a relative chain in boot.ipxe.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -34,11 +57,44 @@ pub struct TftpArgs {
     /// Address to serve TFTP on, e.g. 0.0.0.0:69.
     #[arg(long = "tftp", value_name = "ADDR", requires = "tftp_root")]
     pub tftp: Option<SocketAddr>,
-    /// Folder served read-only over TFTP; nothing outside it is reachable.
-    #[arg(long, value_name = "DIR", requires = "tftp")]
+    /// Folder of the iPXE binaries, served read-only over TFTP (and at /firmware/ over HTTP).
+    #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
     /// Concurrent transfers; further requests get ERROR 0 "too many transfers".
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub tftp_max_transfers: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DhcpArgs {
+    /// Answer PXE clients on ports 67 and 4011 of this interface (ProxyDHCP: the site's DHCP
+    /// server keeps handing out addresses).
+    #[arg(long, value_name = "IFACE", requires = "tftp")]
+    pub proxy_dhcp: Option<String>,
+    /// iPXE binary for BIOS clients (option 93 = 0), a name in --tftp-root.
+    #[arg(long, value_name = "FILE", default_value = "undionly.kpxe")]
+    pub ipxe_bios: String,
+    /// iPXE binary for x86-64 UEFI (option 93 = 7, 9, 16): ipxe.efi has its own NIC drivers,
+    /// snponly.efi uses the firmware's.
+    #[arg(long, value_name = "FILE", default_value = "ipxe.efi")]
+    pub ipxe_efi_x64: String,
+    /// iPXE binary for 32-bit x86 UEFI (option 93 = 6, 15).
+    #[arg(long, value_name = "FILE", default_value = "ipxe-i386.efi")]
+    pub ipxe_efi_i386: String,
+    /// iPXE binary for ARM64 UEFI (option 93 = 11, 19).
+    #[arg(long, value_name = "FILE", default_value = "ipxe-arm64.efi")]
+    pub ipxe_efi_arm64: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The inventory (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Put into boot.ipxe as `serve --public-url` does; without it the chain is relative.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Output folder; replaced whole, so a web server never sees a mix of old and new scripts.
+    pub dir: PathBuf,
 }

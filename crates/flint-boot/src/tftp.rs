@@ -9,12 +9,15 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
 use packet::{Packet, Request};
+
+use crate::metrics::Metrics;
 
 /// Largest blksize RFC 2348 allows.
 const BLKSIZE_MAX_RFC: u16 = 65464;
@@ -55,7 +58,7 @@ pub enum Error {
 }
 
 /// Serves requests arriving on `socket` until the future is dropped.
-pub async fn serve(socket: UdpSocket, config: Config) -> Result<(), Error> {
+pub async fn serve(socket: UdpSocket, config: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
     // Canonical once, so every request compares against the same resolved root.
     let root = config
         .root
@@ -83,6 +86,7 @@ pub async fn serve(socket: UdpSocket, config: Config) -> Result<(), Error> {
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics.tftp_transfers.inc(&["busy"]);
             tracing::warn!(%peer, file = %req.filename, "too many transfers, refusing");
             let _ = socket
                 .send_to(
@@ -92,9 +96,9 @@ pub async fn serve(socket: UdpSocket, config: Config) -> Result<(), Error> {
                 .await;
             continue;
         };
-        let config = config.clone();
+        let (config, metrics) = (config.clone(), metrics.clone());
         tokio::spawn(async move {
-            handle(config, local, peer, req).await;
+            handle(config, &metrics, local, peer, req).await;
             drop(permit);
         });
     }
@@ -109,17 +113,25 @@ enum Outcome {
     Io(io::Error),
 }
 
-async fn handle(config: Arc<Config>, local: SocketAddr, peer: SocketAddr, req: Request) {
+async fn handle(
+    config: Arc<Config>,
+    metrics: &Metrics,
+    local: SocketAddr,
+    peer: SocketAddr,
+    req: Request,
+) {
     let started = Instant::now();
     // A fresh ephemeral port is the transfer ID; the same IP keeps replies on the interface asked.
     let sock = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
         Ok(s) => s,
         Err(e) => {
+            metrics.errors.inc(&["tftp-socket"]);
             tracing::error!(%peer, error = %e, "tftp: cannot bind transfer socket");
             return;
         }
     };
     if let Err(e) = sock.connect(peer).await {
+        metrics.errors.inc(&["tftp-socket"]);
         tracing::error!(%peer, error = %e, "tftp: cannot connect transfer socket");
         return;
     }
@@ -142,6 +154,8 @@ async fn handle(config: Arc<Config>, local: SocketAddr, peer: SocketAddr, req: R
     let file = &req.filename;
     let bytes = transfer.sent_bytes;
     let ms = started.elapsed().as_millis();
+    metrics.tftp_bytes.fetch_add(bytes, Ordering::Relaxed);
+    metrics.tftp_transfers.inc(&[outcome.label()]);
     match outcome {
         Outcome::Done => {
             tracing::info!(%peer, file, options = %opts, bytes, ms, "tftp sent")
@@ -161,7 +175,21 @@ async fn handle(config: Arc<Config>, local: SocketAddr, peer: SocketAddr, req: R
             tracing::warn!(%peer, file, options = %opts, bytes, ms, "tftp transfer timed out")
         }
         Outcome::Io(e) => {
+            metrics.errors.inc(&["tftp-io"]);
             tracing::error!(%peer, file, bytes, ms, error = %e, "tftp transfer failed")
+        }
+    }
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done => "sent",
+            Outcome::Refused(..) => "refused",
+            Outcome::ClientError(packet::ERR_OPTIONS, _) => "options-declined",
+            Outcome::ClientError(..) => "aborted",
+            Outcome::TimedOut => "timed-out",
+            Outcome::Io(_) => "failed",
         }
     }
 }

@@ -231,6 +231,17 @@ pub enum Selection<'a> {
     Refuse,
 }
 
+impl Selection<'_> {
+    /// What the machine was given, for logs and metrics: the profile's name, or the policy.
+    pub fn label(&self) -> &str {
+        match self {
+            Selection::Node { profile, .. } | Selection::Default { profile, .. } => &profile.name,
+            Selection::Menu => "menu",
+            Selection::Refuse => "refuse",
+        }
+    }
+}
+
 impl Inventory {
     /// Reads and validates an inventory file.
     pub fn load(path: &Path) -> Result<Inventory, InventoryErrors> {

@@ -4,7 +4,7 @@
 //! and braces), so a future code path that forgets to validate fails loudly instead of emitting
 //! a script with a command an inventory author smuggled in.
 
-use crate::inventory::{Arch, Images, Inventory, Mac, Profile, Selection};
+use crate::inventory::{Arch, Images, Inventory, Profile, Selection};
 use crate::safe;
 
 /// The first word of every line a renderer may emit.
@@ -67,16 +67,23 @@ impl Script {
 /// server's `/ipxe` endpoint with what identifies the machine.
 ///
 /// The MAC is `${netX/mac:hexhyp}`: `netX` is the interface iPXE booted from (not always `net0`
-/// on multi-port machines), and the hyphenated form needs no percent-encoding. On failure it
+/// on multi-port machines), and the hyphenated form needs no percent-encoding. Without a base
+/// URL the chain is relative (`ipxe?...`), which iPXE resolves against the URL it fetched this
+/// script from, so one file works from any address the server is reached at. On failure it
 /// exits so the firmware tries its next boot device, instead of looping.
-pub fn render_boot_ipxe(base_url: &str) -> Result<String, UrlError> {
-    safe::base_url(base_url).map_err(|expected| UrlError {
-        url: base_url.into(),
-        expected,
-    })?;
-    let base = base_url.trim_end_matches('/');
+pub fn render_boot_ipxe(base_url: Option<&str>) -> Result<String, UrlError> {
+    let prefix = match base_url {
+        Some(url) => {
+            safe::base_url(url).map_err(|expected| UrlError {
+                url: url.into(),
+                expected,
+            })?;
+            format!("{}/", url.trim_end_matches('/'))
+        }
+        None => String::new(),
+    };
     Ok(format!(
-        "#!ipxe\nchain --autofree {base}/ipxe?mac=${{netX/mac:hexhyp}}&uuid=${{uuid}}\
+        "#!ipxe\nchain --autofree {prefix}ipxe?mac=${{netX/mac:hexhyp}}&uuid=${{uuid}}\
          &platform=${{platform}}&buildarch=${{buildarch}} || exit 1\n"
     ))
 }
@@ -104,12 +111,11 @@ impl Inventory {
     }
 
     /// The script answering `/ipxe` for one machine.
-    pub fn render(
-        &self,
-        selection: &Selection<'_>,
-        mac: Option<&Mac>,
-        arch: Option<Arch>,
-    ) -> String {
+    ///
+    /// Nothing in it depends on the request beyond the selection and the arch (unknown machines
+    /// see their MAC through iPXE's own `${netX/mac}`), so `flint-boot render` can write the very
+    /// same bytes as static files.
+    pub fn render(&self, selection: &Selection<'_>, arch: Option<Arch>) -> String {
         match selection {
             Selection::Node {
                 node,
@@ -140,8 +146,8 @@ impl Inventory {
                 self.boot_lines(&mut s, profile, images);
                 s.finish()
             }
-            Selection::Menu => self.render_menu(mac, arch),
-            Selection::Refuse => render_refuse(mac),
+            Selection::Menu => self.render_menu(arch),
+            Selection::Refuse => render_refuse(),
         }
     }
 
@@ -149,15 +155,14 @@ impl Inventory {
     pub fn render_node(&self, name: &str, arch: Option<Arch>) -> Option<String> {
         let node = self.node_by_name(name)?;
         let sel = self.select(Some(&node.mac), None, arch);
-        Some(self.render(&sel, Some(&node.mac), arch))
+        Some(self.render(&sel, arch))
     }
 
     /// A menu of every profile for a machine we do not know. Each choice jumps to a label named
     /// after its profile (names are validated as safe labels).
-    pub fn render_menu(&self, mac: Option<&Mac>, arch: Option<Arch>) -> String {
+    pub fn render_menu(&self, arch: Option<Arch>) -> String {
         let mut s = Script::new();
-        let who = mac.map_or_else(|| "unidentified".to_string(), Mac::to_string);
-        s.line("menu", &["flint:", "choose", "a", "profile", "for", &who]);
+        s.trusted("menu flint: choose a profile for ${netX/mac}");
         for name in self.profiles().keys() {
             s.line("item", &[name, name]);
         }
@@ -173,23 +178,9 @@ impl Inventory {
 
 /// For unknown machines under the `refuse` policy: say which MAC was refused, then leave iPXE
 /// so the firmware moves on. Never chains anywhere, so it cannot loop.
-pub fn render_refuse(mac: Option<&Mac>) -> String {
+pub fn render_refuse() -> String {
     let mut s = Script::new();
-    let who = mac.map_or_else(|| "unidentified".to_string(), Mac::to_string);
-    s.line(
-        "echo",
-        &[
-            "flint:",
-            "machine",
-            &who,
-            "is",
-            "not",
-            "in",
-            "the",
-            "inventory,",
-            "refused",
-        ],
-    );
+    s.trusted("echo flint: machine ${netX/mac} is not in the inventory, refused");
     s.line("exit", &["1"]);
     s.finish()
 }

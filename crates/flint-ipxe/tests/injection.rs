@@ -140,24 +140,16 @@ fn scripts(inv: &Inventory) -> Vec<String> {
     let mut out = Vec::new();
     for &arch in &arches {
         for node in inv.nodes() {
-            out.push(inv.render(
-                &inv.select(Some(&node.mac), None, arch),
-                Some(&node.mac),
-                arch,
-            ));
+            out.push(inv.render(&inv.select(Some(&node.mac), None, arch), arch));
             if let Some(u) = &node.uuid {
-                out.push(inv.render(&inv.select(Some(&stranger), Some(u), arch), None, arch));
+                out.push(inv.render(&inv.select(Some(&stranger), Some(u), arch), arch));
             }
         }
         let nobody = Uuid::parse("00000000-0000-0000-0000-000000000000").unwrap();
-        out.push(inv.render(
-            &inv.select(Some(&stranger), Some(&nobody), arch),
-            Some(&stranger),
-            arch,
-        ));
-        out.push(inv.render_menu(Some(&stranger), arch));
+        out.push(inv.render(&inv.select(Some(&stranger), Some(&nobody), arch), arch));
+        out.push(inv.render_menu(arch));
     }
-    out.push(render_refuse(Some(&stranger)));
+    out.push(render_refuse());
     out
 }
 
@@ -175,7 +167,12 @@ fn skeleton(script: &str) -> Vec<String> {
 }
 
 /// Lines we write ourselves that use iPXE syntax on purpose.
-const TRUSTED: &[&str] = &["choose target || exit 1", "goto ${target}"];
+const TRUSTED: &[&str] = &[
+    "menu flint: choose a profile for ${netX/mac}",
+    "choose target || exit 1",
+    "goto ${target}",
+    "echo flint: machine ${netX/mac} is not in the inventory, refused",
+];
 
 fn check_lines(script: &str) -> Result<(), TestCaseError> {
     prop_assert!(script.ends_with('\n'));

@@ -288,7 +288,7 @@ fn policies() {
     let sel = d.select(Some(&stranger), None, None);
     assert!(matches!(sel, Selection::Default { profile, .. } if profile.name == "w"));
     assert_eq!(
-        d.render(&sel, Some(&stranger), None),
+        d.render(&sel, None),
         "#!ipxe\necho flint: unknown machine, default profile w\nkernel images/k quiet\nboot\n"
     );
 
@@ -296,8 +296,8 @@ fn policies() {
     let sel = r.select(Some(&stranger), None, None);
     assert_eq!(sel, Selection::Refuse);
     assert_eq!(
-        r.render(&sel, Some(&stranger), None),
-        "#!ipxe\necho flint: machine 02:00:00:00:00:01 is not in the inventory, refused\nexit 1\n"
+        r.render(&sel, None),
+        "#!ipxe\necho flint: machine ${netX/mac} is not in the inventory, refused\nexit 1\n"
     );
 }
 
@@ -343,9 +343,9 @@ fn golden_node_scripts() {
 fn golden_menu() {
     let inv = good();
     assert_eq!(
-        inv.render_menu(Some(&mac("02:00:00:00:00:01")), Some(Arch::Arm64)),
+        inv.render_menu(Some(Arch::Arm64)),
         "#!ipxe\n\
-         menu flint: choose a profile for 02:00:00:00:00:01\n\
+         menu flint: choose a profile for ${netX/mac}\n\
          item control-plane control-plane\n\
          item worker worker\n\
          choose target || exit 1\n\
@@ -365,11 +365,16 @@ fn golden_menu() {
 #[test]
 fn golden_boot_ipxe() {
     assert_eq!(
-        flint_ipxe::render_boot_ipxe("http://10.0.200.2:8080/").unwrap(),
+        flint_ipxe::render_boot_ipxe(Some("http://10.0.200.2:8080/")).unwrap(),
         "#!ipxe\nchain --autofree http://10.0.200.2:8080/ipxe?mac=${netX/mac:hexhyp}&uuid=${uuid}\
          &platform=${platform}&buildarch=${buildarch} || exit 1\n"
     );
-    let err = flint_ipxe::render_boot_ipxe("http://x/\nshell").unwrap_err();
+    assert_eq!(
+        flint_ipxe::render_boot_ipxe(None).unwrap(),
+        "#!ipxe\nchain --autofree ipxe?mac=${netX/mac:hexhyp}&uuid=${uuid}\
+         &platform=${platform}&buildarch=${buildarch} || exit 1\n"
+    );
+    let err = flint_ipxe::render_boot_ipxe(Some("http://x/\nshell")).unwrap_err();
     assert!(err.to_string().contains("expected an http://"), "{err}");
 }
 

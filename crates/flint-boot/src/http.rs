@@ -1,0 +1,216 @@
+//! HTTP: `/boot.ipxe`, `/ipxe?mac=&uuid=&platform=&buildarch=`, the images (and the iPXE
+//! binaries for UEFI HTTP Boot) with HEAD, Range and conditional requests, `/healthz` and
+//! `/metrics`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use flint_ipxe::{Arch, Mac, Uuid};
+use http_body::Frame;
+use serde::Deserialize;
+use tower_http::services::ServeDir;
+
+use crate::inventory::SharedInventory;
+use crate::metrics::Metrics;
+
+/// Larger reads than ServeDir's 64 KiB default: fewer wakeups per byte for multi-hundred-MB
+/// initrds, still small enough that 200 concurrent downloads stay within a few tens of MB.
+const IMAGE_CHUNK: usize = 256 * 1024;
+
+pub struct Config {
+    pub images: PathBuf,
+    /// Served at `/firmware/` so UEFI HTTP Boot clients can fetch the iPXE binaries.
+    pub firmware: Option<PathBuf>,
+    /// `boot.ipxe`, rendered once: it only depends on the public URL.
+    pub boot_script: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    inventory: Arc<SharedInventory>,
+    metrics: Arc<Metrics>,
+    boot_script: Arc<str>,
+}
+
+pub fn router(config: Config, inventory: Arc<SharedInventory>, metrics: Arc<Metrics>) -> Router {
+    let state = AppState {
+        inventory,
+        metrics: metrics.clone(),
+        boot_script: config.boot_script.into(),
+    };
+    let mut app = Router::new()
+        .route("/boot.ipxe", get(boot_ipxe))
+        .route("/ipxe", get(ipxe))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(render_metrics))
+        .nest_service("/images", files(config.images));
+    if let Some(dir) = config.firmware {
+        app = app.nest_service("/firmware", files(dir));
+    }
+    app.with_state(state)
+        .layer(middleware::from_fn_with_state(metrics, count))
+}
+
+/// A folder served read-only. ServeDir refuses `..` and absolute components; it never lists
+/// a folder and never redirects (UEFI HTTP Boot does not follow redirects).
+fn files(dir: PathBuf) -> ServeDir {
+    ServeDir::new(dir)
+        .append_index_html_on_directories(false)
+        .with_buf_chunk_size(IMAGE_CHUNK)
+}
+
+async fn boot_ipxe(State(state): State<AppState>) -> Response {
+    script(state.boot_script.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+struct IpxeQuery {
+    mac: Option<String>,
+    uuid: Option<String>,
+    platform: Option<String>,
+    buildarch: Option<String>,
+}
+
+fn present(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+async fn ipxe(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<IpxeQuery>,
+) -> Response {
+    let mac = match present(&q.mac).map(|m| (m, Mac::parse(m))) {
+        None => None,
+        Some((_, Some(mac))) => Some(mac),
+        Some((raw, None)) => {
+            tracing::warn!(%peer, mac = raw, "/ipxe: unreadable mac");
+            return (
+                StatusCode::BAD_REQUEST,
+                "mac: expected six hex pairs separated by '-' or ':'\n",
+            )
+                .into_response();
+        }
+    };
+    // Firmware reports all-zero, all-FF or empty UUIDs often enough that an unreadable one is
+    // treated as absent: the MAC or the policy decides.
+    let uuid = present(&q.uuid).and_then(Uuid::parse);
+    let arch = present(&q.buildarch).and_then(|b| Arch::from_ipxe(b, present(&q.platform)));
+    let inventory = state.inventory.get();
+    let selection = inventory.select(mac.as_ref(), uuid.as_ref(), arch);
+    let label = selection.label();
+    state.metrics.scripts.inc(&[label]);
+    tracing::info!(
+        %peer,
+        mac = %mac.as_ref().map_or_else(|| "-".into(), Mac::to_string),
+        uuid = %uuid.as_ref().map_or_else(|| "-".into(), Uuid::to_string),
+        arch = arch.map_or("default", Arch::name),
+        served = label,
+        "script"
+    );
+    script(inventory.render(&selection, arch))
+}
+
+fn script(text: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The route label: a fixed set, so clients cannot grow the metrics with made-up paths.
+fn route(path: &str) -> &'static str {
+    match path {
+        "/boot.ipxe" => "/boot.ipxe",
+        "/ipxe" => "/ipxe",
+        "/healthz" => "/healthz",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/images/") => "/images",
+        p if p.starts_with("/firmware/") => "/firmware",
+        _ => "other",
+    }
+}
+
+async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = route(req.uri().path());
+    let response = next.run(req).await;
+    metrics
+        .http_requests
+        .inc(&[route, response.status().as_str()]);
+    response.map(|body| {
+        Body::new(Counted {
+            inner: body,
+            metrics,
+        })
+    })
+}
+
+/// Counts body bytes as they are actually sent, so an aborted download counts what left.
+struct Counted {
+    inner: Body,
+    metrics: Arc<Metrics>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.metrics
+                .http_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}

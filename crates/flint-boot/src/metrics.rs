@@ -1,0 +1,203 @@
+//! Counters of every service, rendered at `/metrics` in Prometheus' text format.
+//!
+//! Label values come from a small fixed set (routes, outcomes, arch names) or from validated
+//! inventory names, so the number of series stays bounded whatever clients send.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One metric with labels: a counter or a gauge.
+pub struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    labels: &'static [&'static str],
+    series: Mutex<BTreeMap<Vec<String>, u64>>,
+}
+
+impl Family {
+    const fn new(
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+        labels: &'static [&'static str],
+    ) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            labels,
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn inc(&self, values: &[&str]) {
+        self.add(values, 1);
+    }
+
+    pub fn add(&self, values: &[&str], n: u64) {
+        debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);
+        let key = values.iter().map(|v| (*v).to_owned()).collect();
+        *self.lock().entry(key).or_default() += n;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<String>, u64>> {
+        // A panic elsewhere must not take the metrics down with it: counters stay usable.
+        self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        for (values, n) in self.lock().iter() {
+            out.push_str(self.name);
+            if !values.is_empty() {
+                out.push('{');
+                for (i, (label, value)) in self.labels.iter().zip(values).enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{label}=\"{}\"", escape(value));
+                }
+                out.push('}');
+            }
+            let _ = writeln!(out, " {n}");
+        }
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub struct Metrics {
+    pub http_requests: Family,
+    pub http_bytes: AtomicU64,
+    pub scripts: Family,
+    pub tftp_transfers: Family,
+    pub tftp_bytes: AtomicU64,
+    pub dhcp_answers: Family,
+    pub dhcp_ignored: Family,
+    pub inventory_reloads: Family,
+    pub inventory_nodes: AtomicU64,
+    pub errors: Family,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub const fn new() -> Self {
+        Self {
+            http_requests: Family::new(
+                "flint_boot_http_requests_total",
+                "HTTP requests answered, by route and status.",
+                "counter",
+                &["route", "status"],
+            ),
+            http_bytes: AtomicU64::new(0),
+            scripts: Family::new(
+                "flint_boot_scripts_served_total",
+                "iPXE scripts served at /ipxe, by profile (or the policy: menu, refuse).",
+                "counter",
+                &["profile"],
+            ),
+            tftp_transfers: Family::new(
+                "flint_boot_tftp_transfers_total",
+                "TFTP transfers, by outcome.",
+                "counter",
+                &["outcome"],
+            ),
+            tftp_bytes: AtomicU64::new(0),
+            dhcp_answers: Family::new(
+                "flint_boot_dhcp_answers_total",
+                "ProxyDHCP offers (port 67) and acks (port 4011), by client arch and what was handed out.",
+                "counter",
+                &["port", "arch", "boot"],
+            ),
+            dhcp_ignored: Family::new(
+                "flint_boot_dhcp_ignored_total",
+                "DHCP packets not answered, by reason.",
+                "counter",
+                &["reason"],
+            ),
+            inventory_reloads: Family::new(
+                "flint_boot_inventory_reloads_total",
+                "Inventory reloads, by result (a rejected inventory leaves the previous one serving).",
+                "counter",
+                &["result"],
+            ),
+            inventory_nodes: AtomicU64::new(0),
+            errors: Family::new(
+                "flint_boot_errors_total",
+                "Errors of the server itself (socket and file errors), by kind.",
+                "counter",
+                &["kind"],
+            ),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.http_requests.render(&mut out);
+        counter(
+            &mut out,
+            "flint_boot_http_bytes_sent_total",
+            "HTTP body bytes sent.",
+            &self.http_bytes,
+        );
+        self.scripts.render(&mut out);
+        self.tftp_transfers.render(&mut out);
+        counter(
+            &mut out,
+            "flint_boot_tftp_bytes_sent_total",
+            "TFTP file bytes acknowledged by clients.",
+            &self.tftp_bytes,
+        );
+        self.dhcp_answers.render(&mut out);
+        self.dhcp_ignored.render(&mut out);
+        self.inventory_reloads.render(&mut out);
+        let _ = writeln!(
+            out,
+            "# HELP flint_boot_inventory_nodes Nodes in the inventory being served.\n\
+             # TYPE flint_boot_inventory_nodes gauge\n\
+             flint_boot_inventory_nodes {}",
+            self.inventory_nodes.load(Ordering::Relaxed)
+        );
+        self.errors.render(&mut out);
+        out
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+        value.load(Ordering::Relaxed)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labels_escaped_and_sorted() {
+        let m = Metrics::new();
+        m.scripts.inc(&["worker"]);
+        m.scripts.inc(&["a\"b\\c\nd"]);
+        m.scripts.add(&["worker"], 2);
+        let text = m.render();
+        assert!(text.contains("flint_boot_scripts_served_total{profile=\"worker\"} 3\n"));
+        assert!(text.contains("{profile=\"a\\\"b\\\\c\\nd\"} 1\n"), "{text}");
+        assert!(text.contains("# TYPE flint_boot_inventory_nodes gauge\n"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Harness shared by the integration tests.
+
+pub mod netns;
