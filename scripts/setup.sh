@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what scripts/demo.sh, scripts/test.sh and bench/run need on a Debian 12 machine, as root.
 # Idempotent: apt-get update runs only when a package is missing, the Rust musl target and
-# components are added only when missing, cargo-nextest is installed only when absent.
+# components are added only when missing, cargo-nextest and cargo-fuzz are installed only when absent.
 # Run it (bash scripts/setup.sh); it changes nothing that is already in place.
 set -euo pipefail
 
@@ -67,6 +67,11 @@ setup_main() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "setup: installing cargo-nextest"
         cargo install cargo-nextest --locked
+    fi
+    # The fuzz targets (scripts/fuzz.sh).
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        echo "setup: installing cargo-fuzz"
+        cargo install cargo-fuzz --locked
     fi
 }
 
