@@ -6,7 +6,7 @@
 # Checks, in order: rustfmt; shellcheck on the scripts; no aws-lc-rs in the dependency graph; clippy with
 # warnings denied; the release binary for x86_64-unknown-linux-musl is static and at most 3 MiB; the
 # systemd units verify and have an exposure of 2.0 or less; the whole test suite under cargo-nextest
-# (.config/nextest.toml bounds every test). Every check runs even
+# (.config/nextest.toml bounds every test); every fuzz target for 10 s (scripts/fuzz.sh). Every check runs even
 # when an earlier one failed, and the script exits non-zero when any failed.
 set -euo pipefail
 
@@ -100,6 +100,7 @@ nix_modules() {
 check "NixOS modules parse and render (nix-instantiate)" nix_modules
 check "systemd units: systemd-analyze verify and security (scripts/check-units.sh)" units
 check "cargo nextest run --workspace --no-fail-fast" cargo nextest run --workspace --no-fail-fast --locked
+check "fuzz targets, 10 s each (scripts/fuzz.sh 10)" scripts/fuzz.sh 10
 
 printf '\n==> scripts/test.sh: %d of %d checks ok in %d s\n' "${#passed[@]}" $((${#passed[@]} + ${#failed[@]})) \
     $((SECONDS - started))

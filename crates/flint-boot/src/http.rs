@@ -59,12 +59,18 @@ pub fn router(config: Config, inventory: Arc<SharedInventory>, metrics: Arc<Metr
         .layer(middleware::from_fn_with_state(metrics, count))
 }
 
+/// Reads of 256 KiB instead of ServeDir's 64 KiB: without sendfile, throughput follows the
+/// read size (bench/boot, 50 clients: 64 KiB 0.7x nginx, 128 KiB 0.75x, 256 KiB 0.85-0.9x).
+/// The price is memory: a download holds about three such buffers, so 200 concurrent ones
+/// peak near 134 MiB (41 MiB at 64 KiB).
+const IMAGE_CHUNK: usize = 256 * 1024;
+
 /// A folder served read-only. ServeDir refuses `..` and absolute components; it never lists
-/// a folder and never redirects (UEFI HTTP Boot does not follow redirects). Its reads stay at
-/// the default 64 KiB: each download holds about three such buffers, so 200 concurrent ones
-/// peaked at 41 MiB, against 134 MiB with 256 KiB reads that were only about 10% faster.
+/// a folder and never redirects (UEFI HTTP Boot does not follow redirects).
 fn files(dir: PathBuf) -> ServeDir {
-    ServeDir::new(dir).append_index_html_on_directories(false)
+    ServeDir::new(dir)
+        .append_index_html_on_directories(false)
+        .with_buf_chunk_size(IMAGE_CHUNK)
 }
 
 async fn boot_ipxe(State(state): State<AppState>) -> Response {
