@@ -1091,7 +1091,7 @@ async fn main() -> std::process::ExitCode {
     let c = &shared.counters;
     let booted = totals.len();
     println!(
-        "\nboot_storm: {n} machines ({} BIOS, {efi} EFI x64), {}; {booted} booted, {} failed; all booted after {:.2} s",
+        "\nboot_storm: {n} machines ({} BIOS, {efi} EFI x64), {}; {booted} booted, {} failed; {} after {:.2} s",
         n - efi,
         if ramp.is_zero() {
             "all at once".to_string()
@@ -1099,6 +1099,11 @@ async fn main() -> std::process::ExitCode {
             format!("started over {} ms", ramp.as_millis())
         },
         failures.len(),
+        if failures.is_empty() {
+            "all booted"
+        } else {
+            "the last one booted"
+        },
         last_done.as_secs_f64()
     );
     println!(
