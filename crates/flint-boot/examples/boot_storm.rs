@@ -536,13 +536,12 @@ async fn tftp_attempt(
                         continue;
                     }
                     Some(Err(e)) => return Err(TftpError::Fatal(format!("recv: {e}"))),
-                    Some(Ok((n, from))) if from != peer => {
+                    Some(Ok((_, from))) if from != peer => {
                         // A second transfer the server started for a resent RRQ: end it.
                         c.tftp_foreign.fetch_add(1, Ordering::Relaxed);
                         let _ = sock
                             .send_to(&tftp_error(5, "unknown transfer ID"), from)
                             .await;
-                        let _ = n;
                         continue;
                     }
                     Some(Ok((n, _))) => n,
