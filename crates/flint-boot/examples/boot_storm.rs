@@ -5,7 +5,7 @@
 //!
 //! 1. **offer**: the ROM broadcasts a DHCPDISCOVER (options 53, 57, 55, 97, 94, 93, 60 as PXE
 //!    ROMs send them) and waits for flint-boot's ProxyDHCP offer, retransmitting after 1, 2, 4,
-//!    8 and 16 s like firmware does;
+//!    8 and 16 s (iPXE starts at 1 s too; PXE ROMs wait 4, 8, 16 and 32 s);
 //! 2. **binary**: the ROM fetches the iPXE binary named in the offer over TFTP from its own
 //!    ephemeral port, lockstep ACKs, blksize 1468; EFI machines first send EDK2's tsize probe
 //!    and abort it with ERROR 8, then ask again with windowsize 4 (what OVMF 2022.11 does). The
