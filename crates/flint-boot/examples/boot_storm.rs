@@ -1,0 +1,1197 @@
+//! boot_storm: N simulated machines PXE-booting at once from one flint-boot, from one process.
+//!
+//! Each machine has its own MAC and SMBIOS UUID and goes through the steps a NIC ROM and then
+//! iPXE go through (`shared/notes/pxe-protocol.md`):
+//!
+//! 1. **offer**: the ROM broadcasts a DHCPDISCOVER (options 53, 57, 55, 97, 94, 93, 60 as PXE
+//!    ROMs send them) and waits for flint-boot's ProxyDHCP offer, retransmitting after 1, 2, 4,
+//!    8 and 16 s (iPXE starts at 1 s too; PXE ROMs wait 4, 8, 16 and 32 s);
+//! 2. **binary**: the ROM fetches the iPXE binary named in the offer over TFTP from its own
+//!    ephemeral port, lockstep ACKs, blksize 1468; EFI machines first send EDK2's tsize probe
+//!    and abort it with ERROR 8, then ask again with windowsize 4 (what OVMF 2022.11 does). The
+//!    bytes are compared with the file. An unanswered RRQ is resent after 1 s (4 tries), a DATA
+//!    that does not come is re-ACKed after 1 s (5 tries); a refusal ("too many transfers") or a
+//!    transfer that times out makes the machine try the whole step again after a backoff
+//!    (1, 2, 4, then 8 s, ±50%), as a machine that fails PXE and retries would;
+//! 3. **ipxe offer**: iPXE broadcasts its own DISCOVER (user class `iPXE`, option 175) and
+//!    expects the `boot.ipxe` URL;
+//! 4. **script**: over one keep-alive HTTP/1.1 connection, `GET /boot.ipxe`, then the chained
+//!    `/ipxe?mac=<hexhyp>&uuid=&platform=&buildarch=` with iPXE's variables filled in; the
+//!    script must name this machine's node;
+//! 5. **kernel+initrd**: the `kernel` and `initrd` URLs of the script, resolved against its URL
+//!    as iPXE does, fetched on the same connection; each size must match the file.
+//!
+//! flint-boot's ProxyDHCP answers broadcasts with broadcasts to port 68, so the driver has one
+//! socket on 0.0.0.0:68 tied to its interface and hands each offer to the machine by xid and
+//! chaddr. Every machine shares the interface's address (there is no real DHCP server here).
+//!
+//! At the end: a table of p50/p99/max per step, failures, retransmissions and refusals, and
+//! one `result key=value ...` line for scripts. Exit status 1 if any machine failed, 2 on a
+//! setup error. Needs root (port 68, SO_BINDTODEVICE); `bench/storm` runs it in a network
+//! namespace.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use dhcproto::v4::{
+    Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
+use dhcproto::{Decodable, Decoder, Encodable};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+#[derive(Parser, Debug)]
+#[command(about = "N simulated machines PXE-booting at once from one flint-boot")]
+struct Args {
+    /// How many machines.
+    #[arg(long, default_value_t = 1000)]
+    machines: usize,
+    /// The interface the machines sit on (broadcasts leave and arrive there).
+    #[arg(long)]
+    iface: String,
+    /// flint-boot's address: DHCP offers must name it (siaddr).
+    #[arg(long)]
+    server: Ipv4Addr,
+    /// flint-boot's TFTP port.
+    #[arg(long, default_value_t = 69)]
+    tftp_port: u16,
+    /// The TFTP root flint-boot serves: the binaries are compared with the files there.
+    #[arg(long)]
+    tftp_root: PathBuf,
+    /// The images folder flint-boot serves at /images/: sizes are compared with the files.
+    #[arg(long)]
+    images: PathBuf,
+    /// Percentage of machines that are EFI x64 (arch 7, `ipxe.efi`); the rest are BIOS (arch 0).
+    #[arg(long, default_value_t = 0)]
+    efi_percent: u32,
+    /// Start the machines evenly over this many milliseconds (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    ramp_ms: u64,
+    /// TFTP blksize the machines ask for (BIOS ROMs ask 1432 or 1456; 1468 is one Ethernet frame).
+    #[arg(long, default_value_t = 1468)]
+    blksize: u16,
+    /// A machine not booted after this many seconds has failed.
+    #[arg(long, default_value_t = 300)]
+    deadline: u64,
+    /// Machine i has MAC <prefix>:ii:ii:ii (i in hex, 24 bits) and node name m<i, 5 digits>.
+    #[arg(long, default_value = "52:54:01")]
+    mac_prefix: String,
+}
+
+const BIOS_BINARY: &str = "undionly.kpxe";
+const EFI_BINARY: &str = "ipxe.efi";
+const STEPS: [&str; 5] = ["offer", "binary", "ipxe offer", "script", "kernel+initrd"];
+/// DHCP retransmission: wait this long for an offer after each DISCOVER.
+const DHCP_WAITS: [u64; 5] = [1, 2, 4, 8, 16];
+const TFTP_TIMEOUT: Duration = Duration::from_secs(1);
+const TFTP_RRQ_TRIES: u32 = 4;
+const TFTP_DATA_TRIES: u32 = 5;
+/// How many times a machine tries the TFTP step before giving up.
+const TFTP_ATTEMPTS: u32 = 20;
+const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Counters {
+    dhcp_retx: AtomicU64,
+    ipxe_dhcp_retx: AtomicU64,
+    stray_offers: AtomicU64,
+    rrq_retx: AtomicU64,
+    ack_retx: AtomicU64,
+    tftp_busy: AtomicU64,
+    tftp_timeouts: AtomicU64,
+    tftp_foreign: AtomicU64,
+    tsize_probes: AtomicU64,
+    http_reconnects: AtomicU64,
+    http_requests: AtomicU64,
+    done: AtomicUsize,
+}
+
+type Waiters = Mutex<HashMap<u32, ([u8; 6], oneshot::Sender<Message>)>>;
+
+struct Shared {
+    args: Args,
+    prefix: [u8; 3],
+    dhcp: UdpSocket,
+    waiters: Waiters,
+    binaries: HashMap<&'static str, Vec<u8>>,
+    counters: Counters,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Firmware {
+    Bios,
+    Efi,
+}
+
+struct Machine {
+    index: usize,
+    mac: [u8; 6],
+    uuid: [u8; 16],
+    firmware: Firmware,
+    rng: u64,
+}
+
+impl Machine {
+    fn new(shared: &Shared, index: usize) -> Machine {
+        let i = index as u32;
+        let p = shared.prefix;
+        let mac = [p[0], p[1], p[2], (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        // The UUID bench/storm's inventory gives node i: %08x-0000-4000-8000-%012x of i+1, i.
+        let mut uuid = [0u8; 16];
+        uuid[..4].copy_from_slice(&(i + 1).to_be_bytes());
+        uuid[6] = 0x40;
+        uuid[8] = 0x80;
+        uuid[12..].copy_from_slice(&i.to_be_bytes());
+        // Spread evenly: machine i is EFI when the running count of EFI machines steps up at i.
+        let p = u64::from(shared.args.efi_percent);
+        let efi = (index as u64 + 1) * p / 100 > index as u64 * p / 100;
+        Machine {
+            index,
+            mac,
+            uuid,
+            firmware: if efi { Firmware::Efi } else { Firmware::Bios },
+            rng: 0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn hexhyp(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join("-")
+    }
+
+    fn uuid_string(&self) -> String {
+        let h: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    }
+
+    fn arch(&self) -> u16 {
+        match self.firmware {
+            Firmware::Bios => 0,
+            Firmware::Efi => 7,
+        }
+    }
+
+    /// Option 60 as ROMs send it; iPXE sends the same string.
+    fn class(&self) -> String {
+        match self.firmware {
+            Firmware::Bios => "PXEClient:Arch:00000:UNDI:002001".into(),
+            Firmware::Efi => "PXEClient:Arch:00007:UNDI:003016".into(),
+        }
+    }
+
+    fn binary(&self) -> &'static str {
+        match self.firmware {
+            Firmware::Bios => BIOS_BINARY,
+            Firmware::Efi => EFI_BINARY,
+        }
+    }
+
+    /// A DISCOVER as the ROM (`ipxe` false) or iPXE (`ipxe` true) sends it.
+    fn discover(&self, xid: u32, ipxe: bool) -> Vec<u8> {
+        let z = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(xid, z, z, z, z, &self.mac);
+        m.set_flags(Flags::default().set_broadcast());
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(MessageType::Discover));
+        let mut guid = vec![0u8];
+        guid.extend_from_slice(&self.uuid);
+        o.insert(DhcpOption::ClientMachineIdentifier(guid));
+        o.insert(DhcpOption::ClientNetworkInterface(1, 2, 1));
+        o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
+            self.arch(),
+        )));
+        o.insert(DhcpOption::ClassIdentifier(self.class().into_bytes()));
+        let prl: &[u8] = if ipxe {
+            o.insert(DhcpOption::MaxMessageSize(1472));
+            let mut id = vec![1u8];
+            id.extend_from_slice(&self.mac);
+            o.insert(DhcpOption::ClientIdentifier(id));
+            o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+            // iPXE's feature flags (HTTP, DNS, TFTP, PXE ext, bzImage...), one byte each.
+            o.insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::from(175),
+                vec![0xb1, 5, 1, 0x13, 1, 1, 0x17, 1, 1, 0x15, 1, 1, 0x10, 1, 1],
+            )));
+            &[
+                1, 3, 6, 7, 12, 15, 17, 26, 43, 60, 66, 67, 119, 128, 129, 130, 131, 132, 133, 134,
+                135, 175, 203,
+            ]
+        } else {
+            o.insert(DhcpOption::MaxMessageSize(1260));
+            &[
+                1, 2, 3, 4, 5, 6, 11, 12, 13, 15, 16, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51,
+                54, 58, 59, 60, 66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135,
+            ]
+        };
+        o.insert(DhcpOption::ParameterRequestList(
+            prl.iter().map(|&c| OptionCode::from(c)).collect(),
+        ));
+        m.to_vec().expect("a DISCOVER encodes")
+    }
+}
+
+/// A failure: the step it happened in and why.
+type Failure = (usize, String);
+
+fn field(raw: Option<&[u8]>) -> String {
+    let raw = raw.unwrap_or_default();
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Broadcasts `packet` (retransmitting after each of DHCP_WAITS) until an offer for `xid`
+/// arrives; returns it.
+async fn dhcp_exchange(
+    shared: &Shared,
+    m: &Machine,
+    xid: u32,
+    packet: &[u8],
+    retx: &AtomicU64,
+) -> Result<Message, String> {
+    let (tx, mut rx) = oneshot::channel();
+    shared.waiters.lock().unwrap().insert(xid, (m.mac, tx));
+    let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    for (n, wait) in DHCP_WAITS.iter().enumerate() {
+        if n > 0 {
+            retx.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = shared.dhcp.send_to(packet, to).await {
+            shared.waiters.lock().unwrap().remove(&xid);
+            return Err(format!("send DISCOVER: {e}"));
+        }
+        if let Ok(answer) = tokio::time::timeout(Duration::from_secs(*wait), &mut rx).await {
+            return answer.map_err(|_| "offer channel closed".to_string());
+        }
+    }
+    shared.waiters.lock().unwrap().remove(&xid);
+    Err(format!(
+        "no offer after {} DISCOVERs ({} s)",
+        DHCP_WAITS.len(),
+        DHCP_WAITS.iter().sum::<u64>()
+    ))
+}
+
+/// Reads every answer on port 68 and hands it to the machine waiting for its xid.
+async fn dhcp_dispatch(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let Ok((n, _)) = shared.dhcp.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(msg) = Message::decode(&mut Decoder::new(&buf[..n])) else {
+            shared.counters.stray_offers.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if msg.opcode() != Opcode::BootReply {
+            continue;
+        }
+        let waiter = {
+            let mut w = shared.waiters.lock().unwrap();
+            match w.get(&msg.xid()) {
+                Some((mac, _)) if msg.chaddr().get(..6) == Some(&mac[..]) => w.remove(&msg.xid()),
+                _ => None,
+            }
+        };
+        match waiter {
+            Some((_, tx)) => {
+                let _ = tx.send(msg);
+            }
+            // An answer to a retransmitted DISCOVER that was already answered.
+            None => {
+                shared.counters.stray_offers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Checks a ProxyDHCP offer: no address, our server, option 60 and the expected file.
+fn check_offer(
+    shared: &Shared,
+    offer: &Message,
+    want_file: &dyn Fn(&str) -> bool,
+) -> Result<String, String> {
+    if offer.opts().msg_type() != Some(MessageType::Offer) {
+        return Err(format!(
+            "message type {:?}, not an offer",
+            offer.opts().msg_type()
+        ));
+    }
+    if offer.yiaddr() != Ipv4Addr::UNSPECIFIED {
+        return Err(format!(
+            "a proxy offer with an address ({})",
+            offer.yiaddr()
+        ));
+    }
+    if offer.siaddr() != shared.args.server {
+        return Err(format!("siaddr {} is not the server", offer.siaddr()));
+    }
+    match offer.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient") => {}
+        other => return Err(format!("option 60 is {other:?}")),
+    }
+    let file = field(offer.fname());
+    if !want_file(&file) {
+        return Err(format!("unexpected file {file:?} in the offer"));
+    }
+    Ok(file)
+}
+
+enum TftpError {
+    /// ERROR 0 "too many transfers", or no answer: try the step again later.
+    Retry(String),
+    Fatal(String),
+}
+
+fn rrq(file: &str, options: &[(&str, String)]) -> Vec<u8> {
+    let mut p = vec![0, 1];
+    for s in [file, "octet"] {
+        p.extend_from_slice(s.as_bytes());
+        p.push(0);
+    }
+    for (k, v) in options {
+        p.extend_from_slice(k.as_bytes());
+        p.push(0);
+        p.extend_from_slice(v.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+fn ack(block: u16) -> [u8; 4] {
+    let b = block.to_be_bytes();
+    [0, 4, b[0], b[1]]
+}
+
+fn tftp_error(code: u16, msg: &str) -> Vec<u8> {
+    let mut p = vec![0, 5];
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(msg.as_bytes());
+    p.push(0);
+    p
+}
+
+/// An OACK's options, as name (lowercase) to value.
+fn oack_options(body: &[u8]) -> HashMap<String, String> {
+    let parts: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+    parts
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| {
+            (
+                String::from_utf8_lossy(c[0]).to_ascii_lowercase(),
+                String::from_utf8_lossy(c[1]).into_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn recv_until(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    deadline: tokio::time::Instant,
+) -> Option<std::io::Result<(usize, SocketAddr)>> {
+    tokio::time::timeout_at(deadline, sock.recv_from(buf))
+        .await
+        .ok()
+}
+
+/// One TFTP read from a fresh ephemeral port: the file and the OACK's tsize if any. With
+/// `probe`, only EDK2's tsize probe: no data, the OACK's tsize, and the transfer aborted with
+/// ERROR 8.
+async fn tftp_attempt(
+    shared: &Shared,
+    server: SocketAddr,
+    file: &str,
+    options: &[(&str, String)],
+    probe: bool,
+) -> Result<(Vec<u8>, Option<u64>), TftpError> {
+    let c = &shared.counters;
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .map_err(|e| TftpError::Fatal(format!("bind: {e}")))?;
+    let request = rrq(file, options);
+    let mut buf = vec![0u8; 65536];
+    let asked = |k: &str| options.iter().any(|(n, _)| *n == k);
+    // Open: the RRQ until something answers from the server's address.
+    let mut tries = 0;
+    let (peer, n) = 'open: loop {
+        if tries == TFTP_RRQ_TRIES {
+            return Err(TftpError::Retry(format!("no answer to {tries} RRQs")));
+        }
+        if tries > 0 {
+            c.rrq_retx.fetch_add(1, Ordering::Relaxed);
+        }
+        tries += 1;
+        sock.send_to(&request, server)
+            .await
+            .map_err(|e| TftpError::Fatal(format!("send RRQ: {e}")))?;
+        let deadline = tokio::time::Instant::now() + TFTP_TIMEOUT;
+        loop {
+            match recv_until(&sock, &mut buf, deadline).await {
+                None => continue 'open,
+                Some(Err(e)) => return Err(TftpError::Fatal(format!("recv: {e}"))),
+                Some(Ok((n, from))) if from.ip() == server.ip() && n >= 4 => break 'open (from, n),
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    let mut blksize = 512usize;
+    let mut window = 1u16;
+    let mut tsize = None;
+    let mut data = Vec::new();
+    let mut expected: u16 = 1;
+    let mut in_window = 0u16;
+    let mut last_ack: u16 = 0;
+    // The first packet: OACK, DATA 1 (options ignored) or ERROR.
+    let mut pending = Some(n);
+    match u16::from_be_bytes([buf[0], buf[1]]) {
+        6 => {
+            let opts = oack_options(&buf[2..n]);
+            for (k, v) in &opts {
+                if !asked(k) {
+                    return Err(TftpError::Fatal(format!(
+                        "OACK has {k}, which was not asked for"
+                    )));
+                }
+                let v: u64 = v
+                    .parse()
+                    .map_err(|_| TftpError::Fatal(format!("OACK {k}={v}")))?;
+                match k.as_str() {
+                    "blksize" => blksize = v as usize,
+                    "windowsize" => window = v as u16,
+                    "tsize" => tsize = Some(v),
+                    _ => {}
+                }
+            }
+            if probe {
+                let _ = sock.send_to(&tftp_error(8, "tsize probe"), peer).await;
+                return Ok((Vec::new(), tsize));
+            }
+            sock.send_to(&ack(0), peer)
+                .await
+                .map_err(|e| TftpError::Fatal(format!("send ACK: {e}")))?;
+            pending = None;
+        }
+        3 => {}
+        5 => {
+            let code = u16::from_be_bytes([buf[2], buf[3]]);
+            let msg = field(Some(&buf[4..n]));
+            return Err(if code == 0 && msg.contains("too many") {
+                c.tftp_busy.fetch_add(1, Ordering::Relaxed);
+                TftpError::Retry(format!("ERROR {code} {msg}"))
+            } else {
+                TftpError::Fatal(format!("ERROR {code} {msg}"))
+            });
+        }
+        op => return Err(TftpError::Fatal(format!("opcode {op} in answer to RRQ"))),
+    }
+    if probe {
+        return Err(TftpError::Fatal(
+            "the tsize probe got DATA, not an OACK".into(),
+        ));
+    }
+    let mut tries = 0;
+    loop {
+        let n = match pending.take() {
+            Some(n) => n,
+            None => {
+                let deadline = tokio::time::Instant::now() + TFTP_TIMEOUT;
+                match recv_until(&sock, &mut buf, deadline).await {
+                    None => {
+                        tries += 1;
+                        if tries > TFTP_DATA_TRIES {
+                            return Err(TftpError::Retry(format!(
+                                "no DATA {expected} after {TFTP_DATA_TRIES} re-ACKs"
+                            )));
+                        }
+                        c.ack_retx.fetch_add(1, Ordering::Relaxed);
+                        in_window = 0;
+                        let _ = sock.send_to(&ack(last_ack), peer).await;
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(TftpError::Fatal(format!("recv: {e}"))),
+                    Some(Ok((_, from))) if from != peer => {
+                        // A second transfer the server started for a resent RRQ: end it.
+                        c.tftp_foreign.fetch_add(1, Ordering::Relaxed);
+                        let _ = sock
+                            .send_to(&tftp_error(5, "unknown transfer ID"), from)
+                            .await;
+                        continue;
+                    }
+                    Some(Ok((n, _))) => n,
+                }
+            }
+        };
+        if n < 4 {
+            continue;
+        }
+        match u16::from_be_bytes([buf[0], buf[1]]) {
+            3 => {
+                let block = u16::from_be_bytes([buf[2], buf[3]]);
+                if block != expected {
+                    // A resent or out-of-order block: say again where we are.
+                    in_window = 0;
+                    let _ = sock.send_to(&ack(last_ack), peer).await;
+                    continue;
+                }
+                let payload = &buf[4..n];
+                data.extend_from_slice(payload);
+                tries = 0;
+                in_window += 1;
+                let last = payload.len() < blksize;
+                if last || in_window >= window {
+                    sock.send_to(&ack(block), peer)
+                        .await
+                        .map_err(|e| TftpError::Fatal(format!("send ACK: {e}")))?;
+                    last_ack = block;
+                    in_window = 0;
+                }
+                expected = expected.wrapping_add(1);
+                if last {
+                    return Ok((data, tsize));
+                }
+            }
+            5 => {
+                let code = u16::from_be_bytes([buf[2], buf[3]]);
+                return Err(TftpError::Fatal(format!(
+                    "ERROR {code} {} during the transfer",
+                    field(Some(&buf[4..n]))
+                )));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The binary step: the EDK2 probe for EFI machines, then the transfer, tried again after a
+/// backoff when refused or timed out.
+async fn fetch_binary(
+    shared: &Shared,
+    m: &mut Machine,
+    server: SocketAddr,
+    file: &str,
+) -> Result<u32, String> {
+    let expect = shared
+        .binaries
+        .get(file)
+        .ok_or_else(|| format!("offer names {file}, which is not in --tftp-root"))?;
+    let blk = ("blksize", shared.args.blksize.to_string());
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let result = async {
+            if m.firmware == Firmware::Efi {
+                shared.counters.tsize_probes.fetch_add(1, Ordering::Relaxed);
+                let (_, tsize) = tftp_attempt(
+                    shared,
+                    server,
+                    file,
+                    &[("tsize", "0".into()), blk.clone()],
+                    true,
+                )
+                .await?;
+                if tsize != Some(expect.len() as u64) {
+                    return Err(TftpError::Fatal(format!(
+                        "tsize probe: {tsize:?}, file has {}",
+                        expect.len()
+                    )));
+                }
+                tftp_attempt(
+                    shared,
+                    server,
+                    file,
+                    &[blk.clone(), ("windowsize", "4".into())],
+                    false,
+                )
+                .await
+            } else {
+                tftp_attempt(shared, server, file, std::slice::from_ref(&blk), false).await
+            }
+        }
+        .await;
+        match result {
+            Ok((data, tsize)) => {
+                if data != *expect {
+                    return Err(format!(
+                        "{file}: {} bytes received differ from the file ({} bytes)",
+                        data.len(),
+                        expect.len()
+                    ));
+                }
+                if let Some(t) = tsize
+                    && t != expect.len() as u64
+                {
+                    return Err(format!("{file}: OACK tsize {t}, file has {}", expect.len()));
+                }
+                return Ok(attempts);
+            }
+            Err(TftpError::Fatal(e)) => return Err(e),
+            Err(TftpError::Retry(e)) => {
+                if !e.starts_with("ERROR") {
+                    shared
+                        .counters
+                        .tftp_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if attempts >= TFTP_ATTEMPTS {
+                    return Err(format!(
+                        "{file}: gave up after {attempts} attempts, last: {e}"
+                    ));
+                }
+                let base = 1000u64 << (attempts - 1).min(3);
+                let ms = base / 2 + m.random() % base;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+}
+
+/// `http://host:port/path?query` as (host:port, /path?query).
+fn split_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("not an http URL: {url}"))?;
+    let (auth, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    Ok((auth.to_string(), path.to_string()))
+}
+
+/// `rel` resolved against `base` as iPXE resolves a relative URI.
+fn resolve(base: &str, rel: &str) -> String {
+    if rel.contains("://") {
+        return rel.to_string();
+    }
+    let (auth, path) = split_url(base).unwrap_or_default();
+    if rel.starts_with('/') {
+        return format!("http://{auth}{rel}");
+    }
+    let path = path.split('?').next().unwrap_or("/");
+    let dir = &path[..=path.rfind('/').unwrap_or(0)];
+    format!("http://{auth}{dir}{rel}")
+}
+
+/// One keep-alive HTTP/1.1 connection, as iPXE keeps one per server.
+struct Http {
+    auth: String,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl Http {
+    /// GETs `path`; keeps the body (`keep`) or only counts it. Returns status, body, length.
+    async fn get(
+        &mut self,
+        shared: &Shared,
+        path: &str,
+        keep: bool,
+    ) -> Result<(u16, Vec<u8>, u64), String> {
+        shared
+            .counters
+            .http_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let reused = self.conn.is_some();
+        match tokio::time::timeout(HTTP_TIMEOUT, self.get_once(path, keep)).await {
+            Ok(Ok(r)) => Ok(r),
+            // A pooled connection the server closed meanwhile: iPXE opens a new one.
+            Ok(Err((false, _))) if reused => {
+                shared
+                    .counters
+                    .http_reconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                self.conn = None;
+                tokio::time::timeout(HTTP_TIMEOUT, self.get_once(path, keep))
+                    .await
+                    .map_err(|_| format!("GET {path}: no answer in {HTTP_TIMEOUT:?}"))?
+                    .map_err(|(_, e)| format!("GET {path}: {e}"))
+            }
+            Ok(Err((_, e))) => Err(format!("GET {path}: {e}")),
+            Err(_) => Err(format!("GET {path}: no answer in {HTTP_TIMEOUT:?}")),
+        }
+    }
+
+    /// The error's flag is true once any byte of the answer was read.
+    async fn get_once(
+        &mut self,
+        path: &str,
+        keep: bool,
+    ) -> Result<(u16, Vec<u8>, u64), (bool, String)> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(&self.auth)
+                .await
+                .map_err(|e| (true, format!("connect {}: {e}", self.auth)))?;
+            s.set_nodelay(true).map_err(|e| (true, e.to_string()))?;
+            self.conn = Some(BufReader::with_capacity(16 * 1024, s));
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nConnection: keep-alive\r\nUser-Agent: iPXE/1.21.1+ (storm)\r\nHost: {}\r\n\r\n",
+            self.auth
+        );
+        conn.get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| (false, format!("send: {e}")))?;
+        let mut line = String::new();
+        let n = conn
+            .read_line(&mut line)
+            .await
+            .map_err(|e| (false, format!("read: {e}")))?;
+        if n == 0 {
+            return Err((false, "connection closed before an answer".into()));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| (true, format!("bad status line {line:?}")))?;
+        let mut length = None;
+        let mut close = false;
+        loop {
+            line.clear();
+            conn.read_line(&mut line)
+                .await
+                .map_err(|e| (true, format!("read head: {e}")))?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                if k == "content-length" {
+                    length = v.parse::<u64>().ok();
+                } else if k == "connection" && v.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if k == "transfer-encoding" {
+                    return Err((true, format!("transfer-encoding {v} (not supported here)")));
+                }
+            }
+        }
+        let length = length.ok_or_else(|| (true, "no content-length".to_string()))?;
+        let mut body = Vec::new();
+        if keep {
+            body.resize(length as usize, 0);
+            conn.read_exact(&mut body)
+                .await
+                .map_err(|e| (true, format!("body: {e}")))?;
+        } else {
+            let mut chunk = vec![0u8; 32 * 1024];
+            let mut left = length;
+            while left > 0 {
+                let want = chunk.len().min(left as usize);
+                let got = conn
+                    .read(&mut chunk[..want])
+                    .await
+                    .map_err(|e| (true, format!("body: {e}")))?;
+                if got == 0 {
+                    return Err((true, format!("closed with {left} of {length} bytes to go")));
+                }
+                left -= got as u64;
+            }
+        }
+        if close {
+            self.conn = None;
+        }
+        Ok((status, body, length))
+    }
+}
+
+/// Boots one machine; `step` says which step it is in, for a failure.
+async fn boot(
+    shared: &Shared,
+    m: &mut Machine,
+    step: &mut usize,
+    times: &mut [Duration; 5],
+) -> Result<u32, String> {
+    let server = shared.args.server;
+    let c = &shared.counters;
+
+    *step = 0;
+    let t = Instant::now();
+    let xid = m.random() as u32;
+    let offer = dhcp_exchange(shared, m, xid, &m.discover(xid, false), &c.dhcp_retx).await?;
+    let binary = m.binary();
+    let file = check_offer(shared, &offer, &|f| f == binary)?;
+    times[0] = t.elapsed();
+
+    *step = 1;
+    let t = Instant::now();
+    let attempts = fetch_binary(
+        shared,
+        m,
+        SocketAddr::from((server, shared.args.tftp_port)),
+        &file,
+    )
+    .await?;
+    times[1] = t.elapsed();
+
+    *step = 2;
+    let t = Instant::now();
+    let xid = m.random() as u32;
+    let offer = dhcp_exchange(shared, m, xid, &m.discover(xid, true), &c.ipxe_dhcp_retx).await?;
+    let url = check_offer(shared, &offer, &|f| {
+        f.starts_with("http://") && f.ends_with("/boot.ipxe")
+    })?;
+    times[2] = t.elapsed();
+
+    *step = 3;
+    let t = Instant::now();
+    let (auth, path) = split_url(&url)?;
+    let mut http = Http { auth, conn: None };
+    let (status, body, _) = http.get(shared, &path, true).await?;
+    if status != 200 {
+        return Err(format!("GET {path}: status {status}"));
+    }
+    let text = String::from_utf8_lossy(&body);
+    let chain = text
+        .lines()
+        .find_map(|l| l.strip_prefix("chain "))
+        .and_then(|rest| rest.split_whitespace().find(|w| !w.starts_with("--")))
+        .ok_or_else(|| format!("no chain line in boot.ipxe: {text:?}"))?;
+    let (platform, buildarch) = match m.firmware {
+        Firmware::Bios => ("pcbios", "i386"),
+        Firmware::Efi => ("efi", "x86_64"),
+    };
+    let chain = chain
+        .replace("${netX/mac:hexhyp}", &m.hexhyp())
+        .replace("${uuid}", &m.uuid_string())
+        .replace("${platform}", platform)
+        .replace("${buildarch}", buildarch);
+    let script_url = resolve(&url, &chain);
+    let (_, path) = split_url(&script_url)?;
+    let (status, body, _) = http.get(shared, &path, true).await?;
+    if status != 200 {
+        return Err(format!("GET {path}: status {status}"));
+    }
+    let script = String::from_utf8_lossy(&body);
+    let name = format!("booting m{:05}", m.index);
+    if !script.contains(&name) {
+        return Err(format!(
+            "the script for {} is not node m{:05}'s: {script:?}",
+            m.hexhyp(),
+            m.index
+        ));
+    }
+    let mut images = Vec::new();
+    for line in script.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("kernel" | "initrd"), Some(u)) = (words.next(), words.next()) {
+            images.push(resolve(&script_url, u));
+        }
+    }
+    if images.len() < 2 {
+        return Err(format!("no kernel and initrd in the script: {script:?}"));
+    }
+    times[3] = t.elapsed();
+
+    *step = 4;
+    let t = Instant::now();
+    for image in &images {
+        let (_, path) = split_url(image)?;
+        let local = path
+            .strip_prefix("/images/")
+            .map(|p| shared.args.images.join(p))
+            .ok_or_else(|| format!("{image} is not under /images/"))?;
+        let size = std::fs::metadata(&local)
+            .map_err(|e| format!("{}: {e}", local.display()))?
+            .len();
+        let (status, _, length) = http.get(shared, &path, false).await?;
+        if status != 200 || length != size {
+            return Err(format!(
+                "GET {path}: status {status}, {length} bytes, file has {size}"
+            ));
+        }
+    }
+    times[4] = t.elapsed();
+    Ok(attempts)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn dhcp_socket(iface: &str) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(iface.as_bytes()))?;
+    // 1,000 offers arrive within milliseconds; real machines each have their own NIC, so the
+    // one socket standing in for all of them must not drop them (root may exceed rmem_max).
+    let want = 16 << 20;
+    if nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBufForce, &want).is_err() {
+        s.set_recv_buffer_size(want)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn setup(args: Args) -> Result<Shared, String> {
+    let prefix: Vec<u8> = args
+        .mac_prefix
+        .split([':', '-'])
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("--mac-prefix {}: expected three hex pairs", args.mac_prefix))?;
+    let prefix: [u8; 3] = prefix
+        .try_into()
+        .map_err(|_| format!("--mac-prefix {}: expected three hex pairs", args.mac_prefix))?;
+    if args.machines == 0 || args.machines > 1 << 24 {
+        return Err("--machines: 1 to 16777216".into());
+    }
+    if args.efi_percent > 100 {
+        return Err("--efi-percent: 0 to 100".into());
+    }
+    let mut binaries = HashMap::new();
+    for (name, needed) in [
+        (BIOS_BINARY, args.efi_percent < 100),
+        (EFI_BINARY, args.efi_percent > 0),
+    ] {
+        if needed {
+            let path = args.tftp_root.join(name);
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            binaries.insert(name, bytes);
+        }
+    }
+    let dhcp = dhcp_socket(&args.iface)
+        .map_err(|e| format!("DHCP socket on {} port 68: {e}", args.iface))?;
+    Ok(Shared {
+        args,
+        prefix,
+        dhcp,
+        waiters: Mutex::new(HashMap::new()),
+        binaries,
+        counters: Counters::default(),
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let shared = match setup(args) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("boot_storm: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    tokio::spawn(dhcp_dispatch(shared.clone()));
+    let n = shared.args.machines;
+    let deadline = Duration::from_secs(shared.args.deadline);
+    let ramp = Duration::from_millis(shared.args.ramp_ms);
+    let efi = (0..n)
+        .filter(|&i| Machine::new(&shared, i).firmware == Firmware::Efi)
+        .count();
+    eprintln!(
+        "boot_storm: {n} machines ({} BIOS, {efi} EFI x64), started {}",
+        n - efi,
+        if ramp.is_zero() {
+            "at once".to_string()
+        } else {
+            format!("evenly over {} ms", ramp.as_millis())
+        }
+    );
+
+    let started = Instant::now();
+    let progress = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                eprintln!(
+                    "boot_storm: {:>5.1} s, {} of {n} done",
+                    started.elapsed().as_secs_f64(),
+                    shared.counters.done.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let shared = shared.clone();
+        set.spawn(async move {
+            if !ramp.is_zero() {
+                tokio::time::sleep(ramp * i as u32 / n as u32).await;
+            }
+            let mut m = Machine::new(&shared, i);
+            let mut step = 0;
+            let mut times = [Duration::ZERO; 5];
+            let t0 = Instant::now();
+            let r =
+                match tokio::time::timeout(deadline, boot(&shared, &mut m, &mut step, &mut times))
+                    .await
+                {
+                    Ok(Ok(attempts)) => Ok((times, t0.elapsed(), attempts)),
+                    Ok(Err(e)) => Err((step, e)),
+                    Err(_) => Err((step, format!("not booted after {} s", deadline.as_secs()))),
+                };
+            shared.counters.done.fetch_add(1, Ordering::Relaxed);
+            (i, r)
+        });
+    }
+    let mut per_step: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
+    let mut totals = Vec::new();
+    let mut failures: Vec<(usize, Failure)> = Vec::new();
+    let mut multi_attempt = 0usize;
+    let mut last_done = Duration::ZERO;
+    while let Some(joined) = set.join_next().await {
+        let (i, r) = joined.expect("a machine task panicked");
+        match r {
+            Ok((times, total, attempts)) => {
+                for (s, t) in times.iter().enumerate() {
+                    per_step[s].push(*t);
+                }
+                totals.push(total);
+                if attempts > 1 {
+                    multi_attempt += 1;
+                }
+                last_done = started.elapsed();
+            }
+            Err(f) => failures.push((i, f)),
+        }
+    }
+    progress.abort();
+    let wall = started.elapsed();
+
+    let c = &shared.counters;
+    let booted = totals.len();
+    println!(
+        "\nboot_storm: {n} machines ({} BIOS, {efi} EFI x64), {}; {booted} booted, {} failed; {} after {:.2} s",
+        n - efi,
+        if ramp.is_zero() {
+            "all at once".to_string()
+        } else {
+            format!("started over {} ms", ramp.as_millis())
+        },
+        failures.len(),
+        if failures.is_empty() {
+            "all booted"
+        } else {
+            "the last one booted"
+        },
+        last_done.as_secs_f64()
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>10}",
+        "step (ms)", "p50", "p99", "max"
+    );
+    let mut result = format!(
+        "result machines={n} efi={efi} booted={booted} failed={} wall_s={:.2} all_booted_s={:.2}",
+        failures.len(),
+        wall.as_secs_f64(),
+        last_done.as_secs_f64()
+    );
+    for (s, name) in STEPS
+        .iter()
+        .enumerate()
+        .chain([(STEPS.len(), &"machine total")])
+    {
+        let v = if s < STEPS.len() {
+            &mut per_step[s]
+        } else {
+            &mut totals
+        };
+        v.sort();
+        let (p50, p99, max) = (
+            percentile(v, 50.0),
+            percentile(v, 99.0),
+            v.last().copied().unwrap_or_default(),
+        );
+        println!("{name:<16} {:>10} {:>10} {:>10}", ms(p50), ms(p99), ms(max));
+        let key = name.replace([' ', '+'], "_");
+        result += &format!(
+            " {key}_p50={} {key}_p99={} {key}_max={}",
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
+    }
+    let counts = [
+        ("dhcp_retx", c.dhcp_retx.load(Ordering::Relaxed)),
+        ("ipxe_dhcp_retx", c.ipxe_dhcp_retx.load(Ordering::Relaxed)),
+        ("stray_offers", c.stray_offers.load(Ordering::Relaxed)),
+        ("rrq_retx", c.rrq_retx.load(Ordering::Relaxed)),
+        ("ack_retx", c.ack_retx.load(Ordering::Relaxed)),
+        ("tftp_busy", c.tftp_busy.load(Ordering::Relaxed)),
+        ("tftp_timeouts", c.tftp_timeouts.load(Ordering::Relaxed)),
+        ("tftp_foreign_tid", c.tftp_foreign.load(Ordering::Relaxed)),
+        ("tftp_retried_machines", multi_attempt as u64),
+        ("tsize_probes", c.tsize_probes.load(Ordering::Relaxed)),
+        ("http_requests", c.http_requests.load(Ordering::Relaxed)),
+        ("http_reconnects", c.http_reconnects.load(Ordering::Relaxed)),
+    ];
+    println!(
+        "retransmissions: DISCOVER (ROM) {}, DISCOVER (iPXE) {}, RRQ {}, ACK {}; offers to no one waiting {}",
+        counts[0].1, counts[1].1, counts[3].1, counts[4].1, counts[2].1
+    );
+    println!(
+        "TFTP: {} refusals (busy), {} timed-out attempts, {} machines needed more than one attempt, {} stray transfers ended (ERROR 5), {} tsize probes; HTTP: {} requests, {} reconnects",
+        counts[5].1, counts[6].1, counts[8].1, counts[7].1, counts[9].1, counts[10].1, counts[11].1
+    );
+    for (k, v) in counts {
+        result += &format!(" {k}={v}");
+    }
+    if !failures.is_empty() {
+        failures.sort_by_key(|(i, _)| *i);
+        let mut by_step = [0usize; 5];
+        for (_, (s, _)) in &failures {
+            by_step[*s] += 1;
+        }
+        println!(
+            "failures by step: {}",
+            STEPS
+                .iter()
+                .zip(by_step)
+                .map(|(s, k)| format!("{s} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (i, (s, e)) in failures.iter().take(10) {
+            println!(
+                "  machine {i} ({}): {}: {e}",
+                Machine::new(&shared, *i).hexhyp(),
+                STEPS[*s]
+            );
+        }
+    }
+    println!("{result}");
+    if failures.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    }
+}
