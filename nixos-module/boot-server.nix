@@ -72,6 +72,9 @@ in
         Restart = "on-failure";
         # Usage and configuration errors and a missing capability do not fix themselves.
         RestartPreventExitStatus = "64 77 78";
+        # Every download, TFTP transfer and connection is a file descriptor; the system call
+        # filter keeps flint-boot from raising the limit itself.
+        LimitNOFILE = 65536;
         DynamicUser = true;
         # Ports 67, 69 and 4011 are privileged; nothing else is.
         AmbientCapabilities = optional bindsPrivilegedPorts "CAP_NET_BIND_SERVICE";

@@ -45,6 +45,11 @@ pub struct HttpArgs {
     /// Folder of kernels and initrds served at /images/; nothing outside it is reachable.
     #[arg(long, value_name = "DIR", requires = "http")]
     pub images: Option<PathBuf>,
+    /// Image downloads streaming at once (each holds about 0.75 MiB of buffers); more wait
+    /// for a slot before their first byte.
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_downloads: u32,
     /// The URL machines reach this server at, e.g. http://10.0.200.2:8080. Used in DHCP answers
     /// to iPXE; boot.ipxe then chains to it too. Default: the --proxy-dhcp interface's address
     /// and the --http port, and a relative chain in boot.ipxe.

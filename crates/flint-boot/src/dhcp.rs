@@ -315,6 +315,7 @@ pub fn bind(interface: &str, port: u16) -> io::Result<UdpSocket> {
     // The site's DHCP server may share the host and port 67; both then see each broadcast.
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
+    socket.set_recv_buffer_size(crate::BURST_BUFFER)?;
     socket.bind_device(Some(interface.as_bytes()))?;
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;

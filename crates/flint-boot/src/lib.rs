@@ -10,3 +10,8 @@ pub mod render;
 pub mod tftp;
 
 pub use exit::ExitError;
+
+/// Receive buffer asked for the DHCP and TFTP listening sockets. A thousand machines powered on
+/// together send their DISCOVERs within milliseconds; the default buffer (208 KiB) dropped
+/// hundreds of them in bench/storm, 4 MiB none. The kernel caps it at `net.core.rmem_max`.
+pub const BURST_BUFFER: usize = 4 * 1024 * 1024;

@@ -95,6 +95,7 @@ fn interface_ipv4(name: &str) -> Result<Ipv4Addr, ExitError> {
 }
 
 async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
+    raise_file_limit();
     let metrics = Arc::new(Metrics::new());
     let mut services: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
     let cli::ServeArgs { http, tftp, dhcp } = args;
@@ -116,6 +117,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         let app = http::router(
             http::Config {
                 images: images.clone(),
+                max_downloads: http.http_max_downloads as usize,
                 firmware: tftp.tftp_root.clone(),
                 boot_script: boot,
             },
@@ -129,9 +131,8 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     }
 
     if let (Some(addr), Some(root)) = (tftp.tftp, tftp.tftp_root.clone()) {
-        let socket = tokio::net::UdpSocket::bind(addr)
-            .await
-            .map_err(|e| ExitError::socket(format!("bind TFTP {addr}"), &e))?;
+        let socket =
+            tftp_socket(addr).map_err(|e| ExitError::socket(format!("bind TFTP {addr}"), &e))?;
         let mut config = tftp::Config::new(root);
         config.max_transfers = tftp.tftp_max_transfers as usize;
         tracing::info!(%addr, root = %config.root.display(), "tftp listening");
@@ -193,6 +194,33 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         }
         _ = term.recv() => { tracing::info!("SIGTERM, stopping"); Ok(()) }
         _ = int.recv() => { tracing::info!("SIGINT, stopping"); Ok(()) }
+    }
+}
+
+/// The TFTP listening socket, with room for a burst of requests (see `BURST_BUFFER`).
+fn tftp_socket(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_recv_buffer_size(flint_boot::BURST_BUFFER)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
+/// Every download, TFTP transfer and connection holds a file descriptor: systemd's default
+/// soft limit of 1,024 failed hundreds of machines in a 1,000-machine boot storm. The hard limit
+/// is the one that matters; raising the soft one to it needs no privilege. (The unit also sets
+/// `LimitNOFILE=`, since its system call filter refuses setrlimit.)
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
     }
 }
 

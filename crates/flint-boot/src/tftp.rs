@@ -236,7 +236,12 @@ impl Transfer<'_> {
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 return Outcome::Refused(packet::ERR_ACCESS, "permission denied".into());
             }
-            Err(e) => return Outcome::Refused(packet::ERR_NOT_FOUND, e.to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Outcome::Refused(packet::ERR_NOT_FOUND, "file not found".into());
+            }
+            // Anything else (out of file descriptors, say) may pass: ERROR 0, which a ROM
+            // retries, not ERROR 1, after which it gives up on the file.
+            Err(e) => return Outcome::Refused(packet::ERR_UNDEFINED, e.to_string()),
         };
         let size = match file.metadata() {
             Ok(m) => m.len(),

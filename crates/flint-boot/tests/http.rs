@@ -496,3 +496,28 @@ fn start_up_errors_name_the_problem_and_use_the_documented_codes() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("no service enabled"), "{err}");
 }
+
+#[test]
+fn image_downloads_beyond_the_bound_wait_for_a_slot_and_scripts_do_not() {
+    let s = Server::start(&["--http-max-downloads", "1"]);
+    // One slow download holds the only slot for about 4 s: 40 MB at 10 MB/s, far more than the
+    // socket buffers between server and client can hold.
+    std::fs::write(s.dir.path().join("images/big"), vec![7u8; 40_000_000]).unwrap();
+    let mut slow = Command::new("curl")
+        .args(["-sS", "--fail", "--limit-rate", "10M", "-o", "/dev/null"])
+        .arg(s.url("/images/big"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    assert!(s.get("/ipxe?mac=52-54-00-00-00-01").contains("node01"));
+    let script_wait = started.elapsed();
+    assert_eq!(s.get("/images/debian/initrd.img"), "initrd");
+    let image_wait = started.elapsed();
+    assert!(slow.wait().unwrap().success());
+    assert!(script_wait < Duration::from_secs(1), "script waited {script_wait:?}");
+    assert!(
+        image_wait > Duration::from_millis(1500),
+        "the second download did not wait for the slot: {image_wait:?}"
+    );
+}
