@@ -515,7 +515,10 @@ fn image_downloads_beyond_the_bound_wait_for_a_slot_and_scripts_do_not() {
     assert_eq!(s.get("/images/debian/initrd.img"), "initrd");
     let image_wait = started.elapsed();
     assert!(slow.wait().unwrap().success());
-    assert!(script_wait < Duration::from_secs(1), "script waited {script_wait:?}");
+    assert!(
+        script_wait < Duration::from_secs(1),
+        "script waited {script_wait:?}"
+    );
     assert!(
         image_wait > Duration::from_millis(1500),
         "the second download did not wait for the slot: {image_wait:?}"
