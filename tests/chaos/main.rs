@@ -54,6 +54,7 @@ fn preflight() {
 #[derive(Default)]
 struct Totals {
     faults: BTreeMap<String, u32>,
+    missed: BTreeMap<String, u32>,
     exits: BTreeMap<String, u32>,
     violations: Vec<String>,
     unfinished: Vec<String>,
@@ -140,6 +141,9 @@ fn four_nodes_join_at_once_under_chaos() {
             for (k, n) in outcome.faults {
                 *totals.faults.entry(k).or_default() += n;
             }
+            for (k, n) in outcome.missed {
+                *totals.missed.entry(k).or_default() += n;
+            }
             for (k, n) in outcome.exits {
                 *totals.exits.entry(k).or_default() += n;
             }
@@ -197,6 +201,11 @@ fn report(totals: &Totals, rounds: usize, wall: Duration, dir: &Path, kept: bool
     let total: u32 = totals.faults.values().sum();
     println!("faults injected: {total}");
     for (kind, n) in &totals.faults {
+        println!("  {kind:<36} {n}");
+    }
+    let missed: u32 = totals.missed.values().sum();
+    println!("planned but missed (nothing to hit when due): {missed}");
+    for (kind, n) in &totals.missed {
         println!("  {kind:<36} {n}");
     }
     let runs: u32 = totals.exits.values().sum();

@@ -241,11 +241,8 @@ fn kill_flint(rng: &mut fastrand::Rng) -> Fault {
     if rng.bool() {
         let unit = UnitKind::ALL[rng.usize(..UnitKind::ALL.len())];
         let steps = unit.steps();
-        let after_ms = if rng.u8(..3) == 0 {
-            0
-        } else {
-            rng.u64(1..=120)
-        };
+        // Right at the line half the time, else within 40 ms: most steps are short.
+        let after_ms = if rng.bool() { 0 } else { rng.u64(1..=40) };
         Fault::KillFlint {
             node,
             unit: Some(unit),

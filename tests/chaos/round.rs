@@ -46,6 +46,9 @@ pub struct Outcome {
     pub exits: BTreeMap<String, u32>,
     pub violations: Vec<String>,
     pub unfinished: Vec<String>,
+    /// Planned faults that found nothing to hit (the unit had ended, the line never came, the
+    /// member was down), by kind.
+    pub missed: BTreeMap<String, u32>,
     /// Nodes joined per service.
     pub joined: BTreeMap<&'static str, usize>,
     pub elapsed: Duration,
@@ -555,21 +558,33 @@ impl Round<'_> {
             // Watched by the runs' stderr readers.
             Fault::KillFlint { line: Some(_), .. } => return,
             Fault::KillFlint { node, .. } => {
-                let running: Vec<UnitKind> = UnitKind::ALL
-                    .into_iter()
-                    .filter(|k| matches!(self.units[&(*node, *k)].state, UnitState::Running(_)))
-                    .collect();
-                let pick = (!running.is_empty()).then(|| self.rng.usize(..running.len()));
-                match pick.map(|k| running[k]) {
-                    Some(kind) => {
-                        if let UnitState::Running(run) = &self.units[&(*node, kind)].state {
+                // The planned node's running units; when it has none, any node's.
+                let running_on = |units: &BTreeMap<(usize, UnitKind), Unit>,
+                                  only: Option<usize>| {
+                    units
+                        .iter()
+                        .filter(|((i, _), u)| {
+                            only.is_none_or(|n| n == *i) && matches!(u.state, UnitState::Running(_))
+                        })
+                        .map(|(key, _)| *key)
+                        .collect::<Vec<_>>()
+                };
+                let mut running = running_on(&self.units, Some(*node));
+                if running.is_empty() {
+                    running = running_on(&self.units, None);
+                }
+                let pick = (!running.is_empty()).then(|| running[self.rng.usize(..running.len())]);
+                match pick {
+                    Some((i, kind)) => {
+                        let mut hit = false;
+                        if let UnitState::Running(run) = &self.units[&(i, kind)].state {
                             let mut child = run.child.lock().unwrap_or_else(|e| e.into_inner());
                             if matches!(child.try_wait(), Ok(None)) {
                                 run.killed.store(true, Ordering::SeqCst);
-                                let _ = child.kill();
+                                hit = child.kill().is_ok();
                             }
                         }
-                        Some(format!("SIGKILL node{node:02} {}", kind.name()))
+                        hit.then(|| format!("SIGKILL node{i:02} {}", kind.name()))
                     }
                     None => None,
                 }
@@ -670,7 +685,10 @@ impl Round<'_> {
                 self.count_fault(fault);
                 self.note(&format!("injected: {fault} {detail}"));
             }
-            None => self.note(&format!("skipped (nothing to hit): {fault}")),
+            None => {
+                *self.out.missed.entry(fault.kind()).or_default() += 1;
+                self.note(&format!("skipped (nothing to hit): {fault}"));
+            }
         }
     }
 
@@ -715,6 +733,28 @@ impl Round<'_> {
     fn heal(&mut self) {
         self.healed = true;
         self.armed.store(false, Ordering::SeqCst);
+        // A kill that fired just now is counted; the others missed, as did the events not yet
+        // due (the units all finished first).
+        while let Ok(index) = self.fired_rx.try_recv() {
+            self.line_kills.retain(|k| k.event != index);
+            let fault = self.plan.events[index].fault.clone();
+            self.count_fault(&fault);
+        }
+        let missed: Vec<String> = self
+            .line_kills
+            .iter()
+            .map(|k| self.plan.events[k.event].fault.kind())
+            .chain(
+                self.plan.events[self.next_event..]
+                    .iter()
+                    .filter(|e| !matches!(e.fault, Fault::KillFlint { line: Some(_), .. }))
+                    .map(|e| e.fault.kind()),
+            )
+            .collect();
+        for kind in missed {
+            *self.out.missed.entry(kind).or_default() += 1;
+        }
+        self.line_kills.clear();
         self.endings.clear();
         self.c.net.heal();
         for (_, service, id) in std::mem::take(&mut self.leader_moves) {
@@ -769,9 +809,15 @@ impl Round<'_> {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        // What still runs is killed; the unit is unfinished.
+        // What still runs is killed; the unit is unfinished. A unit that failed (a permanent
+        // exit status, or the start limit) did not join either: every fault here is transient.
         let keys: Vec<(usize, UnitKind)> = self.units.keys().copied().collect();
         for (i, kind) in keys {
+            if let UnitState::Failed(why) = &self.units[&(i, kind)].state {
+                let text = format!("node{i:02} {} failed: {why}", kind.name());
+                self.out.unfinished.push(text);
+                continue;
+            }
             if self.final_state(i, kind) {
                 continue;
             }
