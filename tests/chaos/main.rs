@@ -55,6 +55,7 @@ fn preflight() {
 struct Totals {
     faults: BTreeMap<String, u32>,
     missed: BTreeMap<String, u32>,
+    etcd_exited: u32,
     exits: BTreeMap<String, u32>,
     violations: Vec<String>,
     unfinished: Vec<String>,
@@ -141,6 +142,7 @@ fn four_nodes_join_at_once_under_chaos() {
             for (k, n) in outcome.faults {
                 *totals.faults.entry(k).or_default() += n;
             }
+            totals.etcd_exited += outcome.etcd_exited;
             for (k, n) in outcome.missed {
                 *totals.missed.entry(k).or_default() += n;
             }
@@ -213,6 +215,10 @@ fn report(totals: &Totals, rounds: usize, wall: Duration, dir: &Path, kept: bool
     for (code, n) in &totals.exits {
         println!("  {code:<36} {n}");
     }
+    println!(
+        "etcd members that exited without being killed: {}",
+        totals.etcd_exited
+    );
     println!("invariant violations: {}", totals.violations.len());
     for v in &totals.violations {
         println!("  {v}");

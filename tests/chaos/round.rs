@@ -49,6 +49,8 @@ pub struct Outcome {
     /// Planned faults that found nothing to hit (the unit had ended, the line never came, the
     /// member was down), by kind.
     pub missed: BTreeMap<String, u32>,
+    /// etcd members that exited without being killed (restarted, as Restart=always does).
+    pub etcd_exited: u32,
     /// Nodes joined per service.
     pub joined: BTreeMap<&'static str, usize>,
     pub elapsed: Duration,
@@ -487,6 +489,23 @@ impl Round<'_> {
                 member.start();
                 self.note(&format!("node{i:02} etcd restarted"));
             }
+        }
+        // etcd.service has Restart=always: a member that exited on its own (not killed by a
+        // fault) is started again. It should not happen, so it is counted and logged.
+        let exited: Vec<usize> = self
+            .etcd
+            .iter_mut()
+            .filter_map(|(i, m)| (!m.running()).then_some(*i))
+            .filter(|i| !self.etcd_down.contains_key(i))
+            .collect();
+        for i in exited {
+            let log = self.etcd[&i].log().to_path_buf();
+            self.note(&format!(
+                "node{i:02} etcd exited by itself; restarting it. Its log:\n{}",
+                tail(&log, 10)
+            ));
+            self.out.etcd_exited += 1;
+            self.etcd_down.insert(i, now + RESTART_SEC);
         }
         for i in JOINERS {
             if self.etcd.contains_key(&i) {
