@@ -11,7 +11,7 @@ pub const INITIAL: usize = 3;
 pub const NODES: usize = 7;
 pub const JOINERS: std::ops::RangeInclusive<usize> = 4..=7;
 /// Faults are injected within this long after the joins start; then everything is healed.
-pub const WINDOW: Duration = Duration::from_secs(20);
+pub const WINDOW: Duration = Duration::from_secs(30);
 
 /// A unit of a joining node, as systemd runs them (systemd/*.service).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
