@@ -184,11 +184,9 @@ impl Round<'_> {
         let mut all = delays.clone();
         all.push(0); // the observer
         self.c.net.set_base_delays(&all);
-        for (k, d) in delays.iter().enumerate() {
-            if *d > 0 {
-                *self.out.faults.entry("link delay".into()).or_default() += 1;
-                let _ = k;
-            }
+        let delayed = delays.iter().filter(|d| **d > 0).count() as u32;
+        if delayed > 0 {
+            *self.out.faults.entry("link delay".into()).or_default() += delayed;
         }
 
         let token = format!("flint-chaos-{}", self.plan.seed);
@@ -433,7 +431,8 @@ impl Round<'_> {
                     unit.first_run_ended = true;
                     let starts = unit.starts;
                     let (label, next) = match (status.code(), killed) {
-                        (_, true) => ("killed by chaos".to_string(), Next::Restart),
+                        // A run that exited on its own just before the kill keeps its status.
+                        (None, true) => ("killed by chaos".to_string(), Next::Restart),
                         (Some(0), _) => ("0".to_string(), Next::Done),
                         (Some(code), _) if PERMANENT.contains(&code) => {
                             (code.to_string(), Next::Fail(format!("exit {code}")))
