@@ -21,6 +21,7 @@ setup_main() {
         debootstrap systemd-container  # a Debian root booted with systemd as PID 1 (tests/systemd)
         tftp-hpa                  # a real TFTP client against flint-boot's TFTP server
         dnsmasq-base              # the site's ordinary DHCP server in the PXE boot test (tests/pxe)
+        nftables ethtool          # tests/chaos: loss and partitions (nft), checksum offload off at the delay lines
     )
     local -a missing=()
     local pkg
