@@ -4,6 +4,8 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 60; CI runs 10)
 #   FUZZ_TARGETS="dhcp tftp" scripts/fuzz.sh  (a subset)
+#   FUZZ_RUNS=10000000 scripts/fuzz.sh 3600   (each target stops at 10 million executions, or
+#                                              after an hour if it is slower than that)
 #
 # Needs cargo-fuzz (scripts/setup.sh installs it). The machine has one (stable) toolchain and no
 # other can be fetched, so the sanitizer's -Z flags are let through with RUSTC_BOOTSTRAP=1: the
@@ -18,6 +20,11 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-60}
 if ! [[ $seconds =~ ^[0-9]+$ ]] || ((seconds == 0)); then
     echo "usage: scripts/fuzz.sh [SECONDS]" >&2
+    exit 64
+fi
+runs_limit=${FUZZ_RUNS:--1}
+if ! [[ $runs_limit =~ ^(-1|[0-9]+)$ ]]; then
+    echo "FUZZ_RUNS must be a number of executions, not '$runs_limit'" >&2
     exit 64
 fi
 read -r -a targets <<<"${FUZZ_TARGETS:-config inventory dhcp tftp answers marker}"
@@ -101,9 +108,12 @@ for t in "${targets[@]}"; do
     log=$(mktemp "/tmp/flint-fuzz-$t.XXXXXX")
     echo "==> $t: ${seconds} s"
     rc=0
-    # -rss_limit_mb and -timeout turn a memory blow-up or a hang into a failure with its input.
-    cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$seconds" -timeout=10 \
+    started=$SECONDS
+    # -rss_limit_mb and -timeout turn a memory blow-up or a hang into a failure with its input;
+    # -runs=-1 (libFuzzer's default) means no bound on executions.
+    cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$seconds" -runs="$runs_limit" -timeout=10 \
         -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || rc=$?
+    elapsed=$((SECONDS - started > 0 ? SECONDS - started : 1))
     runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
     crashes=$(find "artifacts/$t" -type f -newer "$log" 2>/dev/null | wc -l)
     corpus=$(find "corpus/$t" -type f | wc -l)
@@ -114,7 +124,7 @@ for t in "${targets[@]}"; do
     else
         rm -f "$log"
     fi
-    rows+=("$(printf '%-10s %14s %10s %8s %8s %s' "$t" "$runs" "$((runs / seconds))" "$corpus" "$crashes" \
+    rows+=("$(printf '%-10s %14s %10s %8s %8s %s' "$t" "$runs" "$((runs / elapsed))" "$corpus" "$crashes" \
         "$( ((rc == 0)) && echo ok || echo FAILED)")")
 done
 
