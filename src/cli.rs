@@ -115,7 +115,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
                 return Ok(ExitStatus::Success);
             }
             let ctx = Context::new(config_path(), state)?;
-            let _lock = ctx.state.lock().await?;
+            let _lock = ctx.state.lock(service.into(), &ctx.deadline).await?;
             if already_done(&ctx.state, service.into())? {
                 return Ok(ExitStatus::Success);
             }
@@ -132,7 +132,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
                 return Ok(ExitStatus::Success);
             }
             let ctx = Context::new(config_path(), state)?;
-            let _lock = ctx.state.lock().await?;
+            let _lock = ctx.state.lock(Service::Iam, &ctx.deadline).await?;
             if !already_done(&ctx.state, Service::Iam)? {
                 iam_setup::run(&ctx).await?;
             }

@@ -1,19 +1,17 @@
-//! The state directory: the lock that serialises runs, run-once markers, and files written
+//! The state directory: the locks that serialise runs, run-once markers, and files written
 //! atomically (temporary file, fsync, rename, fsync of the directory), so a crash at any point
 //! leaves either the old file or the new one, never half of one.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tracing::info;
 
 use crate::config::Service;
 use crate::exit::{Classify, ExitStatus};
-
-const LOCK_FILE: &str = ".lock";
+use crate::retry::{self, Class, Classified, Deadline, Pace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,6 +25,18 @@ pub enum Error {
     /// A marker exists but is not one flint wrote.
     #[error("marker {} is not valid JSON from flint: {detail}; move it away to re-run the join", path.display())]
     BadMarker { path: PathBuf, detail: String },
+    /// Another process holds a service's lock: worth waiting for, until the deadline.
+    #[error("held by {holder}")]
+    LockHeld { holder: String },
+}
+
+impl Classified for Error {
+    fn class(&self) -> Class {
+        match self {
+            Error::LockHeld { .. } => Class::Transient { retry_after: None },
+            Error::Io { .. } | Error::BadMarker { .. } => Class::Permanent,
+        }
+    }
 }
 
 impl Classify for Error {
@@ -37,6 +47,7 @@ impl Classify for Error {
             }
             Error::Io { .. } => ExitStatus::Config,
             Error::BadMarker { .. } => ExitStatus::Config,
+            Error::LockHeld { .. } => ExitStatus::Unavailable,
         }
     }
 }
@@ -113,7 +124,8 @@ pub struct StateDir {
     path: PathBuf,
 }
 
-/// Held while a command changes state; released when dropped (or when the process dies).
+/// Held while a command changes one service's state; released when dropped (or when the process
+/// dies).
 #[derive(Debug)]
 pub struct Lock {
     _file: File,
@@ -153,31 +165,58 @@ impl StateDir {
         Ok(path)
     }
 
-    /// Takes the state lock, waiting for another flint that holds it (two units, or an operator
-    /// running `node-join` during boot).
-    pub async fn lock(&self) -> Result<Lock, Error> {
+    /// Takes `service`'s lock, waiting until `deadline` for another flint that holds it (two
+    /// units of one service, or an operator running `node-join` during boot). Each service has its
+    /// own lock, since what it protects is that service's marker (and `etcd.env`): an etcd join
+    /// waiting for a learner slot must not hold up the node's chainfire join. The holder writes
+    /// its PID into the file, so whoever waits can name it.
+    pub async fn lock(&self, service: Service, deadline: &Deadline) -> anyhow::Result<Lock> {
         std::fs::create_dir_all(&self.path).map_err(|e| io_error("create", &self.path, e))?;
-        let path = self.path.join(LOCK_FILE);
+        let path = self.path.join(lock_file_name(service));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| io_error("open", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => return Ok(Lock { _file: file }),
-            Err(TryLockError::WouldBlock) => {}
-            Err(TryLockError::Error(e)) => return Err(io_error("lock", &path, e)),
-        }
-        info!("waiting for another flint holding {}", path.display());
-        crate::systemd::status("waiting for another flint holding the state lock");
-        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-            .await
-            .expect("the lock task does not panic")
-            .map_err(|e| io_error("lock", &path, e))?;
+        let what = format!("the {} lock {}", service.name(), path.display());
+        retry::until(&what, deadline, Pace::EAGER, || async {
+            match file.try_lock() {
+                Ok(()) => Ok(()),
+                Err(TryLockError::WouldBlock) => Err(Error::LockHeld {
+                    holder: lock_holder(&path),
+                }),
+                Err(TryLockError::Error(e)) => Err(io_error("lock", &path, e)),
+            }
+        })
+        .await?;
+        let mut file = file;
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .map_err(|e| io_error("write", &path, e))?;
         Ok(Lock { _file: file })
     }
+}
+
+/// `.etcd.lock`, `.chainfire.lock`, ...: one per service, beside its marker.
+pub fn lock_file_name(service: Service) -> String {
+    format!(".{}.lock", service.name())
+}
+
+/// "flint (PID 1234)" from what the holder wrote, or "another process" when it wrote nothing
+/// (yet) or the file is not flint's.
+fn lock_holder(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .map_or_else(
+            || "another process".to_owned(),
+            |pid| format!("flint (PID {pid})"),
+        )
 }
 
 fn io_error(action: &'static str, file: &Path, source: std::io::Error) -> Error {

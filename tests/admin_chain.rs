@@ -345,7 +345,7 @@ fn two_runs_on_one_node_join_once() {
         out.assert_code(0, "concurrent joins on one state dir");
     }
     assert!(
-        outs[1].stderr.contains("waiting for another flint"),
+        outs[1].stderr.contains("waiting for the chainfire lock"),
         "the second run says it waits for the lock: {}",
         outs[1].describe()
     );
@@ -356,6 +356,57 @@ fn two_runs_on_one_node_join_once() {
     );
     assert_eq!(server.requests("add"), 1, "added once");
     assert_member_once(&server, &node, &server.raft_addr(3));
+}
+
+/// Holds `file`'s flock as another flint would, with `pid` written in it, until dropped.
+fn hold_lock(file: &std::path::Path, pid: &str) -> std::fs::File {
+    std::fs::create_dir_all(file.parent().expect("a lock file has a folder")).unwrap();
+    std::fs::write(file, pid).unwrap();
+    let held = std::fs::File::options().write(true).open(file).unwrap();
+    held.lock().unwrap();
+    held
+}
+
+#[test]
+fn a_join_does_not_wait_for_another_services_join() {
+    let (lab, server, mut node) = single(0);
+    // An etcd add that cannot reach a voter (here: nothing listens) holds the node's etcd join for
+    // as long as it retries, as one waiting for etcd's learner slot does.
+    node.config["etcd"] = json!({"leader_url": format!("https://{}:9", lab.ip(1)), "peers": []});
+    node.config["timeouts"]["total"] = json!("30s");
+    let mut etcd_join = node.spawn(&["join", "etcd", "--phase", "add"]);
+    etcd_join.wait_for_line("retrying for up to", std::time::Duration::from_secs(15));
+    let out = node.run(JOIN);
+    let etcd_out = etcd_join.kill9();
+    out.assert_code(0, "chainfire join while the node's etcd join retries");
+    assert!(
+        !out.stderr.contains(".lock"),
+        "the chainfire join waited for the etcd join: {}\n===== etcd join =====\n{}",
+        out.describe(),
+        etcd_out.describe()
+    );
+    assert_member_once(&server, &node, &server.raft_addr(3));
+}
+
+#[test]
+fn a_lock_held_past_the_deadline_ends_with_69_naming_it() {
+    let (_lab, server, mut node) = single(0);
+    node.config["timeouts"]["total"] = json!("2s");
+    let lock = node.state_dir.join(".chainfire.lock");
+    let _held = hold_lock(&lock, "4242\n");
+    let out = node.run(JOIN);
+    out.assert_code(
+        69,
+        "chainfire join while another holds its lock past the deadline",
+    );
+    let expected = format!(
+        "gave up waiting for the chainfire lock {}: the deadline (timeouts.total = 2s) passed; \
+         last error: held by flint (PID 4242)",
+        lock.display()
+    );
+    assert!(out.stderr.contains(&expected), "{}", out.describe());
+    assert_eq!(server.requests("add"), 0, "added without the lock");
+    assert!(marker(&node, CHAINFIRE_MARKER).is_none());
 }
 
 #[test]

@@ -105,7 +105,7 @@ fn exit_64_bad_command_line() {
 fn dir_is_empty_or_lock(node: &Node) -> bool {
     common::dir_entries(&node.state_dir)
         .iter()
-        .all(|e| e == ".lock")
+        .all(|e| e.ends_with(".lock"))
 }
 
 #[test]

@@ -65,8 +65,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitStatus> {
         return Ok(ExitStatus::Success);
     }
     if args.force {
-        let _lock = ctx.state.lock().await?;
         for service in services {
+            let _lock = ctx.state.lock(service, &ctx.deadline).await?;
             info!("--force: running the {service} step again, whatever its marker says");
             match service {
                 Service::Etcd => join_etcd::run(ctx, None).await?,
@@ -184,7 +184,7 @@ async fn admin_member(ctx: &Context, service: Service) -> anyhow::Result<Option<
 /// Removes this node's etcd member when it is a learner or never started; a started voter is
 /// refused: removing it costs the cluster a vote, which is `etcdctl member remove`'s decision.
 async fn abandon_etcd(ctx: &Context) -> anyhow::Result<()> {
-    let _lock = ctx.state.lock().await?;
+    let _lock = ctx.state.lock(Service::Etcd, &ctx.deadline).await?;
     let settings = ctx.config.etcd()?;
     let peer_url = bare_url(ctx.config.etcd_peer_url()?);
     let etcd = Etcd::new(ctx.http.clone());
