@@ -79,18 +79,19 @@ pub enum Error {
     },
 }
 
-/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`...).
+/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`...), so a hostile key or value
+/// cannot forge a log line. crates/flint-ipxe has the same for inventories: the node binary
+/// links no boot crate.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn shown(path: &Path) -> String {

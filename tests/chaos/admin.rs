@@ -1,7 +1,7 @@
-//! The chainfire and flaredb clusters: one flint-testserver process each (docs/test-server.md), in
-//! the svc namespace, with node i's listener on `127.77.0.(10+i)` at the service's port, mTLS and
-//! the join token. The control API is on the svc namespace's loopback and is called with curl
-//! from inside it.
+//! The chainfire and flaredb clusters and IAM: one flint-testserver process each
+//! (docs/test-server.md), in the svc namespace, with node i's listener on `127.77.0.(10+i)` at the
+//! service's port, mTLS and the join token (IAM: its bootstrap token). The control API is on the
+//! svc namespace's loopback and is called with curl from inside it.
 use super::common::{Pki, run_bounded, tail, testserver_binary};
 use super::net::{CONTROL_IP, Net, listener_ip, ns_command};
 use serde_json::{Value, json};
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub enum AdminService {
     Chainfire,
     Flaredb,
+    /// Not a Raft cluster: `iam-setup` bootstraps it once, for every node.
+    Iam,
 }
 
 impl AdminService {
@@ -21,6 +23,7 @@ impl AdminService {
         match self {
             AdminService::Chainfire => 2379,
             AdminService::Flaredb => 2479,
+            AdminService::Iam => 8080,
         }
     }
 
@@ -28,6 +31,7 @@ impl AdminService {
         match self {
             AdminService::Chainfire => "chainfire",
             AdminService::Flaredb => "flaredb",
+            AdminService::Iam => "iam",
         }
     }
 
@@ -35,6 +39,7 @@ impl AdminService {
         match self {
             AdminService::Chainfire => ".chainfire-joined",
             AdminService::Flaredb => ".flaredb-joined",
+            AdminService::Iam => ".iam-setup-done",
         }
     }
 
@@ -56,7 +61,7 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Listeners node01..node`nodes`, the first `initial` members, leader node01.
+    /// Listeners node01..node`nodes`; for a cluster, the first `initial` members, leader node01.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         net: &Net,
@@ -71,11 +76,16 @@ impl AdminServer {
         let ready = dir.join(format!("{}.ready.json", service.name()));
         let log = dir.join(format!("{}-server.log", service.name()));
         let mut command = ns_command(net.svc_ns(), testserver_binary());
+        command.env_clear();
+        if service == AdminService::Iam {
+            command.arg("iam");
+        } else {
+            command
+                .arg("cluster")
+                .args(["--initial-members", &initial.to_string()])
+                .args(["--learner-ms", &learner_ms.to_string()]);
+        }
         command
-            .env_clear()
-            .arg("cluster")
-            .args(["--initial-members", &initial.to_string()])
-            .args(["--learner-ms", &learner_ms.to_string()])
             .arg("--token-file")
             .arg(token_file)
             .arg("--cert")
@@ -173,10 +183,22 @@ impl AdminServer {
         }
     }
 
-    pub fn arm(&self, fault: &Value) -> Result<(), String> {
+    /// Arms `fault`; returns its `seq`, the highest of the armed faults the server lists.
+    pub fn arm(&self, fault: &Value) -> Result<u64, String> {
         match self.call("POST", "/faults", Some(fault))? {
-            (201, _) => Ok(()),
+            (201, body) => seqs(&body)
+                .into_iter()
+                .max()
+                .ok_or_else(|| format!("arming {fault}: no seq in {body}")),
             (code, body) => Err(format!("arming {fault}: {code} {body}")),
+        }
+    }
+
+    /// The `seq` of every fault still armed (one whose `times` ran out is gone).
+    pub fn armed_seqs(&self) -> Result<Vec<u64>, String> {
+        match self.call("GET", "/faults", None)? {
+            (200, body) => Ok(seqs(&body)),
+            (code, body) => Err(format!("GET /faults: {code} {body}")),
         }
     }
 
@@ -193,6 +215,13 @@ impl AdminServer {
             (code, body) => Err(format!("POST /leader {id}: {code} {body}")),
         }
     }
+}
+
+fn seqs(faults: &Value) -> Vec<u64> {
+    faults["faults"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|f| f["seq"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 impl Drop for AdminServer {

@@ -60,6 +60,8 @@ struct Totals {
     exits: BTreeMap<String, u32>,
     violations: Vec<String>,
     unfinished: Vec<String>,
+    refused: Vec<String>,
+    short_deadlines: usize,
     joined: BTreeMap<&'static str, usize>,
     seeds: Vec<(u64, Duration, usize)>,
 }
@@ -96,12 +98,17 @@ fn four_nodes_join_at_once_under_chaos() {
         let pki = Pki::generate(&dir.join("pki"), &ips);
         let token_file = dir.join("join-token");
         write_private(&token_file, &format!("join-{}", random_hex(32)));
+        let iam_token_file = dir.join("iam-token");
+        write_private(&iam_token_file, &format!("iam-{}", random_hex(32)));
+        let admin_key = rcgen::KeyPair::generate().expect("generate the IAM admin's key pair");
         let etcdctl = etcd::Etcdctl::new(&net, &pki);
         let mut campaign = round::Campaign {
             net,
             pki,
             dir: dir.clone(),
             token_file,
+            iam_token_file,
+            admin_public_key: admin_key.public_key_pem(),
             etcdctl,
             flint: env!("CARGO_BIN_EXE_flint").into(),
         };
@@ -135,6 +142,10 @@ fn four_nodes_join_at_once_under_chaos() {
             for u in &outcome.unfinished {
                 println!("  unfinished (seed {seed}): {u}");
             }
+            for u in &outcome.refused {
+                println!("  refused as planned: {u}");
+            }
+            totals.short_deadlines += usize::from(plan.short_deadline.is_some());
             if outcome.violations.is_empty() && outcome.unfinished.is_empty() && !keep {
                 let _ = std::fs::remove_dir_all(&outcome.dir);
             } else {
@@ -162,6 +173,12 @@ fn four_nodes_join_at_once_under_chaos() {
             totals.unfinished.extend(
                 outcome
                     .unfinished
+                    .into_iter()
+                    .map(|u| format!("seed {seed}: {u}")),
+            );
+            totals.refused.extend(
+                outcome
+                    .refused
                     .into_iter()
                     .map(|u| format!("seed {seed}: {u}")),
             );
@@ -200,6 +217,17 @@ fn report(totals: &Totals, rounds: usize, wall: Duration, dir: &Path, kept: bool
         .map(|(s, n)| format!("{s} {n}/{}", rounds * 4))
         .collect();
     println!("joined: {}", joins.join(", "));
+    println!(
+        "units refused for good as planned (not joined, no marker): {}",
+        totals.refused.len()
+    );
+    for u in &totals.refused {
+        println!("  {u}");
+    }
+    println!(
+        "rounds with a node whose timeouts.total is shorter than its cut: {}",
+        totals.short_deadlines
+    );
     let total: u32 = totals.faults.values().sum();
     println!("faults injected: {total}");
     for (kind, n) in &totals.faults {

@@ -24,14 +24,17 @@ pub enum UnitKind {
     Chainfire,
     /// flaredb-cluster-join.service, after chainfire's.
     Flaredb,
+    /// iam-initial-setup.service, after flaredb's.
+    Iam,
 }
 
 impl UnitKind {
-    pub const ALL: [UnitKind; 4] = [
+    pub const ALL: [UnitKind; 5] = [
         UnitKind::EtcdAdd,
         UnitKind::EtcdPromote,
         UnitKind::Chainfire,
         UnitKind::Flaredb,
+        UnitKind::Iam,
     ];
 
     pub fn args(self) -> &'static [&'static str] {
@@ -40,6 +43,7 @@ impl UnitKind {
             UnitKind::EtcdPromote => &["join", "etcd", "--phase", "promote"],
             UnitKind::Chainfire => &["join", "chainfire"],
             UnitKind::Flaredb => &["join", "flaredb"],
+            UnitKind::Iam => &["iam-setup"],
         }
     }
 
@@ -49,6 +53,7 @@ impl UnitKind {
             UnitKind::EtcdPromote => "etcd-promote",
             UnitKind::Chainfire => "chainfire",
             UnitKind::Flaredb => "flaredb",
+            UnitKind::Iam => "iam",
         }
     }
 
@@ -58,6 +63,7 @@ impl UnitKind {
             UnitKind::EtcdAdd | UnitKind::EtcdPromote => ".etcd-joined",
             UnitKind::Chainfire => ".chainfire-joined",
             UnitKind::Flaredb => ".flaredb-joined",
+            UnitKind::Iam => ".iam-setup-done",
         }
     }
 
@@ -83,6 +89,13 @@ impl UnitKind {
                 " added node",
                 "already lists",
                 "waiting for",
+            ],
+            UnitKind::Iam => &[
+                "waiting for IAM",
+                "setting up IAM organization",
+                "IAM set up",
+                "already set up by another node",
+                "marker ",
             ],
         }
     }
@@ -130,6 +143,15 @@ pub enum Fault {
         kind: &'static str,
         fault: Value,
     },
+    /// An answer to one add that flint must take as final (docs/fault-matrix.md): the run it
+    /// reaches ends with `exit` at once and its unit is not restarted
+    /// (`RestartPreventExitStatus=`), so that node does not join that service.
+    ServerRefuses {
+        service: AdminService,
+        kind: &'static str,
+        fault: Value,
+        exit: i32,
+    },
 }
 
 impl Fault {
@@ -146,7 +168,19 @@ impl Fault {
             Fault::Loss { .. } => "loss".into(),
             Fault::DelaySpike { .. } => "delay spike".into(),
             Fault::AdminLeaderDown { .. } => "admin leader killed".into(),
+            Fault::ServerMisbehaves {
+                service: AdminService::Iam,
+                kind,
+                ..
+            } => format!("iam {kind}"),
             Fault::ServerMisbehaves { kind, .. } => format!("admin {kind}"),
+            Fault::ServerRefuses {
+                service: AdminService::Iam,
+                kind,
+                exit,
+                ..
+            } => format!("iam refusal: {kind} ({exit})"),
+            Fault::ServerRefuses { kind, exit, .. } => format!("admin refusal: {kind} ({exit})"),
         }
     }
 }
@@ -204,6 +238,16 @@ impl fmt::Display for Fault {
             Fault::ServerMisbehaves { service, fault, .. } => {
                 write!(f, "{} fault {fault}", service.name())
             }
+            Fault::ServerRefuses {
+                service,
+                fault,
+                exit,
+                ..
+            } => write!(
+                f,
+                "{} refuses once: {fault}; that run must exit {exit}",
+                service.name()
+            ),
         }
     }
 }
@@ -214,6 +258,14 @@ pub struct Event {
     pub fault: Fault,
 }
 
+/// One node whose `timeouts.total` is short, cut off for longer than that early on: its runs
+/// reach their deadline (exit 69) and are restarted, and it joins once the cut heals.
+#[derive(Clone, Copy, Debug)]
+pub struct ShortDeadline {
+    pub node: usize,
+    pub total: Duration,
+}
+
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub seed: u64,
@@ -222,6 +274,7 @@ pub struct Plan {
     /// Link delay (ms, each way) of endpoint k: 0 the admin servers, 1..=7 the nodes.
     pub delays: Vec<u64>,
     pub events: Vec<Event>,
+    pub short_deadline: Option<ShortDeadline>,
 }
 
 fn ms(rng: &mut fastrand::Rng, range: std::ops::RangeInclusive<u64>) -> Duration {
@@ -366,6 +419,78 @@ fn admin_fault(rng: &mut fastrand::Rng) -> Fault {
     }
 }
 
+/// A permanent refusal of one add: what the server answers and the status flint must exit with.
+fn refusal(rng: &mut fastrand::Rng) -> Fault {
+    let (kind, fault, exit) = match rng.u8(..5) {
+        0 => ("401", json!({"kind": "token-required"}), 77),
+        1 => ("403", json!({"kind": "status", "code": 403}), 77),
+        2 => ("malformed", json!({"kind": "malformed-json"}), 65),
+        3 => ("html", json!({"kind": "wrong-content-type"}), 65),
+        _ => ("conflict", json!({"kind": "conflict-other"}), 65),
+    };
+    let service = [
+        AdminService::Chainfire,
+        AdminService::Flaredb,
+        AdminService::Iam,
+    ][rng.usize(..3)];
+    let mut fault = fault;
+    fault["route"] = json!(if service == AdminService::Iam {
+        "bootstrap"
+    } else {
+        "add"
+    });
+    fault["times"] = json!(1);
+    Fault::ServerRefuses {
+        service,
+        kind,
+        fault,
+        exit,
+    }
+}
+
+/// A transient fault of IAM: its health or the bootstrap fails, is slow, or its answer is lost
+/// after the setup was done.
+fn iam_fault(rng: &mut fastrand::Rng) -> Fault {
+    let (kind, fault) = match rng.u8(..5) {
+        0 => {
+            let route = if rng.bool() {
+                "iam-health"
+            } else {
+                "bootstrap"
+            };
+            let code = [500, 502, 503][rng.usize(..3)];
+            (
+                "5xx",
+                json!({"route": route, "kind": "status", "code": code, "times": rng.u8(1..=3)}),
+            )
+        }
+        1 => (
+            "slow",
+            json!({"route": "bootstrap", "kind": "delay", "ms": rng.u64(300..=3000), "times": 1}),
+        ),
+        2 => {
+            let after_bytes = [0, 12, 30][rng.usize(..3)];
+            (
+                "drop",
+                json!({"route": "bootstrap", "kind": "drop", "after_bytes": after_bytes, "apply": rng.bool(), "times": 1}),
+            )
+        }
+        3 => (
+            "429",
+            json!({"route": "bootstrap", "kind": "too-many", "seconds": rng.u8(1..=2), "times": 1}),
+        ),
+        _ => (
+            "truncated",
+            json!({"route": "bootstrap", "kind": "truncated-json", "apply": rng.bool(), "times": 1}),
+        ),
+    };
+    Fault::ServerMisbehaves {
+        service: AdminService::Iam,
+        kind,
+        fault,
+    }
+}
+
 impl Plan {
     pub fn from_seed(seed: u64) -> Plan {
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -406,12 +531,44 @@ impl Plan {
                 Event { at, fault }
             })
             .collect();
+        // Drawn after the rest, so the faults above stay what they were for a seed. Half the
+        // rounds have an IAM fault; a third refuse one add or bootstrap for good; a third give
+        // one node a short deadline.
+        if rng.bool() {
+            let at = ms(&mut rng, 0..=window_ms - 2000);
+            events.push(Event {
+                at,
+                fault: iam_fault(&mut rng),
+            });
+        }
+        if rng.u8(..3) == 0 {
+            // Early, while the first runs are at work.
+            let at = ms(&mut rng, 0..=5000);
+            events.push(Event {
+                at,
+                fault: refusal(&mut rng),
+            });
+        }
+        let mut short_deadline = None;
+        if rng.u8(..3) == 0 {
+            let node = rng.usize(JOINERS);
+            let total = ms(&mut rng, 15_000..=20_000);
+            events.push(Event {
+                at: ms(&mut rng, 0..=2000),
+                fault: Fault::Isolate {
+                    endpoint: node,
+                    dur: total + ms(&mut rng, 2000..=5000),
+                },
+            });
+            short_deadline = Some(ShortDeadline { node, total });
+        }
         events.sort_by_key(|e| e.at);
         Plan {
             seed,
             learner_ms,
             delays,
             events,
+            short_deadline,
         }
     }
 }
@@ -435,6 +592,13 @@ impl fmt::Display for Plan {
             },
             self.learner_ms
         )?;
+        if let Some(short) = self.short_deadline {
+            writeln!(
+                f,
+                "  node{:02} timeouts.total = {:?}",
+                short.node, short.total
+            )?;
+        }
         for event in &self.events {
             writeln!(f, "  t={:>5.1}s {}", event.at.as_secs_f64(), event.fault)?;
         }

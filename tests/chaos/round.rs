@@ -1,6 +1,6 @@
-//! One round: a fresh 3-member etcd cluster and fresh chainfire/flaredb test servers, four nodes
-//! running their first-boot units at once under the plan's faults, everything healed, the units
-//! left to finish as systemd would (restarts included), then the invariants.
+//! One round: a fresh 3-member etcd cluster and fresh chainfire/flaredb/IAM test servers, four
+//! nodes running their first-boot units at once under the plan's faults, everything healed, the
+//! units left to finish as systemd would (restarts included), then the invariants.
 use super::admin::{AdminServer, AdminService};
 use super::common::{Pki, tail, write_private};
 use super::etcd::{EtcdMember, Etcdctl, Member, client_url, describe, node_name, peer_url};
@@ -26,6 +26,9 @@ const START_LIMIT: u32 = 6;
 const SETTLE: Duration = Duration::from_secs(120);
 /// flint's `timeouts.total` in every node's config.
 const FLINT_TOTAL: &str = "60s";
+/// The organization and first admin every node's IAM setup asks for.
+const IAM_ORG: &str = "chaos";
+const IAM_ADMIN: &str = "root";
 /// The exit statuses flint documents (src/exit.rs, docs/join-protocol.md).
 pub const DOCUMENTED: [i32; 7] = [0, 1, 64, 65, 69, 77, 78];
 const PERMANENT: [i32; 4] = [64, 65, 77, 78];
@@ -36,6 +39,10 @@ pub struct Campaign {
     pub pki: Pki,
     pub dir: PathBuf,
     pub token_file: PathBuf,
+    /// IAM's bootstrap token.
+    pub iam_token_file: PathBuf,
+    /// The first IAM admin's public key (PEM), as every node configures it.
+    pub admin_public_key: String,
     pub etcdctl: Etcdctl,
     pub flint: PathBuf,
 }
@@ -46,6 +53,8 @@ pub struct Outcome {
     pub exits: BTreeMap<String, u32>,
     pub violations: Vec<String>,
     pub unfinished: Vec<String>,
+    /// Units that ended for good with the status a planned refusal called for.
+    pub refused: Vec<String>,
     /// Planned faults that found nothing to hit (the unit had ended, the line never came, the
     /// member was down), by kind.
     pub missed: BTreeMap<String, u32>,
@@ -77,6 +86,8 @@ struct Unit {
     starts: u32,
     /// The first run has ended (flaredb's join is ordered after chainfire's, not bound to it).
     first_run_ended: bool,
+    /// Runs the chaos killed.
+    killed: u32,
 }
 
 /// A step-triggered kill waiting for its line.
@@ -86,6 +97,13 @@ struct LineKill {
     unit: UnitKind,
     line: &'static str,
     after_ms: u64,
+}
+
+struct Refusal {
+    service: AdminService,
+    exit: i32,
+    seq: u64,
+    met: bool,
 }
 
 /// A fault whose end is scheduled.
@@ -110,6 +128,9 @@ struct Round<'a> {
     /// Leadership moves of the "admin leader killed" faults.
     leader_moves: Vec<(Instant, AdminService, String)>,
     line_kills: Vec<LineKill>,
+    /// Refusals armed on a server: which, by its `seq` there, and whether a request met it
+    /// (known at the heal).
+    refusals: Vec<Refusal>,
     fired_tx: Sender<usize>,
     fired_rx: Receiver<usize>,
     armed: Arc<AtomicBool>,
@@ -141,6 +162,7 @@ pub fn run(c: &mut Campaign, plan: &Plan, index: usize) -> Outcome {
         endings: Vec::new(),
         leader_moves: Vec::new(),
         line_kills: Vec::new(),
+        refusals: Vec::new(),
         fired_tx,
         fired_rx,
         armed: Arc::new(AtomicBool::new(true)),
@@ -196,7 +218,16 @@ impl Round<'_> {
             member.start();
             self.etcd.insert(i, member);
         }
-        for service in [AdminService::Chainfire, AdminService::Flaredb] {
+        for service in [
+            AdminService::Chainfire,
+            AdminService::Flaredb,
+            AdminService::Iam,
+        ] {
+            let token_file = if service == AdminService::Iam {
+                &self.c.iam_token_file
+            } else {
+                &self.c.token_file
+            };
             let server = AdminServer::start(
                 &self.c.net,
                 &self.c.pki,
@@ -205,7 +236,7 @@ impl Round<'_> {
                 NODES,
                 INITIAL,
                 self.plan.learner_ms,
-                &self.c.token_file,
+                token_file,
             );
             self.admin.insert(service, server);
         }
@@ -238,6 +269,7 @@ impl Round<'_> {
                         state: UnitState::Waiting,
                         starts: 0,
                         first_run_ended: false,
+                        killed: 0,
                     },
                 );
             }
@@ -282,7 +314,14 @@ impl Round<'_> {
         write_private(&dir.join("client-key.pem"), &key);
         let token = fs::read_to_string(&self.c.token_file).expect("read token");
         write_private(&dir.join("join-token"), &token);
+        let iam_token = fs::read_to_string(&self.c.iam_token_file).expect("read IAM token");
+        write_private(&dir.join("iam-token"), &iam_token);
+        fs::write(dir.join("admin.pub.pem"), &self.c.admin_public_key).expect("write admin key");
         let ip = node_ip(i);
+        let total = match self.plan.short_deadline {
+            Some(short) if short.node == i => format!("{}ms", short.total.as_millis()),
+            _ => FLINT_TOTAL.to_string(),
+        };
         let admin = |s: AdminService| {
             json!({
                 "leader_url": s.url(1),
@@ -298,10 +337,16 @@ impl Round<'_> {
             "raft_addr": format!("{ip}:2380"),
             "tls": {"ca": "ca.pem", "cert": "client.pem", "key": "client-key.pem"},
             "join_token_file": "join-token",
-            "timeouts": {"total": FLINT_TOTAL, "request": "5s", "connect": "2s"},
+            "timeouts": {"total": total, "request": "5s", "connect": "2s"},
             "etcd": {"peer_url": peer_url(i), "local_url": client_url(i)},
             "chainfire": admin(AdminService::Chainfire),
             "flaredb": admin(AdminService::Flaredb),
+            "iam": {
+                "url": AdminService::Iam.url(i),
+                "org": IAM_ORG,
+                "admin": {"name": IAM_ADMIN, "public_key_file": "admin.pub.pem"},
+                "bootstrap_token_file": "iam-token",
+            },
         });
         fs::write(
             dir.join("cluster-config.json"),
@@ -399,6 +444,7 @@ impl Round<'_> {
         match kind {
             UnitKind::EtcdAdd | UnitKind::Chainfire => true,
             UnitKind::Flaredb => self.units[&(i, UnitKind::Chainfire)].first_run_ended,
+            UnitKind::Iam => self.units[&(i, UnitKind::Flaredb)].first_run_ended,
             // Requires=etcd.service, After=etcd.service.
             UnitKind::EtcdPromote => self.etcd.get_mut(&i).is_some_and(|m| m.starts > 0),
         }
@@ -432,7 +478,10 @@ impl Round<'_> {
                     let starts = unit.starts;
                     let (label, next) = match (status.code(), killed) {
                         // A run that exited on its own just before the kill keeps its status.
-                        (None, true) => ("killed by chaos".to_string(), Next::Restart),
+                        (None, true) => {
+                            unit.killed += 1;
+                            ("killed by chaos".to_string(), Next::Restart)
+                        }
                         (Some(0), _) => ("0".to_string(), Next::Done),
                         (Some(code), _) if PERMANENT.contains(&code) => {
                             (code.to_string(), Next::Fail(format!("exit {code}")))
@@ -688,7 +737,7 @@ impl Round<'_> {
             }
             Fault::ServerMisbehaves { service, fault, .. } => {
                 match self.admin[service].arm(fault) {
-                    Ok(()) => Some(String::new()),
+                    Ok(_) => Some(String::new()),
                     Err(e) => {
                         self.out
                             .violations
@@ -697,6 +746,28 @@ impl Round<'_> {
                     }
                 }
             }
+            Fault::ServerRefuses {
+                service,
+                fault,
+                exit,
+                ..
+            } => match self.admin[service].arm(fault) {
+                Ok(seq) => {
+                    self.refusals.push(Refusal {
+                        service: *service,
+                        exit: *exit,
+                        seq,
+                        met: false,
+                    });
+                    Some(format!("(seq {seq})"))
+                }
+                Err(e) => {
+                    self.out
+                        .violations
+                        .push(format!("the test server refused a fault: {e}"));
+                    None
+                }
+            },
         };
         match done {
             Some(detail) => {
@@ -778,6 +849,17 @@ impl Round<'_> {
         for (_, service, id) in std::mem::take(&mut self.leader_moves) {
             let _ = self.admin[&service].set_leader(&id);
         }
+        // A refusal catches one request and is then removed: one still armed met nothing.
+        for refusal in &mut self.refusals {
+            match self.admin[&refusal.service].armed_seqs() {
+                Ok(seqs) => refusal.met = !seqs.contains(&refusal.seq),
+                Err(e) => self.out.violations.push(format!("listing faults: {e}")),
+            }
+        }
+        let unmet = self.refusals.iter().filter(|r| !r.met).count() as u32;
+        if unmet > 0 {
+            *self.out.missed.entry("admin refusal".into()).or_default() += unmet;
+        }
         for server in self.admin.values() {
             if let Err(e) = server.clear_faults() {
                 self.out.violations.push(format!("clearing faults: {e}"));
@@ -828,12 +910,22 @@ impl Round<'_> {
             std::thread::sleep(Duration::from_millis(25));
         }
         // What still runs is killed; the unit is unfinished. A unit that failed (a permanent
-        // exit status, or the start limit) did not join either: every fault here is transient.
+        // exit status, or the start limit) did not join either, unless a refusal that met a
+        // request called for exactly that status; every other fault here is transient.
         let keys: Vec<(usize, UnitKind)> = self.units.keys().copied().collect();
         for (i, kind) in keys {
             if let UnitState::Failed(why) = &self.units[&(i, kind)].state {
                 let text = format!("node{i:02} {} failed: {why}", kind.name());
-                self.out.unfinished.push(text);
+                let planned = self.refusals.iter().position(|r| {
+                    r.met && unit_of(r.service) == kind && *why == format!("exit {}", r.exit)
+                });
+                match planned {
+                    Some(index) => {
+                        self.refusals.remove(index);
+                        self.out.refused.push(text);
+                    }
+                    None => self.out.unfinished.push(text),
+                }
                 continue;
             }
             if self.final_state(i, kind) {
@@ -857,6 +949,29 @@ impl Round<'_> {
                 kind.name()
             ));
         }
+        // A refusal that met a request with no unit ending on its status: the run that got it
+        // went on as if the answer were transient, unless the chaos killed that run first.
+        for refusal in std::mem::take(&mut self.refusals) {
+            if !refusal.met {
+                continue;
+            }
+            let kind = unit_of(refusal.service);
+            let killed: u32 = JOINERS.map(|i| self.units[&(i, kind)].killed).sum();
+            let text = format!(
+                "{} refused an add (seq {}) but no {} unit ended with {}",
+                refusal.service.name(),
+                refusal.seq,
+                kind.name(),
+                refusal.exit
+            );
+            if killed > 0 {
+                self.note(&format!(
+                    "{text}; {killed} of its runs were killed by the chaos, one may have had it"
+                ));
+            } else {
+                self.violation(text);
+            }
+        }
     }
 
     // ---------------------------------------------------------------- invariants
@@ -875,6 +990,53 @@ impl Round<'_> {
         for service in [AdminService::Chainfire, AdminService::Flaredb] {
             self.check_admin(service);
         }
+        self.check_iam();
+    }
+
+    /// IAM is set up at most once, with what the nodes asked for, and a node has its marker
+    /// only when it is set up; a unit that ended well left its marker.
+    fn check_iam(&mut self) {
+        let state = match self.admin[&AdminService::Iam].state() {
+            Ok(state) => state["iam"].clone(),
+            Err(e) => {
+                self.violation(format!("iam: no state: {e}"));
+                return;
+            }
+        };
+        let set_up = state["bootstrapped"] == true;
+        let key = state["public_key"].as_str().unwrap_or_default().trim();
+        if set_up
+            && (state["org"] != IAM_ORG
+                || state["admin"]["name"] != IAM_ADMIN
+                || key != self.c.admin_public_key.trim())
+        {
+            self.violation(format!(
+                "IAM was set up with something no node asked for: {state}"
+            ));
+        }
+        let mut done = 0;
+        for i in JOINERS {
+            let name = node_name(i);
+            let marker = read_marker(&self.state_dir(i).join(UnitKind::Iam.marker()));
+            match &marker {
+                Some(marker) if !set_up => self.violation(format!(
+                    "{name} has an IAM marker ({marker}) but IAM is not set up: {state}"
+                )),
+                Some(marker) if marker["org"] != IAM_ORG || marker["node_id"] != name.as_str() => {
+                    self.violation(format!(
+                        "{name}'s IAM marker names another org or node: {marker}"
+                    ))
+                }
+                Some(_) => done += 1,
+                None if matches!(self.units[&(i, UnitKind::Iam)].state, UnitState::Done) => self
+                    .violation(format!(
+                        "{name}'s iam-setup ended well but left no marker ({})",
+                        self.unit_states(i)
+                    )),
+                None => {}
+            }
+        }
+        self.out.joined.insert("iam", done);
     }
 
     fn check_etcd(&mut self) {
@@ -1001,10 +1163,7 @@ impl Round<'_> {
                 service.name()
             ));
         }
-        let kind = match service {
-            AdminService::Chainfire => UnitKind::Chainfire,
-            AdminService::Flaredb => UnitKind::Flaredb,
-        };
+        let kind = unit_of(service);
         let mut joined = 0;
         for i in JOINERS {
             let name = node_name(i);
@@ -1088,6 +1247,15 @@ impl Round<'_> {
         self.etcd.clear();
         self.admin.clear();
         self.c.net.heal();
+    }
+}
+
+/// The unit that joins `service`.
+fn unit_of(service: AdminService) -> UnitKind {
+    match service {
+        AdminService::Chainfire => UnitKind::Chainfire,
+        AdminService::Flaredb => UnitKind::Flaredb,
+        AdminService::Iam => UnitKind::Iam,
     }
 }
 

@@ -12,4 +12,4 @@ pub use inventory::{
     Arch, Images, Inventory, InventoryError, InventoryErrors, Mac, Node, Profile, Selection,
     UnknownPolicy, Uuid,
 };
-pub use render::{COMMANDS, UrlError, render_boot_ipxe, render_refuse};
+pub use render::{COMMANDS, UrlError, check_script, render_boot_ipxe, render_refuse};

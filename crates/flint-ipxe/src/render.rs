@@ -12,6 +12,57 @@ pub const COMMANDS: &[&str] = &[
     "#!ipxe", "kernel", "initrd", "boot", "echo", "exit", "menu", "item", "choose", "goto", "chain",
 ];
 
+/// The lines a renderer writes from constant text alone, using iPXE expansion on purpose.
+const MENU_TITLE: &str = "menu flint: choose a profile for ${netX/mac}";
+const MENU_CHOOSE: &str = "choose target || exit 1";
+const MENU_GOTO: &str = "goto ${target}";
+const REFUSED: &str = "echo flint: machine ${netX/mac} is not in the inventory, refused";
+const TRUSTED_LINES: &[&str] = &[MENU_TITLE, MENU_CHOOSE, MENU_GOTO, REFUSED];
+
+/// Checks the injection property of a script rendered from an inventory (a node's, the menu,
+/// the refusal): the first line is `#!ipxe`; every other line is one of flint's constant lines,
+/// or starts with a command of [`COMMANDS`] or is a `:label`, and is then printable ASCII with
+/// no `$` expansion, no empty word, no `||`/`&&`/`;` separator, no `#` comment and no `-` option.
+/// So no inventory value, however hostile, can add a command or change one. The tests and the
+/// fuzzer hold every rendered script to it; `Err` says which line breaks which rule.
+pub fn check_script(script: &str) -> Result<(), String> {
+    let Some(body) = script.strip_prefix("#!ipxe\n") else {
+        return Err(format!("does not start with #!ipxe: {script:?}"));
+    };
+    if !script.ends_with('\n') || script.contains('\r') {
+        return Err(format!("not a sequence of \\n-ended lines: {script:?}"));
+    }
+    for line in body.lines() {
+        if TRUSTED_LINES.contains(&line) {
+            continue;
+        }
+        let broken = |rule: &str| Err(format!("line {line:?}: {rule}"));
+        if line.is_empty() || !line.is_ascii() || line.bytes().any(|b| b.is_ascii_control()) {
+            return broken("empty, not ASCII or with a control character");
+        }
+        if line.contains('$') {
+            return broken("an expansion");
+        }
+        let mut words = line.split(' ');
+        let first = words.next().unwrap_or_default();
+        if !COMMANDS.contains(&first) && !(first.starts_with(':') && first.len() > 1) {
+            return broken("starts with neither a known command nor a label");
+        }
+        for word in words {
+            if word.is_empty() {
+                return broken("an empty word");
+            }
+            if ["||", "&&", ";"].contains(&word) {
+                return broken("a command separator");
+            }
+            if word.starts_with('#') || word.starts_with('-') {
+                return broken("a comment or an option");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The boot server URL given to [`render_boot_ipxe`] is not safe to put in a script.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("boot server URL {url:?}: expected {expected}")]
@@ -47,6 +98,10 @@ impl Script {
 
     /// A line made only of constant text we wrote, which may use iPXE expansion on purpose.
     fn trusted(&mut self, line: &'static str) {
+        debug_assert!(
+            TRUSTED_LINES.contains(&line),
+            "{line:?} is not in TRUSTED_LINES"
+        );
         self.0.push_str(line);
         self.0.push('\n');
     }
@@ -171,12 +226,12 @@ impl Inventory {
     /// after its profile (names are validated as safe labels).
     pub fn render_menu(&self, arch: Option<Arch>) -> String {
         let mut s = Script::new();
-        s.trusted("menu flint: choose a profile for ${netX/mac}");
+        s.trusted(MENU_TITLE);
         for name in self.profiles().keys() {
             s.line("item", &[name, name]);
         }
-        s.trusted("choose target || exit 1");
-        s.trusted("goto ${target}");
+        s.trusted(MENU_CHOOSE);
+        s.trusted(MENU_GOTO);
         for p in self.profiles().values() {
             s.label(&p.name);
             self.boot_lines(&mut s, p, p.images_for(arch));
@@ -189,7 +244,7 @@ impl Inventory {
 /// so the firmware moves on. Never chains anywhere, so it cannot loop.
 pub fn render_refuse() -> String {
     let mut s = Script::new();
-    s.trusted("echo flint: machine ${netX/mac} is not in the inventory, refused");
+    s.trusted(REFUSED);
     s.line("exit", &["1"]);
     s.finish()
 }

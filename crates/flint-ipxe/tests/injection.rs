@@ -4,7 +4,7 @@
 //! rendered from the inventory has the same command skeleton (first word of each line) as the
 //! script rendered from the untouched inventory, and no line carries data-driven iPXE syntax.
 
-use flint_ipxe::{Arch, COMMANDS, Inventory, Mac, Uuid, render_refuse};
+use flint_ipxe::{Arch, Inventory, Mac, Uuid, check_script, render_refuse};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -166,45 +166,6 @@ fn skeleton(script: &str) -> Vec<String> {
         .collect()
 }
 
-/// Lines we write ourselves that use iPXE syntax on purpose.
-const TRUSTED: &[&str] = &[
-    "menu flint: choose a profile for ${netX/mac}",
-    "choose target || exit 1",
-    "goto ${target}",
-    "echo flint: machine ${netX/mac} is not in the inventory, refused",
-];
-
-fn check_lines(script: &str) -> Result<(), TestCaseError> {
-    prop_assert!(script.ends_with('\n'));
-    prop_assert!(!script.contains('\r'));
-    for (i, line) in script.lines().enumerate() {
-        prop_assert!(!line.is_empty(), "empty line in {script:?}");
-        if i == 0 {
-            prop_assert_eq!(line, "#!ipxe");
-            continue;
-        }
-        if TRUSTED.contains(&line) {
-            continue;
-        }
-        prop_assert!(line.is_ascii(), "non-ASCII line {line:?}");
-        prop_assert!(!line.bytes().any(|b| b.is_ascii_control()), "{line:?}");
-        prop_assert!(!line.contains('$'), "expansion in {line:?}");
-        let mut words = line.split(' ');
-        let first = words.next().unwrap();
-        prop_assert!(
-            COMMANDS.contains(&first) || (first.starts_with(':') && first.len() > 1),
-            "line starts with {first:?}"
-        );
-        for w in words {
-            prop_assert!(!w.is_empty(), "double space in {line:?}");
-            prop_assert!(!["||", "&&", ";"].contains(&w), "separator in {line:?}");
-            prop_assert!(!w.starts_with('#'), "comment in {line:?}");
-            prop_assert!(!w.starts_with('-'), "option in {line:?}");
-        }
-    }
-    Ok(())
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -217,7 +178,7 @@ proptest! {
             let want = scripts(&reference);
             prop_assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {
-                check_lines(g)?;
+                prop_assert_eq!(check_script(g), Ok(()));
                 prop_assert_eq!(skeleton(g), skeleton(w), "script {}", g);
             }
         }
@@ -238,6 +199,43 @@ proptest! {
 fn base_renders_cleanly() {
     let inv = Inventory::from_json("base.json", &base().to_string()).unwrap();
     for s in scripts(&inv) {
-        check_lines(&s).unwrap();
+        check_script(&s).unwrap();
     }
+}
+
+/// The property's checker itself: each way a value could break out of its place is caught.
+#[test]
+fn the_checker_catches_every_breakout() {
+    let broken = [
+        ("kernel debian/vmlinuz\n", "no #!ipxe first"),
+        (
+            "#!ipxe\nkernel debian/vmlinuz",
+            "a last line without its \\n",
+        ),
+        ("#!ipxe\nkernel debian/vmlinuz\r\n", "a carriage return"),
+        ("#!ipxe\nshell\n", "a command flint never writes"),
+        (
+            "#!ipxe\nkernel debian/vmlinuz ${root-pass}\n",
+            "an expansion",
+        ),
+        ("#!ipxe\nkernel debian/vmlinuz || shell\n", "a separator"),
+        ("#!ipxe\nkernel debian/vmlinuz ; shell\n", "a separator"),
+        ("#!ipxe\nkernel debian/vmlinuz #x\n", "a comment"),
+        ("#!ipxe\nkernel --name x debian/vmlinuz\n", "an option"),
+        ("#!ipxe\nkernel  debian/vmlinuz\n", "an empty word"),
+        ("#!ipxe\n\nboot\n", "an empty line"),
+        ("#!ipxe\n:\n", "an empty label"),
+        (
+            "#!ipxe\nkernel debian/vmlinuz\u{7f}\n",
+            "a control character",
+        ),
+        ("#!ipxe\nkernel débian/vmlinuz\n", "non-ASCII"),
+    ];
+    for (script, what) in broken {
+        assert!(check_script(script).is_err(), "{what} passed: {script:?}");
+    }
+    let fine = "#!ipxe\nmenu flint: choose a profile for ${netX/mac}\nitem worker worker\n\
+                choose target || exit 1\ngoto ${target}\n:worker\nkernel debian/vmlinuz \
+                initrd=initrd.img console=ttyS0\ninitrd debian/initrd.img\nboot\n";
+    assert_eq!(check_script(fine), Ok(()));
 }
