@@ -176,7 +176,6 @@ impl StateDir {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
-            .read(true)
             .write(true)
             .mode(0o600)
             .open(&path)
@@ -203,7 +202,7 @@ impl StateDir {
 }
 
 /// `.etcd.lock`, `.chainfire.lock`, ...: one per service, beside its marker.
-pub fn lock_file_name(service: Service) -> String {
+fn lock_file_name(service: Service) -> String {
     format!(".{}.lock", service.name())
 }
 
