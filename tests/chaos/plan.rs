@@ -542,10 +542,10 @@ impl Plan {
             });
         }
         if rng.u8(..3) == 0 {
-            // Early, while the first runs are at work.
-            let at = ms(&mut rng, 0..=5000);
+            // Armed before the units start: the first add (or bootstrap) of that service meets
+            // it, whichever node sends it. The adds all come within the first seconds.
             events.push(Event {
-                at,
+                at: Duration::ZERO,
                 fault: refusal(&mut rng),
             });
         }

@@ -100,6 +100,7 @@ struct LineKill {
 }
 
 struct Refusal {
+    kind: String,
     service: AdminService,
     exit: i32,
     seq: u64,
@@ -748,18 +749,21 @@ impl Round<'_> {
             }
             Fault::ServerRefuses {
                 service,
-                fault,
+                fault: answer,
                 exit,
                 ..
-            } => match self.admin[service].arm(fault) {
+            } => match self.admin[service].arm(answer) {
                 Ok(seq) => {
+                    // Counted at the heal, injected if a request met it, else missed.
                     self.refusals.push(Refusal {
+                        kind: fault.kind(),
                         service: *service,
                         exit: *exit,
                         seq,
                         met: false,
                     });
-                    Some(format!("(seq {seq})"))
+                    self.note(&format!("armed: {fault} (seq {seq})"));
+                    return;
                 }
                 Err(e) => {
                     self.out
@@ -856,9 +860,13 @@ impl Round<'_> {
                 Err(e) => self.out.violations.push(format!("listing faults: {e}")),
             }
         }
-        let unmet = self.refusals.iter().filter(|r| !r.met).count() as u32;
-        if unmet > 0 {
-            *self.out.missed.entry("admin refusal".into()).or_default() += unmet;
+        for refusal in &self.refusals {
+            let count = if refusal.met {
+                &mut self.out.faults
+            } else {
+                &mut self.out.missed
+            };
+            *count.entry(refusal.kind.clone()).or_default() += 1;
         }
         for server in self.admin.values() {
             if let Err(e) = server.clear_faults() {
