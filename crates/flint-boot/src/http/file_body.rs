@@ -1,0 +1,165 @@
+//! The body of an image download: a byte range of an open file, read into one buffer that is
+//! reused from the first chunk to the last.
+//!
+//! hyper queues a chunk until the socket has taken all of it and asks for the next one before
+//! that; a reader that allocates a fresh chunk each time (ServeDir's) ends up with three or four
+//! alive per download. Here the buffer is lent to hyper inside the `Bytes` of the chunk, comes
+//! back when hyper drops them, and only then is the next chunk read: one buffer per download,
+//! while the socket's send buffer keeps the wire busy in between.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The size of a download's buffer. Each chunk costs a trip to the blocking pool and a wakeup
+/// when hyper gives the buffer back, so larger reads stream faster; the price is this much
+/// memory per download in flight (bounded by `--http-max-downloads`).
+pub const CHUNK: usize = 256 * 1024;
+
+pub struct FileBody {
+    file: Arc<File>,
+    /// For the log line of a download cut short.
+    path: Box<Path>,
+    /// Where the next read starts.
+    offset: u64,
+    /// Bytes still to send: what the headers promised, less what has been handed to hyper.
+    remaining: u64,
+    buffer: Buffer,
+}
+
+enum Buffer {
+    /// Here, free for the next read.
+    Home(Vec<u8>),
+    /// Moved into a read running on the blocking pool, which hands it back.
+    Reading(JoinHandle<(Vec<u8>, io::Result<usize>)>),
+    /// With hyper, inside the last chunk's `Bytes`; sent back when they are dropped.
+    Lent(oneshot::Receiver<Vec<u8>>),
+    /// An error was reported: the response is cut short and hyper closes the connection.
+    Failed,
+}
+
+impl FileBody {
+    pub fn new(file: File, path: PathBuf, offset: u64, len: u64) -> Self {
+        // A small file needs no more than its own size.
+        let size = usize::try_from(len).map_or(CHUNK, |len| len.min(CHUNK));
+        Self {
+            file: Arc::new(file),
+            path: path.into_boxed_path(),
+            offset,
+            remaining: len,
+            buffer: Buffer::Home(vec![0; size]),
+        }
+    }
+}
+
+/// A chunk's bytes, borrowed from the download's buffer; dropping them returns the buffer.
+struct Loan {
+    buffer: Vec<u8>,
+    len: usize,
+    home: Option<oneshot::Sender<Vec<u8>>>,
+}
+
+impl AsRef<[u8]> for Loan {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            // The body is gone when this fails (the client left): the buffer is freed here.
+            let _ = home.send(std::mem::take(&mut self.buffer));
+        }
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.buffer {
+                Buffer::Failed => return Poll::Ready(None),
+                Buffer::Home(_) if this.remaining == 0 => return Poll::Ready(None),
+                Buffer::Home(buffer) => {
+                    let mut buffer = std::mem::take(buffer);
+                    let want = usize::try_from(this.remaining)
+                        .map_or(buffer.len(), |r| r.min(buffer.len()));
+                    let (file, offset) = (this.file.clone(), this.offset);
+                    this.buffer = Buffer::Reading(tokio::task::spawn_blocking(move || {
+                        let read = file.read_at(&mut buffer[..want], offset);
+                        (buffer, read)
+                    }));
+                }
+                Buffer::Reading(read) => {
+                    let result = ready!(Pin::new(read).poll(cx));
+                    let (buffer, read) = match result {
+                        Ok(done) => done,
+                        Err(e) => return this.fail(io::Error::other(e)),
+                    };
+                    let len = match read {
+                        Ok(0) => {
+                            return this.fail(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!("the file ended {} bytes early", this.remaining),
+                            ));
+                        }
+                        Ok(len) => len,
+                        Err(e) => return this.fail(e),
+                    };
+                    this.offset += len as u64;
+                    this.remaining -= len as u64;
+                    let (home, back) = oneshot::channel();
+                    this.buffer = Buffer::Lent(back);
+                    let chunk = Bytes::from_owner(Loan {
+                        buffer,
+                        len,
+                        home: Some(home),
+                    });
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Buffer::Lent(back) => match ready!(Pin::new(back).poll(cx)) {
+                    Ok(buffer) => this.buffer = Buffer::Home(buffer),
+                    // Only a `Loan` dropped without running its destructor gets here.
+                    Err(e) => return this.fail(io::Error::other(e)),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0 || matches!(self.buffer, Buffer::Failed)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+impl FileBody {
+    /// Ends the response early: hyper closes the connection, so the client sees fewer bytes
+    /// than the Content-Length it was promised rather than a wrong file.
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        tracing::warn!(
+            path = %self.path.display(), offset = self.offset, error = %error,
+            "images: download cut short"
+        );
+        self.buffer = Buffer::Failed;
+        Poll::Ready(Some(Err(error)))
+    }
+}
