@@ -525,8 +525,8 @@ fn image_downloads_beyond_the_bound_wait_for_a_slot_and_scripts_do_not() {
     );
 }
 
-/// Bytes that differ at every offset within a 256 KiB chunk and from one chunk to the next, so
-/// a chunk sent twice, skipped or out of order shows.
+/// Bytes that differ from one offset to the next over many of the server's read buffers, so a
+/// chunk sent twice, skipped or out of order shows.
 fn image_bytes(len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -539,6 +539,17 @@ fn images_larger_than_a_buffer_ranges_across_it_and_every_header() {
     let image = image_bytes(3 * 256 * 1024 + 12_345);
     let path = s.dir.path().join("images/debian/big.img");
     std::fs::write(&path, &image).unwrap();
+    // Out of the page cache, so that the server's reads wait for the disk: they go through the
+    // blocking pool rather than being done in place.
+    let file = std::fs::File::open(&path).unwrap();
+    file.sync_all().unwrap();
+    nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
 
     assert_eq!(s.curl(&["--fail", "/images/debian/big.img"]).stdout, image);
     // A range that starts in one buffer's worth and ends two later.
