@@ -55,22 +55,24 @@ pub fn router(config: Config, inventory: Arc<SharedInventory>, metrics: Arc<Metr
         metrics: metrics.clone(),
         boot_script: config.boot_script.into(),
     };
+    // One pool for both folders: they share the download slots.
+    let buffers = Arc::default();
     let mut app = Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/ipxe", get(ipxe))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render_metrics))
-        .nest_service("/images", folder(config.images));
+        .nest_service("/images", folder(config.images, &buffers));
     if let Some(dir) = config.firmware {
-        app = app.nest_service("/firmware", folder(dir));
+        app = app.nest_service("/firmware", folder(dir, &buffers));
     }
     app.with_state(state)
         .layer(middleware::from_fn_with_state(gate, count))
 }
 
 /// A folder served read-only: GET and HEAD, anything else is a 405.
-fn folder(dir: PathBuf) -> axum::routing::MethodRouter {
-    get(files::serve).with_state(files::Folder::new(dir))
+fn folder(dir: PathBuf, buffers: &Arc<file_body::Buffers>) -> axum::routing::MethodRouter {
+    get(files::serve).with_state(files::Folder::new(dir, buffers.clone()))
 }
 
 async fn boot_ipxe(State(state): State<AppState>) -> Response {

@@ -16,15 +16,16 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::file_body::FileBody;
+use super::file_body::{Buffers, FileBody};
 
 pub struct Folder {
     root: PathBuf,
+    buffers: Arc<Buffers>,
 }
 
 impl Folder {
-    pub fn new(root: PathBuf) -> Arc<Self> {
-        Arc::new(Self { root })
+    pub fn new(root: PathBuf, buffers: Arc<Buffers>) -> Arc<Self> {
+        Arc::new(Self { root, buffers })
     }
 }
 
@@ -50,7 +51,7 @@ pub async fn serve(State(folder): State<Arc<Folder>>, req: Request) -> Response 
     respond(
         req.method(),
         req.headers(),
-        (file, path),
+        (file, path, folder.buffers.clone()),
         &meta,
         content_type,
     )
@@ -137,7 +138,7 @@ fn mime(path: &Path) -> HeaderValue {
 fn respond(
     method: &Method,
     headers: &HeaderMap,
-    (file, path): (File, PathBuf),
+    (file, path, buffers): (File, PathBuf, Arc<Buffers>),
     meta: &Metadata,
     content_type: HeaderValue,
 ) -> Response {
@@ -183,7 +184,7 @@ fn respond(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        Body::new(FileBody::new(file, path, start, len))
+        Body::new(FileBody::new(file, path, start, len, buffers))
     };
     (status, validators, body).into_response()
 }
