@@ -166,8 +166,8 @@ fn route(path: &str) -> &'static str {
 #[derive(Clone)]
 struct Gate {
     metrics: Arc<Metrics>,
-    /// Each download streaming holds a few read buffers; unbounded, a boot storm's memory grew
-    /// with the machines in flight (bench/storm: 6x from 100 to 1,000 machines).
+    /// Each download streaming holds a buffer; unbounded, a boot storm's memory grew with the
+    /// machines in flight (bench/storm: 6x from 100 to 1,000 machines).
     downloads: Arc<Semaphore>,
 }
 
