@@ -45,8 +45,8 @@ pub struct HttpArgs {
     /// Folder of kernels and initrds served at /images/; nothing outside it is reachable.
     #[arg(long, value_name = "DIR", requires = "http")]
     pub images: Option<PathBuf>,
-    /// Image downloads streaming at once (each holds about 0.75 MiB of buffers); more wait
-    /// for a slot before their first byte.
+    /// Image downloads streaming at once (each holds one 64 KiB buffer); more wait for a slot
+    /// before their first byte.
     #[arg(long, value_name = "N", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_downloads: u32,

@@ -21,7 +21,9 @@ use flint_ipxe::{Arch, Mac, Uuid};
 use http_body::Frame;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower_http::services::ServeDir;
+
+mod file_body;
+mod files;
 
 use crate::inventory::SharedInventory;
 use crate::metrics::Metrics;
@@ -53,31 +55,24 @@ pub fn router(config: Config, inventory: Arc<SharedInventory>, metrics: Arc<Metr
         metrics: metrics.clone(),
         boot_script: config.boot_script.into(),
     };
+    // One pool for both folders: they share the download slots.
+    let buffers = Arc::default();
     let mut app = Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/ipxe", get(ipxe))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render_metrics))
-        .nest_service("/images", files(config.images));
+        .nest_service("/images", folder(config.images, &buffers));
     if let Some(dir) = config.firmware {
-        app = app.nest_service("/firmware", files(dir));
+        app = app.nest_service("/firmware", folder(dir, &buffers));
     }
     app.with_state(state)
         .layer(middleware::from_fn_with_state(gate, count))
 }
 
-/// Reads of 256 KiB instead of ServeDir's 64 KiB: without sendfile, throughput follows the
-/// read size (bench/boot, 50 clients: 64 KiB 0.7x nginx, 128 KiB 0.75x, 256 KiB 0.85-0.9x).
-/// The price is memory: a download holds about three such buffers, so 200 concurrent ones
-/// peak near 134 MiB (41 MiB at 64 KiB).
-const IMAGE_CHUNK: usize = 256 * 1024;
-
-/// A folder served read-only. ServeDir refuses `..` and absolute components; it never lists
-/// a folder and never redirects (UEFI HTTP Boot does not follow redirects).
-fn files(dir: PathBuf) -> ServeDir {
-    ServeDir::new(dir)
-        .append_index_html_on_directories(false)
-        .with_buf_chunk_size(IMAGE_CHUNK)
+/// A folder served read-only: GET and HEAD, anything else is a 405.
+fn folder(dir: PathBuf, buffers: &Arc<file_body::Buffers>) -> axum::routing::MethodRouter {
+    get(files::serve).with_state(files::Folder::new(dir, buffers.clone()))
 }
 
 async fn boot_ipxe(State(state): State<AppState>) -> Response {
@@ -171,8 +166,8 @@ fn route(path: &str) -> &'static str {
 #[derive(Clone)]
 struct Gate {
     metrics: Arc<Metrics>,
-    /// Each download streaming holds a few read buffers; unbounded, a boot storm's memory grew
-    /// with the machines in flight (bench/storm: 6x from 100 to 1,000 machines).
+    /// Each download streaming holds a buffer; unbounded, a boot storm's memory grew with the
+    /// machines in flight (bench/storm: 6x from 100 to 1,000 machines).
     downloads: Arc<Semaphore>,
 }
 

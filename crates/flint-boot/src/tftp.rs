@@ -362,7 +362,7 @@ impl Transfer<'_> {
         let mut pkt = vec![0u8; DATA_HEADER + blksize as usize];
         let mut buf = vec![0u8; 1024];
         let mut deadline = Instant::now();
-        let mut reader = ReadAhead::new(file);
+        let mut reader = ReadAhead::new(file, size);
         loop {
             let mut sent_any = false;
             while next <= last && next <= acked + window {
@@ -423,10 +423,12 @@ struct ReadAhead<'f> {
 impl<'f> ReadAhead<'f> {
     const CHUNK: usize = 256 * 1024;
 
-    fn new(file: &'f File) -> Self {
+    /// A buffer no larger than the file: iPXE's BIOS binary is 70 KB, and 64 transfers each
+    /// zeroing 256 KiB for it raised bench/storm's peak by 3 MiB at 100 machines, 11 at 1,000.
+    fn new(file: &'f File, size: u64) -> Self {
         Self {
             file,
-            buf: vec![0; Self::CHUNK],
+            buf: vec![0; usize::try_from(size).map_or(Self::CHUNK, |s| s.min(Self::CHUNK))],
             start: 0,
             len: 0,
         }

@@ -524,3 +524,140 @@ fn image_downloads_beyond_the_bound_wait_for_a_slot_and_scripts_do_not() {
         "the second download did not wait for the slot: {image_wait:?}"
     );
 }
+
+/// Bytes that differ from one offset to the next over many of the server's read buffers, so a
+/// chunk sent twice, skipped or out of order shows.
+fn image_bytes(len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+#[test]
+fn images_larger_than_a_buffer_ranges_across_it_and_every_header() {
+    let s = Server::start(&[]);
+    let image = image_bytes(3 * 256 * 1024 + 12_345);
+    let path = s.dir.path().join("images/debian/big.img");
+    std::fs::write(&path, &image).unwrap();
+    // Out of the page cache, so that the server's reads wait for the disk: they go through the
+    // blocking pool rather than being done in place.
+    let file = std::fs::File::open(&path).unwrap();
+    file.sync_all().unwrap();
+    nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+
+    assert_eq!(s.curl(&["--fail", "/images/debian/big.img"]).stdout, image);
+    // A range that starts in one buffer's worth and ends two later.
+    let part = s.curl(&["--fail", "-r", "200000-600000", "/images/debian/big.img"]);
+    assert_eq!(part.stdout, &image[200_000..=600_000]);
+    let head = String::from_utf8(s.curl(&["-I", "/images/debian/big.img"]).stdout).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", image.len())),
+        "{head}"
+    );
+    assert!(
+        head.contains("content-type: application/octet-stream"),
+        "{head}"
+    );
+    let last_modified = head
+        .lines()
+        .find_map(|l| l.strip_prefix("last-modified: "))
+        .expect("Last-Modified")
+        .trim()
+        .to_owned();
+    let ims = format!("If-Modified-Since: {last_modified}");
+    assert_eq!(s.status(&["-H", &ims, "/images/debian/big.img"]), "304");
+    assert_eq!(
+        s.status(&[
+            "-H",
+            "If-Modified-Since: Thu, 01 Jan 1998 00:00:00 GMT",
+            "/images/debian/big.img"
+        ]),
+        "200"
+    );
+    assert_eq!(
+        s.status(&["-H", "If-Match: \"other\"", "/images/debian/big.img"]),
+        "412"
+    );
+
+    // A range request on HEAD: the headers of the 206, no body.
+    let head = String::from_utf8(
+        s.curl(&["-I", "-r", "10-19", "/images/debian/big.img"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(head.contains("content-length: 10"), "{head}");
+    assert!(
+        head.contains(&format!("content-range: bytes 10-19/{}", image.len())),
+        "{head}"
+    );
+    // Several ranges are not served (no multipart answers): 416, with the size.
+    let multi = String::from_utf8(
+        s.curl(&["-i", "-r", "0-1,5-6", "/images/debian/big.img"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(multi.starts_with("HTTP/1.1 416"), "{multi}");
+    assert!(
+        multi.contains(&format!("content-range: bytes */{}", image.len())),
+        "{multi}"
+    );
+    // An empty file: 200 with nothing, and no range of it exists.
+    std::fs::write(s.dir.path().join("images/empty"), b"").unwrap();
+    let empty = s.curl(&["--fail", "-w", "%{http_code}", "/images/empty"]);
+    assert_eq!(empty.stdout, b"200");
+    assert_eq!(s.status(&["-r", "0-0", "/images/empty"]), "416");
+    // Only GET and HEAD.
+    assert_eq!(s.status(&["-X", "POST", "/images/debian/big.img"]), "405");
+}
+
+#[test]
+fn a_file_that_shrinks_while_sent_ends_the_download_and_frees_its_slot() {
+    let s = Server::start(&["--http-max-downloads", "1"]);
+    let path = s.dir.path().join("images/shrinks");
+    std::fs::write(&path, vec![1u8; 40_000_000]).unwrap();
+    let started = Instant::now();
+    let slow = Command::new("curl")
+        .args(["-sS", "--limit-rate", "10M", "-o", "/dev/null"])
+        .args(["-w", "%{size_download}"])
+        .arg(s.url("/images/shrinks"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1_000_000)
+        .unwrap();
+    let out = slow.wait_with_output().unwrap();
+    // curl's "partial file": the connection was closed before the promised length.
+    assert_eq!(out.status.code(), Some(18), "{out:?}");
+    let got: u64 = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert!(got < 40_000_000, "received {got}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}: the download hung after the file shrank",
+        started.elapsed()
+    );
+    // The only slot is free again, and the server serves on.
+    assert_eq!(s.get("/images/debian/initrd.img"), "initrd");
+}
+
+#[test]
+fn a_fifo_in_the_folder_is_a_404_not_a_stuck_thread() {
+    let s = Server::start(&[]);
+    let fifo = s.dir.path().join("images/fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    assert_eq!(s.status(&["/images/fifo"]), "404");
+    assert_eq!(s.status(&["-I", "/images/fifo"]), "404");
+}

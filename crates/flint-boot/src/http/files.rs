@@ -1,0 +1,399 @@
+//! A folder served read-only over GET and HEAD: `Range` (one range: 206, or 416),
+//! `ETag` / `Last-Modified` with `If-None-Match` / `If-Modified-Since` (304) and
+//! `If-Match` / `If-Unmodified-Since` (412). Nothing outside the folder is reachable, however
+//! the path is spelled; a folder is never listed and never redirected to (UEFI HTTP Boot does
+//! not follow redirects): it is a 404 like a missing file.
+
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::file_body::{Buffers, FileBody};
+
+pub struct Folder {
+    root: PathBuf,
+    buffers: Arc<Buffers>,
+}
+
+impl Folder {
+    pub fn new(root: PathBuf, buffers: Arc<Buffers>) -> Arc<Self> {
+        Arc::new(Self { root, buffers })
+    }
+}
+
+/// The handler of every GET and HEAD below the folder's mount point.
+pub async fn serve(State(folder): State<Arc<Folder>>, req: Request) -> Response {
+    let Some(path) = resolve(&folder.root, req.uri().path()) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let content_type = mime(&path);
+    let opened = tokio::task::spawn_blocking(move || open(path)).await;
+    let (file, path, meta) = match opened {
+        Ok(Ok(Some(opened))) => opened,
+        Ok(Ok(None)) => return StatusCode::NOT_FOUND.into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(path = req.uri().path(), error = %e, "images: cannot open");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        Err(e) => {
+            tracing::warn!(path = req.uri().path(), error = %e, "images: open did not finish");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    respond(
+        req.method(),
+        req.headers(),
+        (file, path, folder.buffers.clone()),
+        &meta,
+        content_type,
+    )
+}
+
+/// The file a request path names inside `root`, or None for anything that could leave it or
+/// names a folder. The path is percent-decoded first, so `%2e%2e` and `%2f` are caught too.
+fn resolve(root: &Path, uri_path: &str) -> Option<PathBuf> {
+    if uri_path.ends_with('/') {
+        return None;
+    }
+    let decoded = percent_decode(uri_path.trim_start_matches('/'))?;
+    if decoded.contains('\0') {
+        return None;
+    }
+    let mut path = root.to_path_buf();
+    for component in Path::new(&decoded).components() {
+        match component {
+            Component::Normal(name) => path.push(name),
+            Component::CurDir => {}
+            Component::RootDir | Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(path)
+}
+
+/// `%XX` sequences to bytes; a `%` not followed by two hex digits stays as it is. None when
+/// the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                // Two hex digits are at most 255.
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The open file and its metadata; None when there is no regular file to serve there.
+fn open(path: PathBuf) -> io::Result<Option<(File, PathBuf, Metadata)>> {
+    // Non-blocking, so that a FIFO dropped in the folder does not hold a thread until some
+    // writer opens it; it is refused below. Reads of a regular file ignore the flag.
+    let opened = File::options()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, path, meta)))
+}
+
+/// Errors that mean "no such file" to a client: a missing file, a path through something that
+/// is not a folder, a file the server may not read.
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::PermissionDenied
+    )
+}
+
+fn mime(path: &Path) -> HeaderValue {
+    HeaderValue::from_static(
+        mime_guess::from_path(path)
+            .first_raw()
+            .unwrap_or("application/octet-stream"),
+    )
+}
+
+fn respond(
+    method: &Method,
+    headers: &HeaderMap,
+    (file, path, buffers): (File, PathBuf, Arc<Buffers>),
+    meta: &Metadata,
+    content_type: HeaderValue,
+) -> Response {
+    let size = meta.len();
+    let modified = meta.modified().ok().filter(|t| *t >= UNIX_EPOCH);
+    let etag = modified.map(|t| etag(size, t));
+    let mut validators = HeaderMap::new();
+    if let Some(t) = modified {
+        validators.insert(header::LAST_MODIFIED, http_date(t));
+    }
+    if let Some(tag) = &etag {
+        validators.insert(header::ETAG, tag.clone());
+    }
+    match precondition(headers, etag.as_ref(), modified) {
+        Some(StatusCode::NOT_MODIFIED) => {
+            return (StatusCode::NOT_MODIFIED, validators).into_response();
+        }
+        Some(status) => return status.into_response(),
+        None => {}
+    }
+    validators.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let (status, start, len) = match headers.get(header::RANGE) {
+        None => (StatusCode::OK, 0, size),
+        Some(value) => match value.to_str().ok().and_then(|v| byte_range(v, size)) {
+            Some((start, end)) => {
+                validators.insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes {start}-{end}/{size}")),
+                );
+                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            }
+            None => {
+                validators.insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes */{size}")),
+                );
+                return (StatusCode::RANGE_NOT_SATISFIABLE, validators).into_response();
+            }
+        },
+    };
+    validators.insert(header::CONTENT_TYPE, content_type);
+    validators.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::new(FileBody::new(file, path, start, len, buffers))
+    };
+    (status, validators, body).into_response()
+}
+
+/// A strong validator that changes whenever the file is replaced or rewritten: size and
+/// modification time to the nanosecond.
+fn etag(size: u64, modified: SystemTime) -> HeaderValue {
+    let t = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
+    header_value(format!(
+        "\"{size:x}-{:x}.{:x}\"",
+        t.as_secs(),
+        t.subsec_nanos()
+    ))
+}
+
+fn http_date(t: SystemTime) -> HeaderValue {
+    header_value(httpdate::fmt_http_date(t))
+}
+
+/// The values built here are ASCII (digits, hex, quotes, an HTTP date).
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The conditional headers, in RFC 9110's order (13.2.2): Some(412) or Some(304) when a
+/// condition fails, None to serve the file.
+fn precondition(
+    headers: &HeaderMap,
+    etag: Option<&HeaderValue>,
+    modified: Option<SystemTime>,
+) -> Option<StatusCode> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let date = |name| text(name).and_then(|v| httpdate::parse_http_date(v).ok());
+    // HTTP dates have whole seconds: the file's time is compared at that precision.
+    let modified = modified.map(|t| {
+        UNIX_EPOCH + Duration::from_secs(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+    });
+    if let Some(list) = text(header::IF_MATCH) {
+        if !etag.is_some_and(|tag| matches_any(list, tag, false)) {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    } else if let (Some(since), Some(m)) = (date(header::IF_UNMODIFIED_SINCE), modified)
+        && m > since
+    {
+        return Some(StatusCode::PRECONDITION_FAILED);
+    }
+    if let Some(list) = text(header::IF_NONE_MATCH) {
+        if etag.is_some_and(|tag| matches_any(list, tag, true)) {
+            return Some(StatusCode::NOT_MODIFIED);
+        }
+    } else if let (Some(since), Some(m)) = (date(header::IF_MODIFIED_SINCE), modified)
+        && m <= since
+    {
+        return Some(StatusCode::NOT_MODIFIED);
+    }
+    None
+}
+
+/// Whether a list of entity tags (`"a", W/"b"`, or `*`) names `tag`. The weak comparison
+/// (If-None-Match) ignores `W/`; the strong one (If-Match) never matches a weak tag.
+fn matches_any(list: &str, tag: &HeaderValue, weak: bool) -> bool {
+    let list = list.trim();
+    if list == "*" {
+        return true;
+    }
+    let tag = tag.as_bytes();
+    list.split(',')
+        .map(str::trim)
+        .any(|candidate| match (candidate.strip_prefix("W/"), weak) {
+            (Some(opaque), true) => opaque.as_bytes() == tag,
+            (Some(_), false) => false,
+            (None, _) => candidate.as_bytes() == tag,
+        })
+}
+
+/// The first and last byte of a `Range: bytes=...` header with one range, clamped to the
+/// file; None when it cannot be served (unsatisfiable, several ranges, another unit, not
+/// readable), which is a 416.
+fn byte_range(value: &str, size: u64) -> Option<(u64, u64)> {
+    let (unit, spec) = value.trim().split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') || size == 0 {
+        return None;
+    }
+    let (first, last) = spec.trim().split_once('-')?;
+    let number = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let end = size - 1;
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        // `-N`: the last N bytes.
+        (true, false) => {
+            let n = number(last).filter(|n| *n > 0)?;
+            Some((size.saturating_sub(n), end))
+        }
+        (false, true) => {
+            let start = number(first).filter(|s| *s <= end)?;
+            Some((start, end))
+        }
+        (false, false) => {
+            let (start, last) = (number(first)?, number(last)?);
+            (start <= last && start <= end).then_some((start, last.min(end)))
+        }
+        (true, true) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_folder() {
+        let root = Path::new("/srv/images");
+        assert_eq!(
+            resolve(root, "/debian/vmlinuz"),
+            Some(root.join("debian/vmlinuz"))
+        );
+        assert_eq!(resolve(root, "/./a%20b"), Some(root.join("a b")));
+        for escape in [
+            "/../secret",
+            "/%2e%2e/secret",
+            "/%2E%2E%2Fsecret",
+            "/debian/../../secret",
+            "/%2F..%2Fsecret",
+            "/%2fetc/passwd",
+            "/debian/",
+            "/",
+            "/a%00b",
+            "/%ff",
+        ] {
+            assert_eq!(resolve(root, escape), None, "{escape}");
+        }
+        assert_eq!(resolve(root, "/100%"), Some(root.join("100%")));
+        assert_eq!(resolve(root, "//etc/passwd"), Some(root.join("etc/passwd")));
+    }
+
+    #[test]
+    fn one_byte_range_or_none() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(byte_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=-10", 1000), Some((990, 999)));
+        assert_eq!(byte_range("bytes=-5000", 1000), Some((0, 999)));
+        assert_eq!(byte_range("bytes=500-5000", 1000), Some((500, 999)));
+        assert_eq!(byte_range("Bytes = 1-1", 1000), Some((1, 1)));
+        for bad in [
+            "bytes=1000-",
+            "bytes=5-4",
+            "bytes=-0",
+            "bytes=0-1,5-6",
+            "bytes=+1-2",
+            "bytes=-",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes 0-1",
+        ] {
+            assert_eq!(byte_range(bad, 1000), None, "{bad}");
+        }
+        assert_eq!(byte_range("bytes=0-0", 0), None);
+    }
+
+    #[test]
+    fn conditions_in_rfc_order() {
+        let tag = HeaderValue::from_static("\"a-1.0\"");
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 500);
+        let at = |secs: u64| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+        let check = |pairs: &[(header::HeaderName, String)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(name.clone(), header_value(value.clone()));
+            }
+            precondition(&h, Some(&tag), Some(t))
+        };
+        let inm = header::IF_NONE_MATCH;
+        let ims = header::IF_MODIFIED_SINCE;
+        assert_eq!(check(&[]), None);
+        assert_eq!(
+            check(&[(inm.clone(), "\"x\", W/\"a-1.0\"".into())]),
+            Some(StatusCode::NOT_MODIFIED)
+        );
+        assert_eq!(
+            check(&[(inm.clone(), "*".into())]),
+            Some(StatusCode::NOT_MODIFIED)
+        );
+        assert_eq!(check(&[(inm.clone(), "\"x\"".into())]), None);
+        // If-None-Match wins over If-Modified-Since.
+        assert_eq!(
+            check(&[(inm, "\"x\"".into()), (ims.clone(), at(1_700_000_000))]),
+            None
+        );
+        assert_eq!(
+            check(&[(ims.clone(), at(1_700_000_000))]),
+            Some(StatusCode::NOT_MODIFIED)
+        );
+        assert_eq!(check(&[(ims, at(1_699_999_999))]), None);
+        assert_eq!(
+            check(&[(header::IF_MATCH, "W/\"a-1.0\"".into())]),
+            Some(StatusCode::PRECONDITION_FAILED)
+        );
+        assert_eq!(check(&[(header::IF_MATCH, "\"a-1.0\"".into())]), None);
+        assert_eq!(
+            check(&[(header::IF_UNMODIFIED_SINCE, at(1_699_999_999))]),
+            Some(StatusCode::PRECONDITION_FAILED)
+        );
+    }
+}
