@@ -27,7 +27,7 @@ if ! [[ $runs_limit =~ ^(-1|[0-9]+)$ ]]; then
     echo "FUZZ_RUNS must be a number of executions, not '$runs_limit'" >&2
     exit 64
 fi
-read -r -a targets <<<"${FUZZ_TARGETS:-config inventory dhcp tftp answers marker}"
+read -r -a targets <<<"${FUZZ_TARGETS:-config inventory dhcp tftp answers marker http}"
 cd "$repo/fuzz"
 export RUSTC_BOOTSTRAP=1
 
@@ -94,6 +94,15 @@ EOF
     printf '\x01\x35\x01\x00{"member": {"id": "node04", "raft_addr": "10.0.200.13:2380", "role": "follower"}}' | seed answers conflict
     printf '\x00\xcf\x01\x01https://node02.example.com:2379/admin/member/add\n' | seed answers redirect
     printf '\x01\x93\x01\x00{"leader": "http://10.0.200.12:2379"}' | seed answers leader-hint
+    # http: a method selector byte (0 GET, 1 HEAD, 2 POST, 3 OPTIONS), the target, then headers.
+    printf '\x00/images/debian/vmlinuz\nRange: bytes=10-20' | seed http range
+    printf '\x00/images/debian/vmlinuz\nIf-Modified-Since: Wed, 25 Nov 2026 10:00:00 GMT\nRange: bytes=-100' | seed http conditional-range
+    printf '\x01/images/debian/vmlinuz' | seed http head
+    printf '\x00/firmware/ipxe.efi\nIf-None-Match: "x", W/"y"\nIf-Match: *' | seed http etag
+    printf '\x00/images/%%2e%%2e/secret' | seed http escape
+    printf '\x00/ipxe?mac=52-54-00-12-34-56&uuid=01234567-89ab-cdef-0123-456789abcdef&platform=efi&buildarch=x86_64' | seed http ipxe
+    printf '\x00/boot.ipxe' | seed http boot
+    printf '\x00/metrics' | seed http metrics
     seed marker etcd <<<'{"service": "etcd", "node_id": "node04", "member_id": "8e9e05c52164694d", "leader": "node01", "joined_at": 1764000000, "flint_version": "0.1.0"}'
     seed marker iam <<<'{"service": "iam", "node_id": "node04", "org": "acme", "joined_at": 1764000000, "flint_version": "0.1.0"}'
 }

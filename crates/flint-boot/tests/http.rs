@@ -661,3 +661,28 @@ fn a_fifo_in_the_folder_is_a_404_not_a_stuck_thread() {
     assert_eq!(s.status(&["/images/fifo"]), "404");
     assert_eq!(s.status(&["-I", "/images/fifo"]), "404");
 }
+
+/// Found by the http fuzz target: a name longer than the filesystem allows (one part, or the
+/// whole path) was a 500 and a server-error log line; it names no file, so it is a 404. So is a
+/// path through a link that loops.
+#[test]
+fn names_no_file_can_have_are_a_404_not_a_server_error() {
+    let s = Server::start(&[]);
+    let long_part = format!("/images/{}", "a".repeat(300));
+    let long_path = format!("/images/{}b", "a/".repeat(3000));
+    std::os::unix::fs::symlink("loop", s.dir.path().join("images/loop")).unwrap();
+    for path in [
+        long_part.as_str(),
+        long_path.as_str(),
+        "/images/loop/x",
+        "/images/loop",
+    ] {
+        assert_eq!(
+            s.status(&[path]),
+            "404",
+            "GET {}",
+            &path[..40.min(path.len())]
+        );
+    }
+    assert!(!s.log().contains("cannot open"), "{}", s.log());
+}

@@ -66,7 +66,8 @@ enum Buffer {
     Home(Vec<u8>),
     /// Moved into a read running on the blocking pool, which hands it back.
     Reading(JoinHandle<(Vec<u8>, io::Result<usize>)>),
-    /// With hyper, inside the last chunk's `Bytes`; sent back when they are dropped.
+    /// With hyper, inside the last chunk's `Bytes`; sent back when they are dropped. So a
+    /// consumer gets the next chunk only once it has let go of this one, as hyper does.
     Lent(oneshot::Receiver<Vec<u8>>),
     /// An error was reported: the response is cut short and hyper closes the connection.
     Failed,
@@ -130,7 +131,8 @@ impl http_body::Body for FileBody {
         loop {
             match &mut this.buffer {
                 Buffer::Failed => return Poll::Ready(None),
-                Buffer::Home(_) if this.remaining == 0 => return Poll::Ready(None),
+                // The last chunk may still be with the consumer: it need not come back first.
+                _ if this.remaining == 0 => return Poll::Ready(None),
                 Buffer::Home(buffer) => {
                     let mut buffer = std::mem::take(buffer);
                     let want = usize::try_from(this.remaining)
@@ -229,5 +231,36 @@ impl FileBody {
         );
         self.buffer = Buffer::Failed;
         Poll::Ready(Some(Err(error)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use std::time::Duration;
+
+    /// A consumer that keeps every chunk (one that buffers the whole body) still gets to the
+    /// end of a range that fits in one buffer: the body does not wait for the last chunk to come
+    /// back before saying it is done.
+    #[tokio::test]
+    async fn a_consumer_keeping_the_last_chunk_still_sees_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinuz");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = File::open(&path).unwrap();
+        let mut body = FileBody::new(file, path, 2, 5, Arc::default());
+        let mut kept = Vec::new();
+        let all = async {
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                kept.push(frame.unwrap().into_data().unwrap());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .expect("the body ended while its last chunk was kept");
+        assert_eq!(kept.concat(), b"23456");
     }
 }

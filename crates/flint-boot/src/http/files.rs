@@ -119,11 +119,16 @@ fn open(path: PathBuf) -> io::Result<Option<(File, PathBuf, Metadata)>> {
 }
 
 /// Errors that mean "no such file" to a client: a missing file, a path through something that
-/// is not a folder, a file the server may not read.
+/// is not a folder, a file the server may not read, a name longer than the filesystem allows
+/// (a part of it, or the whole), a link that loops.
 fn is_absent(e: &io::Error) -> bool {
+    use nix::errno::Errno;
     matches!(
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::PermissionDenied
+    ) || matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ENAMETOOLONG | Errno::ELOOP)
     )
 }
 
