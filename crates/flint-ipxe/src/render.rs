@@ -45,7 +45,8 @@ pub fn check_script(script: &str) -> Result<(), String> {
         }
         let mut words = line.split(' ');
         let first = words.next().unwrap_or_default();
-        if !COMMANDS.contains(&first) && !(first.starts_with(':') && first.len() > 1) {
+        let label = first.starts_with(':') && first.len() > 1;
+        if !COMMANDS.contains(&first) && !label {
             return broken("starts with neither a known command nor a label");
         }
         for word in words {
