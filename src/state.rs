@@ -3,8 +3,8 @@
 //! leaves either the old file or the new one, never half of one.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -191,11 +191,9 @@ impl StateDir {
             }
         })
         .await?;
-        let mut file = file;
         let pid = format!("{}\n", std::process::id());
         file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(pid.as_bytes()))
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
             .map_err(|e| io_error("write", &path, e))?;
         Ok(Lock { _file: file })
     }
