@@ -63,12 +63,16 @@ fn resolve(root: &Path, uri_path: &str) -> Option<PathBuf> {
     if uri_path.ends_with('/') {
         return None;
     }
-    let decoded = percent_decode(uri_path.trim_start_matches('/'))?;
+    // A `%` not followed by two hex digits stays as it is; a result that is not UTF-8 names
+    // no file we serve.
+    let decoded = percent_encoding::percent_decode_str(uri_path.trim_start_matches('/'))
+        .decode_utf8()
+        .ok()?;
     if decoded.contains('\0') {
         return None;
     }
     let mut path = root.to_path_buf();
-    for component in Path::new(&decoded).components() {
+    for component in Path::new(decoded.as_ref()).components() {
         match component {
             Component::Normal(name) => path.push(name),
             Component::CurDir => {}
@@ -76,29 +80,6 @@ fn resolve(root: &Path, uri_path: &str) -> Option<PathBuf> {
         }
     }
     Some(path)
-}
-
-/// `%XX` sequences to bytes; a `%` not followed by two hex digits stays as it is. None when
-/// the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                // Two hex digits are at most 255.
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The open file and its metadata; None when there is no regular file to serve there.
