@@ -859,8 +859,6 @@ impl Round<'_> {
                 Ok(seqs) => refusal.met = !seqs.contains(&refusal.seq),
                 Err(e) => self.out.violations.push(format!("listing faults: {e}")),
             }
-        }
-        for refusal in &self.refusals {
             let count = if refusal.met {
                 &mut self.out.faults
             } else {
@@ -966,7 +964,7 @@ impl Round<'_> {
             let kind = unit_of(refusal.service);
             let killed: u32 = JOINERS.map(|i| self.units[&(i, kind)].killed).sum();
             let text = format!(
-                "{} refused an add (seq {}) but no {} unit ended with {}",
+                "{} refused a request for good (seq {}) but no {} unit ended with {}",
                 refusal.service.name(),
                 refusal.seq,
                 kind.name(),
