@@ -7,7 +7,7 @@ use tracing::{error, info};
 
 use crate::commands::{self, Context, iam_setup, join_admin, join_etcd, node_join};
 use crate::config::{self, Service};
-use crate::exit::{self, Classify, ExitStatus};
+use crate::exit::{Classify, ExitStatus};
 use crate::state::{MarkerKind, StateDir};
 use crate::systemd;
 
@@ -87,15 +87,16 @@ pub fn run(cli: Cli) -> ExitStatus {
     match runtime.block_on(dispatch(cli)) {
         Ok(status) => status,
         Err(e) => {
-            let status = exit::status_of(&e);
-            error!("{e:#}");
-            systemd::status(&format!("failed (exit {status}): {e:#}"));
+            let status = e.exit_status();
+            let line = e.chain();
+            error!("{line}");
+            systemd::status(&format!("failed (exit {status}): {line}"));
             status
         }
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
     crate::privileges::drop_all()?;
     let state = StateDir::new(
         systemd::state_dir()
@@ -157,7 +158,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
 /// Run-once: with the service's marker present, a join exits 0 without reading its
 /// configuration or touching the network. Checked again under the lock, since another flint
 /// may have finished meanwhile.
-pub fn already_done(state: &StateDir, service: Service) -> anyhow::Result<bool> {
+pub fn already_done(state: &StateDir, service: Service) -> crate::Result<bool> {
     let kind = MarkerKind::of(service);
     let Some(marker) = state.marker(kind)? else {
         return Ok(false);

@@ -43,42 +43,8 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// Implemented by every error type of flint's modules, so `main` can map the root cause of a
-/// failure to an exit status without string matching.
+/// Implemented by every error type of flint's modules; `crate::Error::exit_status` matches on
+/// each of them, so the mapping is total.
 pub trait Classify {
     fn exit_status(&self) -> ExitStatus;
-}
-
-/// The exit status of a failed command: the first error in the chain that knows its class.
-pub fn status_of(err: &anyhow::Error) -> ExitStatus {
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<crate::config::Error>() {
-            return e.exit_status();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::secrets::Error>() {
-            return e.exit_status();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::tls::Error>() {
-            return e.exit_status();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::http::Error>() {
-            return e.exit_status();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::state::Error>() {
-            return e.exit_status();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::engines::Error>() {
-            return e.exit_status();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::privileges::Error>() {
-            return e.exit_status();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::cli::UsageError>() {
-            return e.exit_status();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::retry::DeadlinePassed>() {
-            return e.exit_status();
-        }
-    }
-    ExitStatus::Unavailable
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod engines;
+pub mod error;
 pub mod exit;
 pub mod http;
 pub mod logging;
@@ -16,3 +17,5 @@ pub mod secrets;
 pub mod state;
 pub mod systemd;
 pub mod tls;
+
+pub use error::{Error, Result};

@@ -135,11 +135,11 @@ pub async fn until<T, E, F, Fut>(
     deadline: &Deadline,
     pace: Pace,
     attempt: F,
-) -> anyhow::Result<T>
+) -> crate::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    E: Classified + Into<anyhow::Error>,
+    E: Classified + Into<crate::Error>,
 {
     let mut last_reason = String::new();
     let retrying = attempt
@@ -208,13 +208,13 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("{0:?}")]
-    struct Fake(Class);
-
-    impl Classified for Fake {
-        fn class(&self) -> Class {
-            self.0
+    /// A refusal of the class a test needs.
+    fn refusal(class: Class) -> crate::engines::Error {
+        crate::engines::Error::Refused {
+            url: "https://10.0.0.1:2379/admin/member/add".into(),
+            code: 0,
+            message: format!("{class:?}"),
+            class,
         }
     }
 
@@ -255,7 +255,7 @@ mod tests {
         let value = until("the thing", &deadline, Pace::EAGER, || async {
             calls.set(calls.get() + 1);
             if calls.get() < 4 {
-                Err(Fake(Class::Transient { retry_after: None }))
+                Err(refusal(Class::Transient { retry_after: None }))
             } else {
                 Ok(7)
             }
@@ -271,12 +271,12 @@ mod tests {
         let deadline = Deadline::after(Duration::from_secs(60));
         let err = until("the thing", &deadline, Pace::EAGER, || async {
             calls.set(calls.get() + 1);
-            Err::<(), _>(Fake(Class::Permanent))
+            Err::<(), _>(refusal(Class::Permanent))
         })
         .await
         .unwrap_err();
         assert_eq!(calls.get(), 1);
-        assert!(err.downcast_ref::<Fake>().is_some());
+        assert!(matches!(err, crate::Error::Engine(_)), "{err:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -284,13 +284,13 @@ mod tests {
         let start = Instant::now();
         let deadline = Deadline::after(Duration::from_secs(30));
         let err = until("the leader", &deadline, Pace::REMOTE, || async {
-            Err::<(), _>(Fake(Class::Transient { retry_after: None }))
+            Err::<(), _>(refusal(Class::Transient { retry_after: None }))
         })
         .await
         .unwrap_err();
-        let passed = err
-            .downcast_ref::<DeadlinePassed>()
-            .expect("deadline error");
+        let crate::Error::Deadline(passed) = err else {
+            panic!("not the deadline: {err:?}");
+        };
         assert!(passed.to_string().contains("the leader"));
         assert!(start.elapsed() >= Duration::from_secs(30));
         assert!(start.elapsed() < Duration::from_secs(31));
@@ -304,7 +304,7 @@ mod tests {
         until("the slot", &deadline, Pace::EAGER, || async {
             calls.set(calls.get() + 1);
             if calls.get() == 1 {
-                Err(Fake(Class::Transient {
+                Err(refusal(Class::Transient {
                     retry_after: Some(Duration::from_secs(7)),
                 }))
             } else {

@@ -170,7 +170,7 @@ impl StateDir {
     /// own lock, since what it protects is that service's marker (and `etcd.env`): an etcd join
     /// waiting for a learner slot must not hold up the node's chainfire join. The holder writes
     /// its PID into the file, so whoever waits can name it.
-    pub async fn lock(&self, service: Service, deadline: &Deadline) -> anyhow::Result<Lock> {
+    pub async fn lock(&self, service: Service, deadline: &Deadline) -> crate::Result<Lock> {
         std::fs::create_dir_all(&self.path).map_err(|e| io_error("create", &self.path, e))?;
         let path = self.path.join(lock_file_name(service));
         let file = OpenOptions::new()

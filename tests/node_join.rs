@@ -349,6 +349,17 @@ fn abandon_removes_an_etcd_learner_and_refuses_a_started_voter() {
     // Nothing left to abandon: still fine.
     node.run(&["node-join", "--service", "etcd", "--abandon"])
         .assert_code(0, "a second --abandon");
+    // etcd.env that cannot be removed is the state directory's problem, never "retry later":
+    // every error reaches an exit status someone chose (69 would have the unit retry forever).
+    std::fs::create_dir_all(node.env_file().join("in-the-way")).unwrap();
+    let stuck = node.run(&["node-join", "--service", "etcd", "--abandon"]);
+    stuck.assert_code(78, "--abandon when etcd.env cannot be removed");
+    assert!(
+        stuck.stderr.contains("cannot remove") && stuck.stderr.contains("etcd.env"),
+        "{}",
+        stuck.describe()
+    );
+    std::fs::remove_dir_all(node.env_file()).unwrap();
 
     // --abandon names etcd only.
     let usage = node.run(&["node-join", "--abandon"]);

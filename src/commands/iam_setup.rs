@@ -1,7 +1,7 @@
 //! `flint iam-setup`: IAM's initial setup (first organization and admin), once for the cluster,
 //! whichever node gets there first.
 
-use anyhow::Context as _;
+use crate::error::Doing as _;
 use tracing::info;
 
 use super::Context;
@@ -12,7 +12,7 @@ use crate::secrets;
 use crate::state::{Marker, MarkerKind};
 use crate::systemd;
 
-pub async fn run(ctx: &Context) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context) -> crate::Result<()> {
     let settings = ctx.config.iam();
     let missing = |field: &str, what: &str| config::Error::Invalid {
         path: ctx.config.file.clone(),
@@ -76,7 +76,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     let path = ctx
         .state
         .write_marker(MarkerKind::IamSetupDone, &marker)
-        .context("recording the IAM setup")?;
+        .doing("recording the IAM setup")?;
     info!("marker {}", path.display());
     systemd::status("IAM set up");
     Ok(())

@@ -1,7 +1,7 @@
 //! `flint join chainfire` and `flint join flaredb`: join through the leader's admin API
 //! (docs/join-protocol.md).
 
-use anyhow::Context as _;
+use crate::error::Doing as _;
 use tracing::info;
 use url::Url;
 
@@ -14,7 +14,7 @@ use crate::retry::{self, Pace};
 use crate::state::{Marker, MarkerKind};
 use crate::systemd;
 
-pub async fn run(ctx: &Context, service: Service) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context, service: Service) -> crate::Result<()> {
     let settings = ctx.config.admin(service)?;
     let admin = ctx.admin(settings);
     let join = Join {
@@ -43,7 +43,7 @@ struct Join<'a> {
 }
 
 impl Join<'_> {
-    async fn wait_local_health(&self) -> anyhow::Result<()> {
+    async fn wait_local_health(&self) -> crate::Result<()> {
         let url = &self.settings.health_url;
         info!(
             "waiting for the local {} at {url} to be healthy",
@@ -60,7 +60,7 @@ impl Join<'_> {
 
     /// A node of the initial cluster: wait until the cluster has elected a leader (which needs a
     /// quorum) and lists this node, then record it.
-    async fn bootstrap(&self) -> anyhow::Result<()> {
+    async fn bootstrap(&self) -> crate::Result<()> {
         info!(
             "bootstrap node: waiting for {} to elect a leader",
             self.service
@@ -87,7 +87,7 @@ impl Join<'_> {
         self.mark(&list)
     }
 
-    async fn join(&self, raft_addr: &str) -> anyhow::Result<()> {
+    async fn join(&self, raft_addr: &str) -> crate::Result<()> {
         retry::until(
             &format!("{}'s leader to add this node", self.service),
             &self.ctx.deadline,
@@ -187,7 +187,7 @@ impl Join<'_> {
         }
     }
 
-    fn mark(&self, list: &MemberList) -> anyhow::Result<()> {
+    fn mark(&self, list: &MemberList) -> crate::Result<()> {
         let mut marker = Marker::now(self.service, self.node);
         marker.member_id = Some(self.node.to_owned());
         marker.leader = Some(list.leader.clone());
@@ -195,7 +195,7 @@ impl Join<'_> {
             .ctx
             .state
             .write_marker(MarkerKind::of(self.service), &marker)
-            .context("recording the join")?;
+            .doing("recording the join")?;
         info!(
             "joined {} as {} (leader {}); marker {}",
             self.service,

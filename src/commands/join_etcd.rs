@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::error::Doing as _;
 use tracing::info;
 use url::Url;
 
@@ -31,7 +31,7 @@ pub enum Phase {
     Promote,
 }
 
-pub async fn run(ctx: &Context, phase: Option<Phase>) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context, phase: Option<Phase>) -> crate::Result<()> {
     let settings = ctx.config.etcd()?;
     let etcd = Etcd::new(ctx.http.clone());
     let join = Join {
@@ -75,7 +75,7 @@ struct Join<'a> {
 impl Join<'_> {
     /// A node of the initial cluster: nothing to add, only wait until the cluster it formed has
     /// a leader (which needs a quorum) and the local member is healthy.
-    async fn bootstrap(&self) -> anyhow::Result<()> {
+    async fn bootstrap(&self) -> crate::Result<()> {
         let local = &self.settings.local_url;
         info!("bootstrap node: waiting for the cluster at {local} to elect a leader");
         let status = retry::until(
@@ -100,7 +100,7 @@ impl Join<'_> {
 
     /// Phase add: reuse our member when the cluster already lists our peer URL (an earlier run
     /// may have crashed before reading its answer), else add a learner; then write etcd.env.
-    async fn add(&self, peer_url: &str) -> anyhow::Result<Member> {
+    async fn add(&self, peer_url: &str) -> crate::Result<Member> {
         let (members, ours) = retry::until(
             "a voting etcd member to add this node as a learner",
             &self.ctx.deadline,
@@ -193,7 +193,7 @@ impl Join<'_> {
     }
 
     /// Phase promote on its own: find the member phase add created.
-    async fn find(&self, peer_url: &str) -> anyhow::Result<Member> {
+    async fn find(&self, peer_url: &str) -> crate::Result<Member> {
         let (_, list) = retry::until(
             "a voting etcd member to list members",
             &self.ctx.deadline,
@@ -211,7 +211,7 @@ impl Join<'_> {
         })
     }
 
-    fn write_env(&self, members: &[Member], ours: &Member) -> anyhow::Result<()> {
+    fn write_env(&self, members: &[Member], ours: &Member) -> crate::Result<()> {
         let mut cluster = Vec::new();
         for member in members {
             let name = if member.id == ours.id {
@@ -242,7 +242,7 @@ impl Join<'_> {
 
     /// Phase promote: wait for the local member to run as our member, promote it on a voter,
     /// confirm, then write the marker.
-    async fn promote(&self, ours: Member) -> anyhow::Result<()> {
+    async fn promote(&self, ours: Member) -> crate::Result<()> {
         let id = ours.id;
         let mut promoted_by = None;
         if ours.is_learner {
@@ -346,7 +346,7 @@ impl Join<'_> {
         }
     }
 
-    fn mark(&self, member_id: u64, leader: &str) -> anyhow::Result<()> {
+    fn mark(&self, member_id: u64, leader: &str) -> crate::Result<()> {
         let mut marker = Marker::now(Service::Etcd, self.node);
         marker.member_id = Some(hex_id(member_id));
         marker.leader = Some(leader.to_owned());
@@ -354,7 +354,7 @@ impl Join<'_> {
             .ctx
             .state
             .write_marker(MarkerKind::EtcdJoined, &marker)
-            .context("recording the join")?;
+            .doing("recording the join")?;
         info!(
             "joined etcd as member {} (leader {leader}); marker {}",
             hex_id(member_id),

@@ -40,7 +40,7 @@ impl Context {
 
     /// Reads the configuration and the secrets it names, and builds the client; the deadline
     /// starts now.
-    pub fn new(config_path: PathBuf, state: StateDir) -> anyhow::Result<Self> {
+    pub fn new(config_path: PathBuf, state: StateDir) -> crate::Result<Self> {
         let config = Config::load(&config_path)?;
         let join_token = config
             .join_token_file

@@ -49,7 +49,7 @@ pub struct MemberState {
     pub started: bool,
 }
 
-pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitStatus> {
+pub async fn run(ctx: &Context, args: Args) -> crate::Result<ExitStatus> {
     let services: Vec<Service> = match args.service {
         Some(service) => vec![service],
         None => ctx.config.configured_services().to_vec(),
@@ -93,7 +93,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-async fn inspect(ctx: &Context, service: Service) -> anyhow::Result<ServiceState> {
+async fn inspect(ctx: &Context, service: Service) -> crate::Result<ServiceState> {
     let marker = ctx.state.marker(MarkerKind::of(service))?;
     let membership = match service {
         Service::Etcd => etcd_member(ctx).await.map(Some),
@@ -156,7 +156,7 @@ fn next_step(
     }
 }
 
-async fn etcd_member(ctx: &Context) -> anyhow::Result<Option<MemberState>> {
+async fn etcd_member(ctx: &Context) -> crate::Result<Option<MemberState>> {
     let settings = ctx.config.etcd()?;
     let peer_url = bare_url(ctx.config.etcd_peer_url()?);
     let etcd = Etcd::new(ctx.http.clone());
@@ -168,7 +168,7 @@ async fn etcd_member(ctx: &Context) -> anyhow::Result<Option<MemberState>> {
     }))
 }
 
-async fn admin_member(ctx: &Context, service: Service) -> anyhow::Result<Option<MemberState>> {
+async fn admin_member(ctx: &Context, service: Service) -> crate::Result<Option<MemberState>> {
     let settings = ctx.config.admin(service)?;
     let admin = ctx.admin(settings);
     let (_, list) = admin.first_members(&settings.endpoints).await?;
@@ -183,7 +183,7 @@ async fn admin_member(ctx: &Context, service: Service) -> anyhow::Result<Option<
 
 /// Removes this node's etcd member when it is a learner or never started; a started voter is
 /// refused: removing it costs the cluster a vote, which is `etcdctl member remove`'s decision.
-async fn abandon_etcd(ctx: &Context) -> anyhow::Result<()> {
+async fn abandon_etcd(ctx: &Context) -> crate::Result<()> {
     let _lock = ctx.state.lock(Service::Etcd, &ctx.deadline).await?;
     let settings = ctx.config.etcd()?;
     let peer_url = bare_url(ctx.config.etcd_peer_url()?);
@@ -214,7 +214,14 @@ async fn abandon_etcd(ctx: &Context) -> anyhow::Result<()> {
     match std::fs::remove_file(&env_file) {
         Ok(()) => info!("removed {}", env_file.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::anyhow!("cannot remove {}: {e}", env_file.display())),
+        Err(source) => {
+            return Err(crate::state::Error::Io {
+                file: env_file,
+                action: "remove",
+                source,
+            }
+            .into());
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use crate::config::{Service, join_path};
 use crate::engines::admin::{MemberList, Role};
 use crate::engines::iam::Iam;
 
-pub(super) async fn check(ctx: &Context, service: Service) -> anyhow::Result<ServiceReport> {
+pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<ServiceReport> {
     let settings = ctx.config.admin(service)?;
     let admin = ctx.admin(settings);
     let mut problems = Vec::new();

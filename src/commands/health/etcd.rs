@@ -16,7 +16,7 @@ struct Probe {
     error: Option<String>,
 }
 
-pub(super) async fn check(ctx: &Context) -> anyhow::Result<ServiceReport> {
+pub(super) async fn check(ctx: &Context) -> crate::Result<ServiceReport> {
     let settings = ctx.config.etcd()?;
     let etcd = Etcd::new(ctx.http.clone());
     let mut problems = Vec::new();

@@ -41,7 +41,7 @@ pub struct MemberReport {
     pub error: Option<String>,
 }
 
-pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> anyhow::Result<bool> {
+pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> crate::Result<bool> {
     // The services are independent: checked at once, reported in the configured order.
     let mut checks = tokio::task::JoinSet::new();
     for (index, service) in ctx.config.configured_services().iter().copied().enumerate() {
@@ -207,7 +207,7 @@ fn table(report: &Report) -> String {
 /// A per-service metric's value.
 type ServiceGauge = fn(&ServiceReport) -> usize;
 
-fn write_textfile(path: &Path, report: &Report) -> anyhow::Result<()> {
+fn write_textfile(path: &Path, report: &Report) -> crate::Result<()> {
     let mut out = String::new();
     let gauge = |out: &mut String, name: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
