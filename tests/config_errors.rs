@@ -200,6 +200,64 @@ fn empty_file() {
     assert_rejected(&node, &[]);
 }
 
+/// `timeouts.total` as large as the file can write it once overflowed the deadline: SIGABRT,
+/// which the units restart, instead of a 78 naming the field.
+#[test]
+fn durations_past_their_bound_name_the_field() {
+    let lab = Lab::new();
+    for (field, value, fragment) in [
+        ("total", "18446744073709551615h", "too long a duration"),
+        ("total", "5124095576030431h", "at most \"24h\""),
+        ("total", "25h", "at most \"24h\""),
+        ("request", "2h", "at most \"1h\""),
+        ("connect", "11m", "at most \"10m\""),
+    ] {
+        let mut node = node(&lab);
+        node.config["timeouts"][field] = json!(value);
+        assert_rejected(&node, &[&format!("timeouts.{field}"), fragment]);
+    }
+}
+
+/// Read with a bound, and only from a regular file: a FIFO in its place would have held the
+/// unit until systemd's timeout, a huge file the node's memory.
+#[test]
+fn a_fifo_or_a_huge_file_is_refused_at_once() {
+    let lab = Lab::new();
+    let node = node(&lab);
+    let run_with = |path: &std::path::Path| {
+        common::FlintProcess::spawn({
+            let mut command = flint_command();
+            command
+                .arg("--config")
+                .arg(path)
+                .arg("--state-dir")
+                .arg(&node.state_dir)
+                .args(ADD);
+            command
+        })
+        .wait(std::time::Duration::from_secs(10))
+    };
+    let fifo = node.dir.join("fifo.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = run_with(&fifo);
+    out.assert_code(78, "a FIFO as the config");
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+
+    let huge = node.dir.join("huge.json");
+    let mut text = String::from(r#"{"node_id": "node04", "x": ""#);
+    text.push_str(&" ".repeat(2 * 1024 * 1024));
+    text.push_str(r#""}"#);
+    std::fs::write(&huge, text).unwrap();
+    let out = run_with(&huge);
+    out.assert_code(78, "a 2 MiB config");
+    assert!(
+        out.stderr.contains("larger than 1048576 bytes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(dir_entries(&node.state_dir), Vec::<String>::new());
+}
+
 #[test]
 fn missing_file() {
     let lab = Lab::new();

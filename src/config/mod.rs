@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +29,13 @@ pub const DEFAULT_PATH: &str = "/etc/nixos/secrets/cluster-config.json";
 const DEFAULT_TOTAL: Duration = Duration::from_secs(600);
 const DEFAULT_REQUEST: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+/// Ceilings well above any sane setting and far below where a deadline overflows the clock: a
+/// first boot that has waited a day is stuck, a request that takes an hour is a dead peer.
+const MAX_TOTAL: Duration = Duration::from_secs(24 * 3600);
+const MAX_REQUEST: Duration = Duration::from_secs(3600);
+const MAX_CONNECT: Duration = Duration::from_secs(600);
+/// The largest cluster-config.json flint reads: a real one is a few KiB.
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// A configuration problem. Every variant names the file; the field is a JSON path such as
 /// `etcd.peer_url` or `tls`. Shown on one line whatever the file holds: a key or value with a
@@ -40,6 +48,17 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A folder, a FIFO, a device: not a file flint reads.
+    #[error(
+        "configuration file {} is not a regular file: expected a JSON file",
+        shown(path)
+    )]
+    NotAFile { path: PathBuf },
+    #[error(
+        "configuration file {} is larger than {MAX_FILE_SIZE} bytes: expected a JSON file of a few KiB",
+        shown(path)
+    )]
+    TooLarge { path: PathBuf },
     /// The file exists but holds nothing.
     #[error(
         "configuration file {} is empty: expected a JSON object with at least `node_id`",
@@ -197,9 +216,12 @@ pub struct Config {
 pub fn locate(credentials_dir: Option<&Path>, cli: Option<&Path>) -> PathBuf {
     if let Some(dir) = credentials_dir {
         let candidate = dir.join(CREDENTIAL_NAME);
-        let blank = std::fs::read(&candidate)
-            .map(|bytes| bytes.iter().all(u8::is_ascii_whitespace))
-            .unwrap_or(true);
+        let blank = match read_bounded(&candidate) {
+            Ok(text) => text.trim().is_empty(),
+            Err(Error::Read { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
+            // Loaded but unusable: read it, so the error names it.
+            Err(_) => false,
+        };
         if !blank {
             return candidate;
         }
@@ -207,12 +229,43 @@ pub fn locate(credentials_dir: Option<&Path>, cli: Option<&Path>) -> PathBuf {
     cli.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf)
 }
 
+/// The file's text: a regular file (a FIFO would block the unit until its timeout), at most
+/// `MAX_FILE_SIZE` bytes, UTF-8.
+fn read_bounded(path: &Path) -> Result<String, Error> {
+    use std::io::Read as _;
+    let read_error = |source| Error::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    let kind = file.metadata().map_err(read_error)?.file_type();
+    if !kind.is_file() {
+        return Err(Error::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(Error::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| Error::NotJson {
+        path: path.to_owned(),
+        message: "not UTF-8 text".into(),
+    })
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_bounded(path)?;
         Self::parse(path, &text)
     }
 
@@ -417,14 +470,33 @@ impl Validator<'_> {
 
     fn timeouts(&self, raw: Option<RawTimeouts>) -> Result<Timeouts, Error> {
         let raw = raw.unwrap_or_default();
-        let pick = |field: &str, value: Option<String>, default: Duration| match value {
-            Some(text) => parse_duration(&text).map_err(|p| self.invalid(field, p)),
-            None => Ok(default),
+        let pick = |field: &str, value: Option<String>, default: Duration, max: Duration| {
+            let Some(text) = value else {
+                return Ok(default);
+            };
+            let duration = parse_duration(&text).map_err(|p| self.invalid(field, p))?;
+            if duration > max {
+                return Err(self.invalid(
+                    field,
+                    format!("expected at most {}, got {text:?}", human_duration(max)),
+                ));
+            }
+            Ok(duration)
         };
         Ok(Timeouts {
-            total: pick("timeouts.total", raw.total, DEFAULT_TOTAL)?,
-            request: pick("timeouts.request", raw.request, DEFAULT_REQUEST)?,
-            connect: pick("timeouts.connect", raw.connect, DEFAULT_CONNECT)?,
+            total: pick("timeouts.total", raw.total, DEFAULT_TOTAL, MAX_TOTAL)?,
+            request: pick(
+                "timeouts.request",
+                raw.request,
+                DEFAULT_REQUEST,
+                MAX_REQUEST,
+            )?,
+            connect: pick(
+                "timeouts.connect",
+                raw.connect,
+                DEFAULT_CONNECT,
+                MAX_CONNECT,
+            )?,
         })
     }
 
@@ -548,6 +620,18 @@ pub fn join_path(base: &Url, path: &str) -> Url {
     url
 }
 
+/// `24h`, `10m`, `30s`: a bound as the file would write it.
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(3600) {
+        format!("\"{}h\"", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("\"{}m\"", secs / 60)
+    } else {
+        format!("\"{secs}s\"")
+    }
+}
+
 /// `500ms`, `30s`, `10m`, `1h`: a number and a unit, as operators write them in unit files.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let expected =
@@ -557,11 +641,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(expected)?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().map_err(|_| expected())?;
+    let too_long = || format!("{text:?} is too long a duration");
     let duration = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
         _ => return Err(expected()),
     };
     if duration.is_zero() {
