@@ -82,8 +82,10 @@ impl MarkerKind {
 }
 
 /// What a marker records: enough for an operator (and `node-join`) to see what happened.
+///
+/// Read by flint versions older and newer than the one that wrote it (a rollback, an upgrade):
+/// unknown fields are ignored, and a field once written is never removed or given a new meaning.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Marker {
     pub service: String,
     pub node_id: String,

@@ -315,6 +315,35 @@ fn invoked_as_node_join_through_a_symlink() {
     bad.assert_code(64, "node-join (symlink) with a bad flag");
 }
 
+/// After a rollback, an older flint reads the marker a newer one wrote: fields it does not know
+/// are ignored, so the join stays done instead of failing with 78 on every boot.
+#[test]
+fn a_marker_from_a_newer_flint_still_counts_as_joined() {
+    let s = joined_chainfire_only(false);
+    let path = s.node.state_dir.join(".chainfire-joined");
+    let mut marker: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    marker["flint_version"] = "9.0.0".into();
+    marker["raft_term"] = 42.into();
+    marker["confirmed_by"] = serde_json::json!({"endpoint": "https://10.0.0.1:2379", "at": 1});
+    std::fs::write(&path, serde_json::to_vec_pretty(&marker).unwrap()).unwrap();
+    let writes = s.writes();
+
+    let again = s.node.run(&["join", "chainfire"]);
+    again.assert_code(0, "join chainfire with a newer flint's marker");
+    assert!(
+        again.stderr.contains("already joined"),
+        "{}",
+        again.describe()
+    );
+    let look = s
+        .node
+        .run(&["node-join", "--json", "--service", "chainfire"]);
+    look.assert_code(0, "node-join with a newer flint's marker");
+    let report: Value = serde_json::from_str(&look.stdout).expect("JSON");
+    assert_eq!(report[0]["marker"]["flint_version"], "9.0.0", "{report:#}");
+    assert_eq!(s.writes(), writes, "a run-once exit sent a write");
+}
+
 #[test]
 fn abandon_removes_an_etcd_learner_and_refuses_a_started_voter() {
     let cluster = EtcdCluster::start(3);
