@@ -384,3 +384,123 @@ fn bootstrap_nodes_wait_for_a_leader_and_quorum_then_mark() {
     assert!(run.stderr.contains("leader"), "{}", run.describe());
     assert!(first.marker().is_none(), "no marker without a leader");
 }
+
+/// The seed's simultaneous 3-node bootstrap, as the units order it: `--phase add` before etcd
+/// starts returns at once (it used to wait for a leader that its own etcd, not yet started, was
+/// needed to elect: `timeouts.total`, then 69), writing the initial cluster into etcd.env; etcd
+/// starts from it; `--phase promote` waits for a leader and a quorum of healthy members.
+#[test]
+fn a_simultaneous_bootstrap_starts_etcd_at_once_and_marks_after_quorum() {
+    let cluster = EtcdCluster::start(0);
+    let initial: serde_json::Map<String, serde_json::Value> = (0..3)
+        .map(|i| (Lab::node_name(i), json!(cluster.peer_url(i))))
+        .collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let mut node = cluster.node(i);
+            node.config["bootstrap"] = json!(true);
+            node.config["peers"] = json!([cluster.client_url(1), cluster.client_url(2)]);
+            node.config["etcd"]["initial_cluster"] = json!(initial);
+            node
+        })
+        .collect();
+
+    for node in &nodes {
+        let started = std::time::Instant::now();
+        let add = node.run(ADD);
+        add.assert_code(0, "--phase add on a bootstrap node");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "--phase add waited {:?} before etcd could start: {}",
+            started.elapsed(),
+            add.describe()
+        );
+        let vars = read_env_file(&node.env_file());
+        assert_eq!(env_value(&vars, "ETCD_NAME"), node.id);
+        assert_eq!(env_value(&vars, "ETCD_INITIAL_CLUSTER_STATE"), "new");
+        assert_eq!(
+            env_value(&vars, "ETCD_INITIAL_ADVERTISE_PEER_URLS"),
+            node.peer_url()
+        );
+        let mut members: Vec<&str> = env_value(&vars, "ETCD_INITIAL_CLUSTER")
+            .leak()
+            .split(',')
+            .collect();
+        members.sort_unstable();
+        let expected: Vec<String> = (0..3)
+            .map(|i| format!("{}={}", Lab::node_name(i), cluster.peer_url(i)))
+            .collect();
+        assert_eq!(members, expected);
+        assert!(node.marker().is_none(), "phase add marks nothing");
+    }
+
+    // One member alone has no leader: promote waits.
+    nodes[0].start_etcd(&cluster);
+    let mut promote = nodes[0].spawn(PROMOTE);
+    promote.wait_for_line("waiting for the etcd cluster", JOIN_TIMEOUT);
+    assert!(
+        promote.try_status().is_none(),
+        "promote ended without a quorum"
+    );
+    assert!(nodes[0].marker().is_none());
+
+    nodes[1].start_etcd(&cluster);
+    let out = promote.wait(JOIN_TIMEOUT);
+    out.assert_code(0, "promote on node01 once two of three members run");
+    let marker = nodes[0].marker().expect("marker after quorum");
+    assert!(
+        ["node01", "node02"].contains(&marker["leader"].as_str().unwrap_or_default()),
+        "{marker}"
+    );
+    let health = nodes[0].run(&["health"]);
+    health.assert_code(0, "flint health right after the bootstrap node marked");
+
+    nodes[2].start_etcd(&cluster);
+    for node in &nodes[1..] {
+        node.run(PROMOTE)
+            .assert_code(0, "promote on a bootstrap node");
+        assert!(node.marker().is_some());
+    }
+    let endpoints: Vec<String> = (0..3).map(|i| cluster.client_url(i)).collect();
+    let list = cluster.etcdctl_at(&endpoints, &["member", "list"]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    for i in 0..3 {
+        let line = format!("started, {}, {}", Lab::node_name(i), cluster.peer_url(i));
+        assert!(list.contains(&line), "{line} missing from:\n{list}");
+    }
+    assert!(
+        !list.contains("true"),
+        "a learner among the initial members:\n{list}"
+    );
+}
+
+/// `etcd.initial_cluster` must name this node with the peer URL it advertises, and belongs on a
+/// bootstrap node only.
+#[test]
+fn an_initial_cluster_that_contradicts_the_node_is_refused() {
+    let cluster = EtcdCluster::start(0);
+    let mut node = cluster.node(0);
+    node.config["bootstrap"] = json!(true);
+    node.config["etcd"]["initial_cluster"] = json!({"node02": cluster.peer_url(1)});
+    let out = node.run(ADD);
+    out.assert_code(78, "initial_cluster without this node");
+    assert!(
+        out.stderr.contains("etcd.initial_cluster"),
+        "{}",
+        out.describe()
+    );
+    node.config["etcd"]["initial_cluster"] = json!({"node01": cluster.peer_url(1)});
+    let out = node.run(ADD);
+    out.assert_code(78, "initial_cluster with another peer URL for this node");
+    assert!(
+        out.stderr.contains("etcd.initial_cluster.node01"),
+        "{}",
+        out.describe()
+    );
+    node.config["bootstrap"] = json!(false);
+    node.config["etcd"]["initial_cluster"] = json!({"node01": cluster.peer_url(0)});
+    let out = node.run(ADD);
+    out.assert_code(78, "initial_cluster on a joining node");
+    assert!(out.stderr.contains("bootstrap"), "{}", out.describe());
+    assert!(!node.env_file().exists());
+}

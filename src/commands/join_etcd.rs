@@ -44,7 +44,12 @@ pub async fn run(ctx: &Context, phase: Option<Phase>) -> crate::Result<()> {
         promoting_line: StepLine::default(),
     };
     if ctx.config.bootstrap {
-        return join.bootstrap().await;
+        // Phase add runs before etcd.service: a wait for the cluster there would hold the local
+        // member back, and with it the quorum the other initial members wait for.
+        return match phase {
+            Some(Phase::Add) => join.prepare_bootstrap(),
+            _ => join.bootstrap().await,
+        };
     }
     let peer_url = bare_url(ctx.config.etcd_peer_url()?);
     let member = match phase {
@@ -73,13 +78,43 @@ struct Join<'a> {
 }
 
 impl Join<'_> {
-    /// A node of the initial cluster: nothing to add, only wait until the cluster it formed has
-    /// a leader (which needs a quorum) and the local member is healthy.
+    /// Phase add on a node of the initial cluster: nothing to add, nothing to wait for. With
+    /// `etcd.initial_cluster` configured, etcd gets its initial members from etcd.env; without
+    /// it, from the node's own etcd settings.
+    fn prepare_bootstrap(&self) -> crate::Result<()> {
+        let Some(members) = &self.settings.initial_cluster else {
+            info!(
+                "bootstrap node: etcd starts with its own initial-cluster settings; the wait for \
+                 a leader and a quorum runs after it has started (--phase promote)"
+            );
+            return Ok(());
+        };
+        let cluster: Vec<String> = members
+            .iter()
+            .map(|(name, url)| format!("{name}={url}"))
+            .collect();
+        let advertise = members
+            .iter()
+            .find(|(name, _)| name == self.node)
+            .map(|(_, url)| url.as_str())
+            .expect("config validation puts this node among the initial members");
+        self.write_env_file("the initial cluster", &cluster.join(","), "new", advertise)?;
+        info!(
+            "bootstrap node: etcd starts as one of {} initial members; the wait for a leader and \
+             a quorum runs after it has started (--phase promote)",
+            members.len()
+        );
+        Ok(())
+    }
+
+    /// A node of the initial cluster, once its etcd runs: nothing to add, only wait until the
+    /// local member is healthy under a leader and the cluster has a quorum of healthy voters
+    /// (the verdict of `flint health`, so a node that recorded its join is one it calls healthy).
     async fn bootstrap(&self) -> crate::Result<()> {
         let local = &self.settings.local_url;
         info!("bootstrap node: waiting for the cluster at {local} to elect a leader");
-        let status = retry::until(
-            "the local etcd member to see a leader",
+        let (status, leader) = retry::until(
+            "the etcd cluster to elect a leader with a quorum of healthy members",
             &self.ctx.deadline,
             Pace::EAGER,
             || async {
@@ -89,12 +124,16 @@ impl Join<'_> {
                         "{local} has no leader yet or is not healthy"
                     )));
                 }
-                Ok(status)
+                // The local member answered just now: its member list is the one to judge.
+                let asked = std::slice::from_ref(local);
+                let report = crate::commands::health::etcd::report(self.ctx, asked).await;
+                match report.leader {
+                    Some(leader) if report.healthy => Ok((status, leader)),
+                    _ => Err(Error::NotReady(report.problems.join("; "))),
+                }
             },
         )
         .await?;
-        let list = self.etcd.member_list(local).await?;
-        let leader = name_of(&list.members, status.leader);
         self.mark(status.header.member_id, &leader)
     }
 
@@ -223,16 +262,28 @@ impl Join<'_> {
                 cluster.push(format!("{name}={url}"));
             }
         }
-        let advertise = ours.peer_urls.join(",");
+        self.write_env_file(
+            &format!("member {}", hex_id(ours.id)),
+            &cluster.join(","),
+            "existing",
+            &ours.peer_urls.join(","),
+        )
+    }
+
+    fn write_env_file(
+        &self,
+        written_for: &str,
+        cluster: &str,
+        state: &str,
+        advertise: &str,
+    ) -> crate::Result<()> {
         let text = format!(
-            "# Written by flint join etcd for member {}; read by etcd.service.\n\
+            "# Written by flint join etcd for {written_for}; read by etcd.service.\n\
              ETCD_NAME={}\n\
-             ETCD_INITIAL_CLUSTER={}\n\
-             ETCD_INITIAL_CLUSTER_STATE=existing\n\
+             ETCD_INITIAL_CLUSTER={cluster}\n\
+             ETCD_INITIAL_CLUSTER_STATE={state}\n\
              ETCD_INITIAL_ADVERTISE_PEER_URLS={advertise}\n",
-            hex_id(ours.id),
             self.node,
-            cluster.join(","),
         );
         let path = self.ctx.state.path().join(ENV_FILE);
         crate::state::write_atomic(&path, text.as_bytes(), 0o644)?;

@@ -396,6 +396,8 @@ impl Validator<'_> {
             .transpose()?;
 
         let top = TopLevel {
+            node_id: node_id.as_str(),
+            bootstrap: raw.bootstrap,
             leader: top_leader,
             peers: top_peers,
             raft: top_raft,
@@ -609,6 +611,16 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
         None => false,
+    }
+}
+
+/// A URL as etcd stores it: `scheme://host:port`, no path, no trailing slash (etcd rejects
+/// `https://10.0.0.5:2380/` as "URL must not contain a path").
+pub fn bare_url(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port_or_known_default() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
     }
 }
 

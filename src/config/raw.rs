@@ -51,6 +51,8 @@ pub(super) struct RawEtcd {
     pub(super) peer_url: Option<String>,
     pub(super) local_url: Option<String>,
     pub(super) health_url: Option<String>,
+    /// A bootstrap node's initial members, by name: their peer URLs.
+    pub(super) initial_cluster: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A chainfire or flaredb section.

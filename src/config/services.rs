@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use url::Url;
 
 use super::raw::{RawAdmin, RawEtcd, RawIam};
-use super::{Endpoints, Error, UrlPolicy, Validator, join_path};
+use super::{Endpoints, Error, NodeId, UrlPolicy, Validator, bare_url, join_path};
 
 /// The services flint knows, in the seed's start-up order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -61,6 +61,9 @@ pub struct EtcdSettings {
     /// The local member's client URL, where flint sees it start and catch up.
     pub local_url: Url,
     pub health_url: Url,
+    /// A bootstrap node's initial members, `(name, bare peer URL)`, sorted by name: what etcd
+    /// needs before it starts. `None` when the node's own etcd settings hold them.
+    pub initial_cluster: Option<Vec<(String, String)>>,
 }
 
 /// A chainfire-style admin API (chainfire, flaredb).
@@ -116,14 +119,16 @@ pub struct IamAdmin {
 }
 
 /// The top-level fields every cluster section falls back to.
-pub(super) struct TopLevel {
+pub(super) struct TopLevel<'a> {
+    pub(super) node_id: &'a str,
+    pub(super) bootstrap: bool,
     pub(super) leader: Option<Url>,
     pub(super) peers: Vec<Url>,
     pub(super) raft: Option<String>,
     pub(super) policy: UrlPolicy,
 }
 
-impl TopLevel {
+impl TopLevel<'_> {
     /// The seed's top-level addresses are chainfire's (and etcd's); flaredb runs on the same
     /// hosts at its own ports.
     fn for_service(&self, service: Service) -> (Option<Url>, Vec<Url>, Option<String>) {
@@ -210,12 +215,73 @@ impl Validator<'_> {
             Some(u) => self.url("etcd.health_url", u, policy)?,
             None => join_path(&local_url, "/health"),
         };
+        let initial_cluster = raw
+            .initial_cluster
+            .map(|members| self.initial_cluster(members, peer_url.as_ref(), top))
+            .transpose()?;
         Ok(EtcdSettings {
             endpoints: endpoints(leader, peers),
             peer_url,
             local_url,
             health_url,
+            initial_cluster,
         })
+    }
+
+    /// Each name a valid member name, each URL a bare peer URL, and this node among them with
+    /// the peer URL it advertises; only on a bootstrap node (a joining node's cluster exists).
+    fn initial_cluster(
+        &self,
+        members: std::collections::BTreeMap<String, String>,
+        peer_url: Option<&Url>,
+        top: &TopLevel,
+    ) -> Result<Vec<(String, String)>, Error> {
+        const FIELD: &str = "etcd.initial_cluster";
+        if !top.bootstrap {
+            return Err(self.invalid(
+                FIELD,
+                "applies to a bootstrap node only (`bootstrap: true`): a joining node takes its \
+                 cluster from the member list",
+            ));
+        }
+        let own_url = peer_url.ok_or_else(|| {
+            self.invalid(
+                "raft_addr",
+                "required with `etcd.initial_cluster`: this node's peer address",
+            )
+        })?;
+        let peer_policy = UrlPolicy {
+            has_ca: true,
+            allow_plaintext: true,
+        };
+        let mut cluster = Vec::with_capacity(members.len());
+        for (name, url) in members {
+            let field = format!("{FIELD}.{name}");
+            NodeId::parse(&name).map_err(|p| self.invalid(&field, format!("member name: {p}")))?;
+            let parsed = self.url(&field, &url, peer_policy)?;
+            if parsed.path() != "/" || parsed.query().is_some() {
+                return Err(self.invalid(
+                    &field,
+                    format!("expected scheme://host:port with no path, got {url:?}"),
+                ));
+            }
+            cluster.push((name, bare_url(&parsed)));
+        }
+        let own = bare_url(own_url);
+        match cluster.iter().find(|(name, _)| name == top.node_id) {
+            Some((_, url)) if *url == own => Ok(cluster),
+            Some((_, url)) => Err(self.invalid(
+                &format!("{FIELD}.{}", top.node_id),
+                format!("is {url}, but this node advertises {own} (from `raft_addr`)"),
+            )),
+            None => Err(self.invalid(
+                FIELD,
+                format!(
+                    "does not name this node ({}): expected it among the initial members",
+                    top.node_id
+                ),
+            )),
+        }
     }
 
     pub(super) fn admin(

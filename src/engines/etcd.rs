@@ -12,6 +12,7 @@ use super::{Error, status_error};
 
 /// What a 401/403 from this service asks the operator to check.
 const CREDENTIALS: &str = "`tls.cert`";
+pub use crate::config::bare_url;
 use crate::config::{Endpoints, join_path};
 use crate::http::{Answer, Client};
 use crate::retry::{Class, Classified};
@@ -79,16 +80,6 @@ impl Refusal {
 /// Formats a member ID as etcd's own tools print it.
 pub fn hex_id(id: u64) -> String {
     format!("{id:x}")
-}
-
-/// A URL as etcd stores it: `scheme://host:port`, no path, no trailing slash (etcd rejects
-/// `https://10.0.0.5:2380/` as "URL must not contain a path").
-pub fn bare_url(url: &Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port_or_known_default() {
-        Some(port) => format!("{}://{host}:{port}", url.scheme()),
-        None => format!("{}://{host}", url.scheme()),
-    }
 }
 
 fn same_url(a: &str, b: &str) -> bool {

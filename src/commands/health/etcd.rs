@@ -18,12 +18,19 @@ struct Probe {
 
 pub(super) async fn check(ctx: &Context) -> crate::Result<ServiceReport> {
     let settings = ctx.config.etcd()?;
-    let etcd = Etcd::new(ctx.http.clone());
-    let mut problems = Vec::new();
     let mut asked = settings.endpoints.iter().cloned().collect::<Vec<_>>();
     asked.push(settings.local_url.clone());
+    Ok(report(ctx, &asked).await)
+}
+
+/// The cluster as `flint health` judges it, from the member list of the first of `asked` that
+/// answers. A bootstrap node waits for this verdict, so a node that has recorded its join is one
+/// `flint health` calls healthy.
+pub(crate) async fn report(ctx: &Context, asked: &[Url]) -> ServiceReport {
+    let etcd = Etcd::new(ctx.http.clone());
+    let mut problems = Vec::new();
     let mut list: Option<MemberList> = None;
-    for endpoint in &asked {
+    for endpoint in asked {
         match etcd.member_list(endpoint).await {
             Ok(answer) => {
                 list = Some(answer);
@@ -33,7 +40,7 @@ pub(super) async fn check(ctx: &Context) -> crate::Result<ServiceReport> {
         }
     }
     let Some(list) = list else {
-        return Ok(ServiceReport::unreachable("etcd", problems));
+        return ServiceReport::unreachable("etcd", problems);
     };
     problems.clear();
 
@@ -105,24 +112,18 @@ pub(super) async fn check(ctx: &Context) -> crate::Result<ServiceReport> {
         });
     }
     let voters = list.members.iter().filter(|m| !m.is_learner).count();
-    Ok(ServiceReport::judged(
-        "etcd",
-        members,
-        voters,
-        problems,
-        |problems| {
-            if seen_leaders.len() > 1 {
-                problems.push(format!(
-                    "members disagree on the leader: {}",
-                    seen_leaders
-                        .iter()
-                        .map(|id| hex_id(*id))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                return false;
-            }
-            true
-        },
-    ))
+    ServiceReport::judged("etcd", members, voters, problems, |problems| {
+        if seen_leaders.len() > 1 {
+            problems.push(format!(
+                "members disagree on the leader: {}",
+                seen_leaders
+                    .iter()
+                    .map(|id| hex_id(*id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return false;
+        }
+        true
+    })
 }

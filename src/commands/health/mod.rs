@@ -11,7 +11,7 @@ use super::Context;
 use crate::config::Service;
 
 mod admin;
-mod etcd;
+pub(crate) mod etcd;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
