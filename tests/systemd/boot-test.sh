@@ -10,7 +10,11 @@
 #   boot 5: the configuration file missing: 78 and a journal line naming it, no restart loop;
 #   boot 6: /var/lib/flint unusable: systemd's line says so (238), no restart loop;
 #   boot 7: etcd: the add unit before etcd.service (which reads etcd.env), the promote unit after,
-#           against a real 3-member etcd cluster on the host: the node ends a voting member.
+#           against a real 3-member etcd cluster on the host: the node ends a voting member;
+#   boot 8: the seed's simultaneous 3-node bootstrap: three containers boot at once, each with
+#           Debian's etcd and flint's etcd units, TLS on both sides, and configuration.md's
+#           complete example (relative tls paths, read beside the file in /etc/nixos/secrets):
+#           every etcd starts within seconds, every unit succeeds on its first run.
 #
 #   tests/systemd/boot-test.sh FLINT FLINT_TESTSERVER
 #
@@ -160,6 +164,8 @@ for u in $units; do
     journalctl -b -u $u.service -o cat --no-pager > /results/$u.journal
 done
 ls -A /var/lib/flint > /results/state-dir 2>&1
+# A test may hold the container up (other containers' units may still need this one's services).
+if [ -x /usr/local/bin/flint-report-hold ]; then /usr/local/bin/flint-report-hold; fi
 touch /results/done
 systemctl poweroff --no-block
 SCRIPT
@@ -171,7 +177,7 @@ boot() {
     local root=$work/$1
     rm -rf "${root:?}/results"/*
     timeout 180 systemd-nspawn --quiet --register=no --keep-unit --console=pipe -D "$root" \
-        --bind="$root/results:/results" -b >"$work/$1.console" 2>&1 </dev/null \
+        --bind="$root/results:/results" ${BOOT_BIND:+--bind="$BOOT_BIND"} -b >"$work/$1.console" 2>&1 </dev/null \
         || fail "boot of $1 did not end by itself: $(tail -5 "$work/$1.console")"
     [[ -e $root/results/done ]] || fail "boot of $1 produced no report: $(tail -5 "$work/$1.console")"
 }
@@ -353,4 +359,106 @@ members=$(etcdctl_host member list)
 grep -q "started, node08, http://$(ip 8):2380, http://$(ip 8):2379, false" <<<"$members" \
     || fail "node08 is not a started voter: $members"
 echo "  ok: learner added before etcd.service, promoted after it; node08 is a voting member"
+
+# --- boot 8: three bootstrap nodes at once --------------------------------------------------------
+echo "boot 8: simultaneous 3-node bootstrap, etcd with TLS, relative tls paths"
+boot_ips=("$(ip 21)" "$(ip 22)" "$(ip 23)")
+# etcd checks a peer's certificate against the address it connects from, which on loopback is
+# 127.0.0.1 whatever address the member listens on.
+san="IP:127.0.0.1"
+for addr in "${boot_ips[@]}"; do san+=",IP:$addr"; done
+# One certificate for every member's client and peer side, one for flint (a client).
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=etcd \
+    -keyout "$pki/etcd-key.pem" -out "$pki/etcd.csr" 2>/dev/null
+printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" >"$pki/etcd.ext"
+openssl x509 -req -in "$pki/etcd.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca-key.pem" -CAcreateserial -days 2 \
+    -extfile "$pki/etcd.ext" -out "$pki/etcd.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=flint \
+    -keyout "$pki/node-key.pem" -out "$pki/node.csr" 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\n' >"$pki/node.ext"
+openssl x509 -req -in "$pki/node.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca-key.pem" -CAcreateserial -days 2 \
+    -extfile "$pki/node.ext" -out "$pki/node.pem" 2>/dev/null
+chmod 600 "$pki/etcd-key.pem" "$pki/node-key.pem"
+initial=""
+for i in 1 2 3; do initial+="${initial:+, }\"node0$i\": \"https://${boot_ips[i - 1]}:2380\""; done
+for i in 1 2 3; do
+    addr=${boot_ips[i - 1]}
+    # configuration.md's complete example, as a bootstrap node of a three-member cluster.
+    install_root "bootstrap$i" "{
+  \"node_id\": \"node0$i\",
+  \"bootstrap\": true,
+  \"leader_url\": \"https://${boot_ips[0]}:2379\",
+  \"peers\": [\"https://${boot_ips[1]}:2379\", \"https://${boot_ips[2]}:2379\"],
+  \"raft_addr\": \"$addr:2380\",
+  \"tls\": {\"ca\": \"pki/ca.pem\", \"cert\": \"pki/node0$i.pem\", \"key\": \"pki/node0$i-key.pem\"},
+  \"timeouts\": {\"total\": \"60s\"},
+  \"etcd\": {\"local_url\": \"https://$addr:2379\", \"initial_cluster\": {$initial}}
+}" etcd-cluster-join etcd etcd-cluster-promote
+    root=$work/bootstrap$i
+    mkdir -p "$root/etc/nixos/secrets/pki" "$root/etc/etcd/pki"
+    install -m 600 "$pki/ca.pem" "$root/etc/nixos/secrets/pki/ca.pem"
+    install -m 600 "$pki/node.pem" "$root/etc/nixos/secrets/pki/node0$i.pem"
+    install -m 600 "$pki/node-key.pem" "$root/etc/nixos/secrets/pki/node0$i-key.pem"
+    # Not beside the file: under the units, a relative path must not resolve anywhere else.
+    rm "$root/etc/nixos/secrets/ca.pem"
+    install -m 600 "$pki/ca.pem" "$pki/etcd.pem" "$pki/etcd-key.pem" "$root/etc/etcd/pki/"
+    chroot "$root" chown -R etcd:etcd /etc/etcd/pki
+    # Reports the member list once its units settled, then keeps its etcd up until all three
+    # have reported: the last node's promote needs a quorum.
+    cat >"$root/usr/local/bin/flint-report-hold" <<SCRIPT
+#!/bin/sh
+ETCDCTL_API=3 etcdctl --endpoints https://$addr:2379 --cacert /etc/etcd/pki/ca.pem --cert /etc/etcd/pki/etcd.pem \\
+    --key /etc/etcd/pki/etcd-key.pem --dial-timeout=2s --command-timeout=5s member list > /results/members 2>&1
+touch /shared/node0$i
+for i in \$(seq 240); do [ \$(ls /shared | wc -l) -ge 3 ] && break; sleep 0.25; done
+SCRIPT
+    chmod 755 "$root/usr/local/bin/flint-report-hold"
+    cat >"$root/etc/default/etcd" <<ENV
+ETCD_LISTEN_CLIENT_URLS=https://$addr:2379
+ETCD_ADVERTISE_CLIENT_URLS=https://$addr:2379
+ETCD_LISTEN_PEER_URLS=https://$addr:2380
+ETCD_INITIAL_CLUSTER_TOKEN=flint-boot-test-$net
+ETCD_CERT_FILE=/etc/etcd/pki/etcd.pem
+ETCD_KEY_FILE=/etc/etcd/pki/etcd-key.pem
+ETCD_TRUSTED_CA_FILE=/etc/etcd/pki/ca.pem
+ETCD_CLIENT_CERT_AUTH=true
+ETCD_PEER_CERT_FILE=/etc/etcd/pki/etcd.pem
+ETCD_PEER_KEY_FILE=/etc/etcd/pki/etcd-key.pem
+ETCD_PEER_TRUSTED_CA_FILE=/etc/etcd/pki/ca.pem
+ETCD_PEER_CLIENT_CERT_AUTH=true
+ENV
+done
+boot_pids=()
+mkdir -p "$work/shared"
+for i in 1 2 3; do
+    (BOOT_BIND=$work/shared:/shared boot "bootstrap$i") &
+    boot_pids+=($!)
+done
+for pid in "${boot_pids[@]}"; do wait "$pid" || fail "a bootstrap container did not boot to its report"; done
+etcd_starts=()
+for i in 1 2 3; do
+    for unit in etcd-cluster-join etcd etcd-cluster-promote; do
+        expect_prop "bootstrap$i" "$unit" Result success
+        expect_prop "bootstrap$i" "$unit" NRestarts 0
+    done
+    expect_prop "bootstrap$i" etcd-cluster-join ExecMainStatus 0
+    expect_prop "bootstrap$i" etcd-cluster-promote ExecMainStatus 0
+    add_start=$(prop "bootstrap$i" ExecMainStartTimestampMonotonic etcd-cluster-join)
+    etcd_start=$(prop "bootstrap$i" ExecMainStartTimestampMonotonic etcd)
+    ((etcd_start - add_start < 10000000)) \
+        || fail "node0$i: etcd started $(((etcd_start - add_start) / 1000)) ms after etcd-cluster-join"
+    etcd_starts+=("$etcd_start")
+    grep -qx .etcd-joined "$work/bootstrap$i/results/state-dir" \
+        || fail "node0$i: no .etcd-joined: $(cat "$work/bootstrap$i/results/state-dir")"
+    grep -q "ETCD_INITIAL_CLUSTER_STATE=new" "$work/bootstrap$i/var/lib/flint/etcd.env" \
+        || fail "node0$i: etcd.env has no new cluster: $(cat "$work/bootstrap$i/var/lib/flint/etcd.env")"
+done
+spread=$(printf '%s\n' "${etcd_starts[@]}" | sort -n | sed -n '1p;$p' | paste -sd' ' | awk '{print $2 - $1}')
+((spread < 30000000)) || fail "the three etcds started $((spread / 1000)) ms apart"
+members=$(cat "$work/bootstrap1/results/members")
+for i in 1 2 3; do
+    grep -q "started, node0$i, https://${boot_ips[i - 1]}:2380, https://${boot_ips[i - 1]}:2379, false" <<<"$members" \
+        || fail "node0$i is not a started voter: $members"
+done
+echo "  ok: three etcds started within $((spread / 1000)) ms of each other, each within 10 s of its add unit; 9 units succeeded first time"
 echo "all boots passed"
