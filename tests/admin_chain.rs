@@ -497,6 +497,80 @@ fn a_bootstrap_node_waits_to_be_listed_and_adds_nothing() {
 }
 
 #[test]
+fn an_election_in_progress_is_waited_out_by_joining_and_bootstrap_nodes() {
+    // Between leaders a Raft service lists `"leader": null` (openraft's `current_leader: None`,
+    // Consul's `""` from /v1/status/leader) and no member can add one: no leader yet is
+    // transient, never a bad answer.
+    const ELECTION_MS: u64 = 1500;
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let server = TestServer::cluster(&lab, CHAINFIRE_PORT, 4, 3, secrets.cluster_options(&lab));
+    let node = chain_node(&lab, 3, &secrets, false);
+    server.election(ELECTION_MS);
+    let during = server.state();
+    assert_eq!(during["leader"], Value::Null, "{during:#}");
+    let out = node.run(JOIN);
+    out.assert_code(0, "a joining node during an election");
+    assert!(
+        out.elapsed >= std::time::Duration::from_millis(ELECTION_MS - 200),
+        "joined before the election ended: {}",
+        out.describe()
+    );
+    assert_member_once(&server, &node, &server.raft_addr(3));
+    assert_eq!(
+        marker(&node, CHAINFIRE_MARKER).expect("marker")["leader"],
+        "node01"
+    );
+
+    let bootstrap = chain_node(&lab, 1, &secrets, true);
+    server.election(ELECTION_MS);
+    let out = bootstrap.run(JOIN);
+    out.assert_code(0, "a bootstrap node during an election");
+    assert!(
+        out.elapsed >= std::time::Duration::from_millis(ELECTION_MS - 200),
+        "a bootstrap node marked before a leader was elected: {}",
+        out.describe()
+    );
+    assert_eq!(
+        marker(&bootstrap, CHAINFIRE_MARKER).expect("marker")["leader"],
+        "node01"
+    );
+}
+
+#[test]
+fn roles_spelled_otherwise_or_unknown_do_not_break_a_join() {
+    // openraft's `ServerState` serializes as `Leader`, `Follower`, `Candidate`, `Learner`.
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let server = TestServer::cluster(
+        &lab,
+        CHAINFIRE_PORT,
+        4,
+        3,
+        common::ServerOptions {
+            role_case: Some("title"),
+            learner_ms: 500,
+            ..secrets.cluster_options(&lab)
+        },
+    );
+    let node = chain_node(&lab, 3, &secrets, false);
+    // A candidate among the members while the join reads the list.
+    server.election(800);
+    let out = node.run(JOIN);
+    out.assert_code(
+        0,
+        "a join against roles spelled Leader/Follower/Candidate/Learner",
+    );
+    assert!(
+        out.stderr.contains("\"Learner\", not yet a voting member"),
+        "the learner phase was waited for under its own spelling: {}",
+        out.describe()
+    );
+    assert_member_once(&server, &node, &server.raft_addr(3));
+    assert!(marker(&node, CHAINFIRE_MARKER).is_some());
+}
+
+#[test]
 fn health_reports_a_dead_member_but_a_quorum_is_healthy() {
     let (_lab, server, mut node) = single(0);
     node.config

@@ -26,42 +26,103 @@ use crate::secrets::Secret;
 /// change can add a hop or two; more than this is a misconfigured cluster.
 const MAX_HOPS: usize = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// A member's role, read the way a client of an evolving service must: Raft services spell
+/// roles differently (openraft's `ServerState` serializes as `Leader`, `Candidate`), and a role
+/// flint does not know is kept as `Other` instead of refusing the whole list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Leader,
     Follower,
+    /// Campaigning in an election: only voters campaign.
+    Candidate,
     Learner,
+    Other,
 }
 
 impl Role {
+    fn parse(text: &str) -> Role {
+        let folded: String = text
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .flat_map(char::to_lowercase)
+            .collect();
+        match folded.as_str() {
+            "leader" => Role::Leader,
+            "follower" => Role::Follower,
+            // etcd's raft shows a pre-vote phase before the candidacy.
+            "candidate" | "precandidate" => Role::Candidate,
+            "learner" => Role::Learner,
+            _ => Role::Other,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Leader => "leader",
             Role::Follower => "follower",
+            Role::Candidate => "candidate",
             Role::Learner => "learner",
+            Role::Other => "unknown",
+        }
+    }
+
+    /// Known to be a voting member; a role flint does not know is not assumed to vote.
+    pub fn votes(self) -> bool {
+        matches!(self, Role::Leader | Role::Follower | Role::Candidate)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "RawMember")]
+pub struct Member {
+    pub id: String,
+    pub raft_addr: String,
+    pub role: Role,
+    /// The role as the service spelled it, for messages.
+    pub role_name: String,
+}
+
+#[derive(Deserialize)]
+struct RawMember {
+    id: String,
+    raft_addr: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+impl From<RawMember> for Member {
+    fn from(raw: RawMember) -> Member {
+        let role_name = raw.role.unwrap_or_default();
+        Member {
+            id: raw.id,
+            raft_addr: raw.raft_addr,
+            role: Role::parse(&role_name),
+            role_name,
         }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Member {
-    pub id: String,
-    pub raft_addr: String,
-    pub role: Role,
-}
-
-#[derive(Debug, Clone, Deserialize)]
 pub struct MemberList {
-    /// The leader's member ID; empty while there is none.
-    #[serde(default)]
+    /// The leader's member ID; empty while there is none (`null`, missing or `""`: what Raft
+    /// services show between leaders).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub leader: String,
     pub members: Vec<Member>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 impl MemberList {
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The leader, when the list names one.
+    pub fn leader(&self) -> Option<&str> {
+        Some(self.leader.as_str()).filter(|l| !l.is_empty())
     }
 
     /// A leader the list names and that the list shows in the leader role.
@@ -268,4 +329,52 @@ fn leader_hint(answer: &Answer) -> Option<Url> {
     }
     let hint: Hint = serde_json::from_slice(&answer.body).ok()?;
     Url::parse(&hint.leader).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(text: &str) -> MemberList {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn no_leader_yet_is_an_answer_not_an_error() {
+        for leader in [r#""leader": null,"#, r#""leader": "","#, ""] {
+            let l = list(&format!(
+                r#"{{{leader} "members": [{{"id": "a", "raft_addr": "h:1", "role": "candidate"}}]}}"#
+            ));
+            assert_eq!(l.leader(), None, "{leader}");
+            assert!(!l.has_leader(), "{leader}");
+            assert!(l.members[0].role.votes());
+        }
+    }
+
+    #[test]
+    fn roles_in_other_spellings_unknown_roles_and_fields_are_read() {
+        let l = list(
+            r#"{"leader": "a", "term": 7, "members": [
+                {"id": "a", "raft_addr": "h:1", "role": "Leader", "last_contact": 0},
+                {"id": "b", "raft_addr": "h:2", "role": "FOLLOWER"},
+                {"id": "c", "raft_addr": "h:3", "role": "pre-candidate"},
+                {"id": "d", "raft_addr": "h:4", "role": "Learner"},
+                {"id": "e", "raft_addr": "h:5", "role": "witness"},
+                {"id": "f", "raft_addr": "h:6"}]}"#,
+        );
+        assert!(l.has_leader());
+        let roles: Vec<(Role, bool)> = l.members.iter().map(|m| (m.role, m.role.votes())).collect();
+        assert_eq!(
+            roles,
+            [
+                (Role::Leader, true),
+                (Role::Follower, true),
+                (Role::Candidate, true),
+                (Role::Learner, false),
+                (Role::Other, false),
+                (Role::Other, false),
+            ]
+        );
+        assert_eq!(l.members[4].role_name, "witness");
+    }
 }

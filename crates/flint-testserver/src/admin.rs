@@ -220,8 +220,20 @@ fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
     match (call.route, service) {
         (Route::Health | Route::IamHealth, _) => healthy(),
         _ if !call.authorized => unauthorized(),
-        (Route::List, Service::Cluster(c)) => Reply::json(StatusCode::OK, &json!(c.list(now))),
+        (Route::List, Service::Cluster(c)) => {
+            let mut list = json!(c.list(now));
+            shared.role_case.apply(&mut list);
+            Reply::json(StatusCode::OK, &list)
+        }
         (Route::Add, Service::Cluster(c)) => {
+            // No member can commit a change without a leader; what openraft reports as
+            // `ForwardToLeader { leader_id: None }`.
+            if c.electing(now) {
+                return Reply::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "no leader elected yet", "leader": null}),
+                );
+            }
             if c.leader() != call.listener {
                 let leader = c.leader().to_string();
                 return leader_hint(shared, &leader, 307, &call.target);
@@ -230,13 +242,15 @@ fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
                 Ok(req) => req,
                 Err(message) => return Reply::error(StatusCode::BAD_REQUEST, message),
             };
-            match c.add(&id, &raft_addr, now) {
-                Ok(member) => Reply::json(StatusCode::CREATED, &json!(member)),
-                Err(conflict) => Reply::json(
+            let (status, mut body) = match c.add(&id, &raft_addr, now) {
+                Ok(member) => (StatusCode::CREATED, json!(member)),
+                Err(conflict) => (
                     StatusCode::CONFLICT,
-                    &json!({"error": conflict.message(), "member": conflict.member()}),
+                    json!({"error": conflict.message(), "member": conflict.member()}),
                 ),
-            }
+            };
+            shared.role_case.apply(&mut body);
+            Reply::json(status, &body)
         }
         (Route::Bootstrap, Service::Iam(state)) => {
             let req = match iam::parse(&call.body) {

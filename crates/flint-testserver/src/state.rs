@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, RoleCase};
 use crate::faults::{self, Fault, FaultSet, Route, Scope};
 use crate::iam::Iam;
 
@@ -39,15 +39,23 @@ pub struct Shared {
     pub listeners: Vec<Listener>,
     /// The bearer token every `/admin/*` request must carry, when set. Never logged.
     pub token: Option<String>,
+    /// How the admin API spells roles (the control API always shows them in lower case).
+    pub role_case: RoleCase,
     world: Mutex<World>,
 }
 
 impl Shared {
-    pub fn new(listeners: Vec<Listener>, token: Option<String>, service: Service) -> Shared {
+    pub fn new(
+        listeners: Vec<Listener>,
+        token: Option<String>,
+        service: Service,
+        role_case: RoleCase,
+    ) -> Shared {
         Shared {
             cluster: matches!(service, Service::Cluster(_)),
             listeners,
             token,
+            role_case,
             world: Mutex::new(World {
                 service,
                 faults: FaultSet::default(),
