@@ -124,12 +124,10 @@ impl Join<'_> {
         ));
         systemd::status(&format!("adding this node to {}", self.service));
         match self.admin.add(&answered, self.node, raft_addr).await? {
-            Added::New(member) => {
+            Added::New => {
                 info!(
-                    "{} added {} as {}",
-                    self.service,
-                    member.id,
-                    member.role.name()
+                    "{} added {}; the member list confirms it next",
+                    self.service, self.node
                 );
                 Ok(())
             }

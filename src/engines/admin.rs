@@ -137,8 +137,8 @@ impl MemberList {
 /// What an add came to.
 #[derive(Debug)]
 pub enum Added {
-    /// The leader added the member now.
-    New(Member),
+    /// The leader accepted the add; the member list, not this answer, confirms it.
+    New,
     /// It already was a member with this Raft address (409).
     Existing(Member),
     /// 409 without saying which member: the caller lists to find out.
@@ -275,7 +275,15 @@ pub fn read_added(
         member: Option<Member>,
     }
     match answer.status {
-        StatusCode::OK | StatusCode::CREATED => Ok(Added::New(answer.labelled_json()?)),
+        // Servers answer a successful change as they please (`201` with no body, `200 {}`, the
+        // member), and a member the answer names is still not a membership: the list confirms
+        // it. A body must still be JSON, so a proxy's HTML page is never taken for success.
+        status if status.is_success() => {
+            if !answer.body.trim_ascii().is_empty() {
+                answer.labelled_json::<serde::de::IgnoredAny>()?;
+            }
+            Ok(Added::New)
+        }
         StatusCode::CONFLICT => match answer.labelled_json::<Conflict>()?.member {
             Some(m) if m.id == id && m.raft_addr == raft_addr => Ok(Added::Existing(m)),
             Some(m) => Err(Error::Conflict(format!(

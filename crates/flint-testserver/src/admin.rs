@@ -339,6 +339,14 @@ async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> R
         }
         Kind::ConflictSame | Kind::ConflictOther { .. } => conflict(call, &fault.kind),
         Kind::TokenRequired => unauthorized(),
+        Kind::NoBody { code } => {
+            apply();
+            Reply::raw(status(*code), "", Bytes::new())
+        }
+        Kind::EmptyJson { code } => {
+            apply();
+            Reply::json(status(*code), &json!({}))
+        }
         Kind::LeaderChange { code } => {
             let leader = {
                 let mut world = shared.world();

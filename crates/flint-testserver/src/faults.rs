@@ -85,6 +85,10 @@ pub enum Kind {
     TokenRequired,
     /// Move the leadership to the next member, then answer with the leader hint.
     LeaderChange { code: u16 },
+    /// A success status with no body and no `Content-Type`.
+    NoBody { code: u16 },
+    /// A success status with `{}`, labelled JSON.
+    EmptyJson { code: u16 },
 }
 
 impl Kind {
@@ -104,6 +108,8 @@ impl Kind {
             Kind::ConflictOther { .. } => "conflict-other",
             Kind::TokenRequired => "token-required",
             Kind::LeaderChange { .. } => "leader-change",
+            Kind::NoBody { .. } => "no-body",
+            Kind::EmptyJson { .. } => "empty-json",
         }
     }
 
@@ -153,7 +159,9 @@ impl Fault {
             | Kind::RedirectToLeader { code }
             | Kind::LeaderHint { code }
             | Kind::RedirectLoop { code }
-            | Kind::LeaderChange { code } => {
+            | Kind::LeaderChange { code }
+            | Kind::NoBody { code }
+            | Kind::EmptyJson { code } => {
                 o.insert("code".into(), json!(code));
             }
             Kind::TooMany { seconds } => {
@@ -378,11 +386,25 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
             }
             (Kind::LeaderChange { code }, &["code"], &[Route::Add])
         }
+        "no-body" | "empty-json" => {
+            let default = if raw.kind == "no-body" { 201 } else { 200 };
+            let code = raw.code.unwrap_or(default);
+            if !(200..=299).contains(&code) {
+                return Err(format!("{} code {code} is not in 200..=299", raw.kind));
+            }
+            let kind = if raw.kind == "no-body" {
+                Kind::NoBody { code }
+            } else {
+                Kind::EmptyJson { code }
+            };
+            (kind, &["code"], &[Route::Add])
+        }
         other => {
             return Err(format!(
                 "unknown kind {other:?} (kinds: delay, status, too-many, redirect-to-leader, \
                  leader-hint, redirect-loop, drop, truncated-json, malformed-json, \
-                 wrong-content-type, conflict-same, conflict-other, token-required, leader-change)"
+                 wrong-content-type, conflict-same, conflict-other, token-required, \
+                 leader-change, no-body, empty-json)"
             ));
         }
     };
@@ -417,11 +439,14 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
                 | Kind::TruncatedJson
                 | Kind::MalformedJson
                 | Kind::WrongContentType
+                | Kind::NoBody { .. }
+                | Kind::EmptyJson { .. }
         );
         if !route.writes() || !replaces_answer {
             return Err(format!(
                 "\"apply\" only fits routes add and bootstrap with kinds status, too-many, drop, \
-                 truncated-json, malformed-json or wrong-content-type, not {} on {}",
+                 truncated-json, malformed-json, wrong-content-type, no-body or empty-json, not \
+                 {} on {}",
                 kind.name(),
                 route.name()
             ));
@@ -566,6 +591,16 @@ mod tests {
         assert!(
             err(r#"[{"route":"add","kind":"drop"},{"route":"x"}]"#).starts_with("fault at index 1")
         );
+    }
+
+    #[test]
+    fn bare_successes_are_2xx_on_the_add() {
+        let f = parse_cluster(r#"{"route":"add","kind":"no-body","apply":true}"#).unwrap();
+        assert_eq!(f[0].kind, Kind::NoBody { code: 201 });
+        let f = parse_cluster(r#"{"route":"add","kind":"empty-json"}"#).unwrap();
+        assert_eq!(f[0].kind, Kind::EmptyJson { code: 200 });
+        assert!(err(r#"{"route":"add","kind":"no-body","code":307}"#).contains("200..=299"));
+        assert!(err(r#"{"route":"list","kind":"empty-json"}"#).contains("does not apply"));
     }
 
     #[test]
