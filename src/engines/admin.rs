@@ -8,6 +8,8 @@
 //!      -> 200/201 added; 409 already a member; 307/308 Location, or 421/503 {"leader": URL}
 //! ```
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -17,7 +19,7 @@ use super::{Error, status_error};
 
 /// What a 401/403 from this service asks the operator to check.
 const CREDENTIALS: &str = "`join_token_file` and `tls.cert`";
-use crate::config::{AdminPaths, Endpoints, join_path, permits};
+use crate::config::{AdminSettings, Endpoints, join_path, permits};
 use crate::http::{Answer, Client};
 use crate::retry::{Class, Classified};
 use crate::secrets::Secret;
@@ -145,26 +147,57 @@ pub enum Added {
     Unspecified,
 }
 
+/// Where the members of the last list serve the API, by member ID and by Raft address: what a
+/// leader hint naming a member is resolved through. Only a list flint read itself (from a
+/// member verified against the cluster's CA) fills it, and a name it does not hold is not
+/// guessed at.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    /// `(id, raft_addr, API base URL)`.
+    members: Vec<(String, String, Url)>,
+}
+
+impl Directory {
+    pub fn new(list: &MemberList, api: impl Fn(&str) -> Option<Url>) -> Directory {
+        Directory {
+            members: list
+                .members
+                .iter()
+                .filter_map(|m| Some((m.id.clone(), m.raft_addr.clone(), api(&m.raft_addr)?)))
+                .collect(),
+        }
+    }
+
+    fn find(&self, name: &str) -> Option<&Url> {
+        self.members
+            .iter()
+            .find(|(id, raft_addr, _)| id == name || raft_addr == name)
+            .map(|(_, _, url)| url)
+    }
+}
+
 #[derive(Clone)]
 pub struct Admin {
     http: Client,
     token: Option<Secret>,
-    paths: AdminPaths,
+    settings: AdminSettings,
     allow_plaintext: bool,
+    directory: Arc<Mutex<Directory>>,
 }
 
 impl Admin {
     pub fn new(
         http: Client,
         token: Option<Secret>,
-        paths: AdminPaths,
+        settings: &AdminSettings,
         allow_plaintext: bool,
     ) -> Self {
         Admin {
             http,
             token,
-            paths,
+            settings: settings.clone(),
             allow_plaintext,
+            directory: Arc::default(),
         }
     }
 
@@ -192,18 +225,21 @@ impl Admin {
     /// The member list, as the member at `base` (or the leader it points to) sees it, and the
     /// base URL of the member that answered.
     pub async fn members(&self, base: &Url) -> Result<(Url, MemberList), Error> {
-        let url = join_path(base, &self.paths.member_list);
+        let paths = &self.settings.paths;
+        let url = join_path(base, &paths.member_list);
         let (answered, answer) = self.exchange(Method::GET, url, None).await?;
         if !answer.status.is_success() {
             return Err(status_error(&answer, CREDENTIALS));
         }
-        let list = answer.labelled_json()?;
+        let list: MemberList = answer.labelled_json()?;
+        *self
+            .directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Directory::new(&list, |raft_addr| self.settings.member_url(raft_addr));
         let mut answered_base = answered.clone();
         let path = answered.path();
-        answered_base.set_path(
-            path.strip_suffix(self.paths.member_list.as_str())
-                .unwrap_or("/"),
-        );
+        answered_base.set_path(path.strip_suffix(paths.member_list.as_str()).unwrap_or("/"));
         Ok((answered_base, list))
     }
 
@@ -223,7 +259,7 @@ impl Admin {
 
     /// Asks the leader (found from `base`, following its hints) to add this node.
     pub async fn add(&self, base: &Url, id: &str, raft_addr: &str) -> Result<Added, Error> {
-        let url = join_path(base, &self.paths.member_add);
+        let url = join_path(base, &self.settings.paths.member_add);
         let body = json!({"id": id, "raft_addr": raft_addr});
         let (answered, answer) = self.exchange(Method::POST, url, Some(&body)).await?;
         read_added(&answered, &answer, id, raft_addr)
@@ -253,7 +289,12 @@ impl Admin {
                 .http
                 .send(method.clone(), &url, body, self.token.as_ref())
                 .await?;
-            let Some(next) = next_hop(&url, &answer, self.allow_plaintext)? else {
+            let directory = self
+                .directory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let Some(next) = next_hop(&url, &answer, self.allow_plaintext, &directory)? else {
                 return Ok((url, answer));
             };
             visited.push(url);
@@ -299,21 +340,53 @@ pub fn read_added(
 }
 
 /// Where an answer to a request for `url` sends it next: `None` when it is the final answer,
-/// the redirect's `Location` (307/308) or the leader's hint (421/503 with `{"leader": URL}`)
-/// otherwise. Never plain http to a host that is not loopback unless `allow_plaintext`.
-pub fn next_hop(url: &Url, answer: &Answer, allow_plaintext: bool) -> Result<Option<Url>, Error> {
+/// else the redirect's `Location` (307/308) or the leader's hint (421/503 with `{"leader": ...}`).
+///
+/// Hints come in the forms Raft services send: a URL (rqlite's and Vault's redirects), a base URL
+/// without a path, a bare `host:port` (Consul names its leader so), a member's Raft address or
+/// its ID (openraft's `ForwardToLeader { leader_id }`), resolved through `directory`. A base URL
+/// or `host:port` keeps the request's path (and `host:port` its scheme). A hint that cannot be
+/// followed is transient: another endpoint, or the next try, may know the leader. Never plain
+/// http to a host that is not loopback unless `allow_plaintext`.
+pub fn next_hop(
+    url: &Url,
+    answer: &Answer,
+    allow_plaintext: bool,
+    directory: &Directory,
+) -> Result<Option<Url>, Error> {
+    let unfollowable = |detail: String| {
+        Error::NotReady(format!(
+            "{url} answered HTTP {} (the leader is elsewhere), but {detail}",
+            answer.status
+        ))
+    };
     let next = match answer.status {
         StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => {
-            let location = answer.location.as_deref().ok_or_else(|| {
-                Error::Http(answer.decode_error("a redirect without Location".into()))
+            let Some(location) = answer.location.as_deref() else {
+                return Err(unfollowable("without a Location".into()));
+            };
+            let to = url.join(location).map_err(|e| {
+                unfollowable(format!("its Location {location:?} is not a URL: {e}"))
             })?;
-            url.join(location).map_err(|e| {
-                Error::Http(answer.decode_error(format!("bad Location {location:?}: {e}")))
-            })?
+            // The API has nothing at the root: a Location without a path names the leader.
+            if to.path() == "/" && url.path() != "/" {
+                same_request_at(&to, url)
+            } else {
+                to
+            }
         }
         StatusCode::MISDIRECTED_REQUEST | StatusCode::SERVICE_UNAVAILABLE => {
             match leader_hint(answer) {
-                Some(leader) => join_path(&leader, url.path()),
+                Some(hint) => resolve_hint(&hint, url, directory).ok_or_else(|| {
+                    unfollowable(format!(
+                        "its leader hint {hint:?} is neither a URL, nor host:port, nor a member \
+                         of the last member list"
+                    ))
+                })?,
+                // 421 says "not here" even when no leader is known (during an election).
+                None if answer.status == StatusCode::MISDIRECTED_REQUEST => {
+                    return Err(unfollowable("it names no leader".into()));
+                }
                 // 503 without a hint: the service is busy, not elsewhere.
                 None => return Ok(None),
             }
@@ -329,14 +402,41 @@ pub fn next_hop(url: &Url, answer: &Answer, allow_plaintext: bool) -> Result<Opt
     Ok(Some(next))
 }
 
-/// The leader URL in a 421/503 body, if any.
-fn leader_hint(answer: &Answer) -> Option<Url> {
+/// The request for `url`, sent to the API at `base` instead.
+fn same_request_at(base: &Url, url: &Url) -> Url {
+    let mut next = join_path(base, url.path());
+    next.set_query(url.query());
+    next
+}
+
+fn resolve_hint(hint: &str, url: &Url, directory: &Directory) -> Option<Url> {
+    if hint.contains("://") {
+        return Url::parse(hint)
+            .ok()
+            .map(|base| same_request_at(&base, url));
+    }
+    // A listed member's ID or Raft address first: a Raft address is also host:port, but the API
+    // is not served there.
+    if let Some(base) = directory.find(hint) {
+        return Some(same_request_at(base, url));
+    }
+    let (host, port) = hint.rsplit_once(':')?;
+    let plain_host = !host.is_empty() && !host.contains(['/', '@', '?', '#', '\\']);
+    if !plain_host || port.parse::<u16>().ok()? == 0 {
+        return None;
+    }
+    let base = Url::parse(&format!("{}://{hint}", url.scheme())).ok()?;
+    Some(same_request_at(&base, url))
+}
+
+/// The leader a 421/503 body names, if it names one (`null` or `""` while none is known).
+fn leader_hint(answer: &Answer) -> Option<String> {
     #[derive(Deserialize)]
     struct Hint {
-        leader: String,
+        leader: Option<String>,
     }
     let hint: Hint = serde_json::from_slice(&answer.body).ok()?;
-    Url::parse(&hint.leader).ok()
+    hint.leader.filter(|l| !l.trim().is_empty())
 }
 
 #[cfg(test)]
