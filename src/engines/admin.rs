@@ -20,7 +20,7 @@ use super::{Error, status_error};
 /// What a 401/403 from this service asks the operator to check.
 const CREDENTIALS: &str = "`join_token_file` and `tls.cert`";
 use crate::config::{AdminSettings, Endpoints, join_path, permits};
-use crate::http::{Answer, Client};
+use crate::http::{Answer, Bearer, Client};
 use crate::retry::{Class, Classified};
 use crate::secrets::Secret;
 
@@ -179,7 +179,7 @@ impl Directory {
 #[derive(Clone)]
 pub struct Admin {
     http: Client,
-    token: Option<Secret>,
+    token: Option<Bearer>,
     settings: AdminSettings,
     allow_plaintext: bool,
     directory: Arc<Mutex<Directory>>,
@@ -192,9 +192,15 @@ impl Admin {
         settings: &AdminSettings,
         allow_plaintext: bool,
     ) -> Self {
+        // Where the configuration says the cluster is: its leader URL, its peers, and this node's
+        // own member of it.
+        let cluster = settings
+            .endpoints
+            .iter()
+            .chain(std::iter::once(&settings.health_url));
         Admin {
             http,
-            token,
+            token: token.map(|t| Bearer::new(t, cluster)),
             settings: settings.clone(),
             allow_plaintext,
             directory: Arc::default(),
@@ -285,10 +291,24 @@ impl Admin {
                         .join(" -> "),
                 });
             }
-            let answer = self
-                .http
-                .send(method.clone(), &url, body, self.token.as_ref())
-                .await?;
+            let token = self.token.as_ref().and_then(|b| b.for_url(&url));
+            let answer = self.http.send(method.clone(), &url, body, token).await?;
+            let withheld = token.is_none() && self.token.is_some();
+            if withheld
+                && matches!(
+                    answer.status,
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                )
+            {
+                // Not a refusal of the credentials: they were never shown there. Another
+                // endpoint, or the leader moving back, can still take the join.
+                return Err(Error::NotReady(format!(
+                    "{url} answered HTTP {} to a request without the join token, which flint \
+                     sends only to the URLs the configuration names (`leader_url`, `peers`, \
+                     `local_url`); list this member in `peers` if it belongs to the cluster",
+                    answer.status
+                )));
+            }
             let directory = self
                 .directory
                 .lock()

@@ -76,8 +76,10 @@ async fn answer(
         Ok(route) => route,
         Err(reply) => return (reply, None),
     };
-    shared.world().count(&conn.listener, route);
     let authorized = authorized(shared.token.as_deref(), req.headers());
+    shared
+        .world()
+        .count(&conn.listener, route, authorized && shared.token.is_some());
     let target = req
         .uri()
         .path_and_query()
