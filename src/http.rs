@@ -82,6 +82,30 @@ impl Classify for Error {
     }
 }
 
+/// A bearer token bound to origins: it goes only to the schemes, hosts and ports the
+/// configuration names, so no redirect or leader hint can carry it anywhere else, as curl drops
+/// `Authorization` on a redirect to another host. The client certificate needs no such bound: it
+/// proves this node's identity to whoever verifies it, and gives them nothing to replay.
+#[derive(Clone)]
+pub struct Bearer {
+    token: Secret,
+    origins: Vec<url::Origin>,
+}
+
+impl Bearer {
+    pub fn new<'u>(token: Secret, urls: impl IntoIterator<Item = &'u Url>) -> Bearer {
+        Bearer {
+            token,
+            origins: urls.into_iter().map(Url::origin).collect(),
+        }
+    }
+
+    /// The token for a request to `url`; `None` outside the configured origins.
+    pub fn for_url(&self, url: &Url) -> Option<&Secret> {
+        self.origins.contains(&url.origin()).then_some(&self.token)
+    }
+}
+
 /// An answer read to its end.
 #[derive(Debug)]
 pub struct Answer {
@@ -327,4 +351,44 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         cause = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_goes_only_to_configured_origins() {
+        let configured = [
+            Url::parse("https://node01:2379/prefix").unwrap(),
+            Url::parse("https://node02:443").unwrap(),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let token = crate::secrets::read_token(&file).unwrap();
+        let bearer = Bearer::new(token, &configured);
+        let url = |u: &str| Url::parse(u).unwrap();
+        assert!(
+            bearer
+                .for_url(&url("https://node01:2379/admin/member/add"))
+                .is_some()
+        );
+        assert!(bearer.for_url(&url("https://NODE01:2379/")).is_some());
+        assert!(
+            bearer
+                .for_url(&url("https://node02/admin/member/list"))
+                .is_some()
+        );
+        for elsewhere in [
+            "https://node01:2479/admin/member/add",
+            "http://node01:2379/admin/member/add",
+            "https://node03:2379/admin/member/add",
+            "https://node01.evil:2379/",
+        ] {
+            assert!(bearer.for_url(&url(elsewhere)).is_none(), "{elsewhere}");
+        }
+    }
 }

@@ -497,6 +497,133 @@ fn a_bootstrap_node_waits_to_be_listed_and_adds_nothing() {
 }
 
 #[test]
+fn an_election_in_progress_is_waited_out_by_joining_and_bootstrap_nodes() {
+    // Between leaders a Raft service lists `"leader": null` (openraft's `current_leader: None`,
+    // Consul's `""` from /v1/status/leader) and no member can add one: no leader yet is
+    // transient, never a bad answer.
+    const ELECTION_MS: u64 = 1500;
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let server = TestServer::cluster(&lab, CHAINFIRE_PORT, 4, 3, secrets.cluster_options(&lab));
+    let node = chain_node(&lab, 3, &secrets, false);
+    server.election(ELECTION_MS);
+    let during = server.state();
+    assert_eq!(during["leader"], Value::Null, "{during:#}");
+    let out = node.run(JOIN);
+    out.assert_code(0, "a joining node during an election");
+    assert!(
+        out.elapsed >= std::time::Duration::from_millis(ELECTION_MS - 200),
+        "joined before the election ended: {}",
+        out.describe()
+    );
+    assert_member_once(&server, &node, &server.raft_addr(3));
+    assert_eq!(
+        marker(&node, CHAINFIRE_MARKER).expect("marker")["leader"],
+        "node01"
+    );
+
+    let bootstrap = chain_node(&lab, 1, &secrets, true);
+    server.election(ELECTION_MS);
+    let out = bootstrap.run(JOIN);
+    out.assert_code(0, "a bootstrap node during an election");
+    assert!(
+        out.elapsed >= std::time::Duration::from_millis(ELECTION_MS - 200),
+        "a bootstrap node marked before a leader was elected: {}",
+        out.describe()
+    );
+    assert_eq!(
+        marker(&bootstrap, CHAINFIRE_MARKER).expect("marker")["leader"],
+        "node01"
+    );
+}
+
+#[test]
+fn roles_spelled_otherwise_or_unknown_do_not_break_a_join() {
+    // openraft's `ServerState` serializes as `Leader`, `Follower`, `Candidate`, `Learner`.
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let server = TestServer::cluster(
+        &lab,
+        CHAINFIRE_PORT,
+        4,
+        3,
+        common::ServerOptions {
+            role_case: Some("title"),
+            learner_ms: 500,
+            ..secrets.cluster_options(&lab)
+        },
+    );
+    let node = chain_node(&lab, 3, &secrets, false);
+    // A candidate among the members while the join reads the list.
+    server.election(800);
+    let out = node.run(JOIN);
+    out.assert_code(
+        0,
+        "a join against roles spelled Leader/Follower/Candidate/Learner",
+    );
+    assert!(
+        out.stderr.contains("\"Learner\", not yet a voting member"),
+        "the learner phase was waited for under its own spelling: {}",
+        out.describe()
+    );
+    assert_member_once(&server, &node, &server.raft_addr(3));
+    assert!(marker(&node, CHAINFIRE_MARKER).is_some());
+}
+
+#[test]
+fn the_join_token_goes_only_to_the_configured_origins() {
+    // The leader is node05, a member node04's configuration does not name: node01 redirects the
+    // add there (307, as rqlite and Vault redirect to their leader's API address). curl drops
+    // `Authorization` on a redirect to another host; flint sends the token only to the origins
+    // the configuration names, and the 401 that follows is no refusal of its credentials.
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let server = TestServer::cluster(&lab, CHAINFIRE_PORT, 5, 3, secrets.cluster_options(&lab));
+    server.plant_member("node05", &server.raft_addr(4));
+    server.set_leader("node05");
+    let mut node = chain_node(&lab, 3, &secrets, false);
+    node.config["timeouts"]["total"] = json!("3s");
+    let out = node.run(JOIN);
+    out.assert_code(69, "the leader is at an origin outside the configuration");
+    assert!(
+        out.stderr.contains("without the join token") && out.stderr.contains("`peers`"),
+        "the error says why and what to configure: {}",
+        out.describe()
+    );
+    let state = server.state();
+    assert!(
+        server.requests_on("node05", "add") >= 1,
+        "the redirect was followed: {state:#}"
+    );
+    assert!(
+        state["with_token_by_listener"]["node05"].is_null(),
+        "node05 got the join token: {state:#}"
+    );
+    assert!(
+        state["with_token_by_listener"]["node01"]["add"].as_u64() >= Some(1),
+        "the configured leader_url got the token: {state:#}"
+    );
+    assert!(marker(&node, CHAINFIRE_MARKER).is_none());
+    assert!(
+        server
+            .members_matching("node04", &server.raft_addr(3))
+            .is_empty()
+    );
+
+    // Named among the peers, node05 is where the cluster is: the token goes there, and the join
+    // goes through.
+    node.config["timeouts"]["total"] = json!("20s");
+    node.config["chainfire"]["peers"]
+        .as_array_mut()
+        .expect("peers")
+        .push(json!(server.url(4)));
+    node.run(JOIN)
+        .assert_code(0, "the leader is among the configured peers");
+    assert_member_once(&server, &node, &server.raft_addr(3));
+    assert!(server.state()["with_token_by_listener"]["node05"]["add"].as_u64() >= Some(1));
+}
+
+#[test]
 fn health_reports_a_dead_member_but_a_quorum_is_healthy() {
     let (_lab, server, mut node) = single(0);
     node.config

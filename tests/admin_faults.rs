@@ -73,7 +73,11 @@ impl Step {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
     None,
+    /// The config names node03 and node02 as peers: the join token goes only to configured
+    /// URLs, so a leader the hints lead to must be one of them.
+    Peers,
     /// The leader moves to node02 before the run: `leader_url` (node01) is then a follower.
+    /// Peers as for `Peers`.
     LeaderNode02,
     /// node04 is planted in the cluster once flint logs `adding`: another run got there first.
     PlantWhenAdding,
@@ -186,10 +190,12 @@ matrix! {
     list_429_retry_after => row(List, r#"{"kind": "too-many", "seconds": 2, "times": 1}"#, J).checks(&[MinElapsedMs(2000)]),
     list_429_retry_after_beyond_the_deadline => row(List, r#"{"kind": "too-many", "seconds": 30}"#, Exit(69)).checks(&[Requests("add", 0)]),
     list_delay_beyond_the_deadline => row(List, r#"{"kind": "delay", "ms": 10000}"#, Exit(69)).request("30s").checks(&[Requests("add", 0)]),
-    list_307_to_leader => row(List, r#"{"kind": "redirect-to-leader", "code": 307, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1)]),
-    list_308_to_leader => row(List, r#"{"kind": "redirect-to-leader", "code": 308, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1)]),
-    list_421_leader_hint => row(List, r#"{"kind": "leader-hint", "code": 421, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1)]),
-    list_503_leader_hint => row(List, r#"{"kind": "leader-hint", "code": 503, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1)]),
+    list_307_to_leader => row(List, r#"{"kind": "redirect-to-leader", "code": 307, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1), RequestsOn("node03", "list", 0)]),
+    list_308_to_leader => row(List, r#"{"kind": "redirect-to-leader", "code": 308, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1), RequestsOn("node03", "list", 0)]),
+    list_421_leader_hint => row(List, r#"{"kind": "leader-hint", "code": 421, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1), RequestsOn("node03", "list", 0)]),
+    list_503_leader_hint => row(List, r#"{"kind": "leader-hint", "code": 503, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1), RequestsOn("node03", "list", 0)]),
+    list_421_hint_host_port => row(List, r#"{"kind": "leader-hint", "code": 421, "form": "host-port", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 1), RequestsOn("node02", "add", 1), RequestsOn("node03", "list", 0)]),
+    list_421_hint_member_id_before_any_list => row(List, r#"{"kind": "leader-hint", "code": 421, "form": "id", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "list", 0), RequestsOn("node03", "list", 1)]),
     list_redirect_loop => row(List, r#"{"kind": "redirect-loop", "code": 308}"#, Exit(69)).says(&["circle"]).checks(&[Requests("add", 0)]),
     list_drop => row(List, r#"{"kind": "drop", "times": 1}"#, J),
     list_drop_half_status_line => row(List, r#"{"kind": "drop", "after_bytes": 12, "times": 1}"#, J),
@@ -209,12 +215,21 @@ matrix! {
     add_308_to_leader => row(Add, r#"{"kind": "redirect-to-leader", "code": 308, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "add", 1)]),
     add_421_leader_hint => row(Add, r#"{"kind": "leader-hint", "code": 421, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "add", 1)]),
     add_503_leader_hint => row(Add, r#"{"kind": "leader-hint", "code": 503, "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node02", "add", 1)]),
+    add_307_to_leader_base_url => row(Add, r#"{"kind": "redirect-to-leader", "code": 307, "form": "base", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node01", "add", 1), RequestsOn("node02", "add", 1)]),
+    add_421_hint_host_port => row(Add, r#"{"kind": "leader-hint", "code": 421, "form": "host-port", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node01", "add", 1), RequestsOn("node02", "add", 1)]),
+    add_421_hint_raft_addr => row(Add, r#"{"kind": "leader-hint", "code": 421, "form": "raft-addr", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node01", "add", 1), RequestsOn("node02", "add", 1)]),
+    add_421_hint_member_id => row(Add, r#"{"kind": "leader-hint", "code": 421, "form": "id", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node01", "add", 1), RequestsOn("node02", "add", 1)]),
+    add_503_hint_member_id => row(Add, r#"{"kind": "leader-hint", "code": 503, "form": "id", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node01", "add", 1), RequestsOn("node02", "add", 1)]),
+    add_421_no_leader_known => row(Add, r#"{"kind": "leader-hint", "code": 421, "form": "none", "times": 1}"#, J).setup(Setup::LeaderNode02).says(&["it names no leader"]).checks(&[RequestsOn("node01", "add", 2), RequestsOn("node02", "add", 1)]),
     add_redirect_loop => row(Add, r#"{"kind": "redirect-loop", "code": 307}"#, Exit(69)).says(&["circle"]).checks(&[Member(false)]),
     add_drop => row(Add, r#"{"kind": "drop", "times": 1}"#, J),
     add_drop_with_apply => row(Add, r#"{"kind": "drop", "apply": true, "times": 1}"#, J).checks(&[Requests("add", 1)]),
     add_truncated_json => row(Add, r#"{"kind": "truncated-json", "times": 1}"#, J),
     add_truncated_json_with_apply => row(Add, r#"{"kind": "truncated-json", "apply": true, "times": 1}"#, J).checks(&[Requests("add", 1)]),
     add_503_with_apply => row(Add, r#"{"kind": "status", "code": 503, "apply": true, "times": 1}"#, J).checks(&[Requests("add", 1)]),
+    add_no_body_with_apply => row(Add, r#"{"kind": "no-body", "code": 201, "apply": true, "times": 1}"#, J).checks(&[Requests("add", 1)]),
+    add_empty_json_with_apply => row(Add, r#"{"kind": "empty-json", "code": 200, "apply": true, "times": 1}"#, J).checks(&[Requests("add", 1)]),
+    add_no_body_never_listed => row(Add, r#"{"kind": "no-body", "code": 201}"#, Exit(69)).says(&["list this node"]).checks(&[Member(false)]),
     add_malformed_json => row(Add, r#"{"kind": "malformed-json"}"#, Exit(65)).checks(&[Member(false)]),
     add_wrong_content_type => row(Add, r#"{"kind": "wrong-content-type"}"#, Exit(65)).checks(&[Member(false)]),
     add_conflict_same_never_listed => row(Add, r#"{"kind": "conflict-same"}"#, Exit(69)).says(&["list this node"]).checks(&[Member(false)]),
@@ -222,8 +237,8 @@ matrix! {
     add_conflict_other_raft_addr => row(Add, r#"{"kind": "conflict-other"}"#, Exit(65)).says(&["{raft}", "{moved}"]).checks(&[Requests("add", 1), Member(false)]),
     add_conflict_other_id => row(Add, r#"{"kind": "conflict-other", "id": "node09", "raft_addr": "{raft}"}"#, Exit(65)).says(&["node09", "{raft}"]).checks(&[Requests("add", 1), Member(false)]),
     add_token_required => row(Add, r#"{"kind": "token-required"}"#, Exit(77)).says(&["join_token_file"]).checks(&[Requests("add", 1), Member(false)]),
-    add_leader_change => row(Add, r#"{"kind": "leader-change", "times": 1}"#, J).checks(&[LeaderIs("node02"), RequestsOn("node02", "add", 1)]),
-    add_leader_change_421 => row(Add, r#"{"kind": "leader-change", "code": 421, "times": 1}"#, J).checks(&[LeaderIs("node02"), RequestsOn("node02", "add", 1)]),
+    add_leader_change => row(Add, r#"{"kind": "leader-change", "times": 1}"#, J).setup(Setup::Peers).checks(&[LeaderIs("node02"), RequestsOn("node02", "add", 1)]),
+    add_leader_change_421 => row(Add, r#"{"kind": "leader-change", "code": 421, "times": 1}"#, J).setup(Setup::Peers).checks(&[LeaderIs("node02"), RequestsOn("node02", "add", 1)]),
 
     // The confirming list after the add (armed once flint logs `adding`, the add held 1 s).
     confirm_503_twice => row(Confirm, r#"{"kind": "status", "code": 503, "times": 2}"#, J),
@@ -283,6 +298,14 @@ fn run_row(row: &Row) {
     let secrets = Secrets::generate(&lab);
     let mut node = chain_node(&lab, NODE, &secrets, false);
     without_peers(&mut node);
+    if matches!(row.setup, Setup::Peers | Setup::LeaderNode02) {
+        let peers = json!([
+            format!("https://{}:{CHAINFIRE_PORT}", lab.ip(2)),
+            format!("https://{}:{CHAINFIRE_PORT}", lab.ip(1)),
+        ]);
+        node.config["peers"] = peers.clone();
+        node.config["chainfire"]["peers"] = peers;
+    }
     node.config["timeouts"] = json!({"total": row.total, "request": row.request, "connect": "2s"});
 
     if row.step.is_iam() {
@@ -506,7 +529,8 @@ fn describe_check(check: &Check) -> String {
 
 fn describe_setup(row: &Row) -> &'static str {
     match (row.setup, row.step) {
-        (Setup::LeaderNode02, _) => "leader moved to node02 first",
+        (Setup::Peers, _) => "peers node03, node02",
+        (Setup::LeaderNode02, _) => "leader moved to node02 first; peers node03, node02",
         (Setup::PlantWhenAdding, _) => "node04 planted while the add is on its way",
         (Setup::None, Confirm) => "add held 1 s, fault armed on `adding`",
         (Setup::None, _) => "",

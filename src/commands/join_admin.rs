@@ -8,7 +8,7 @@ use url::Url;
 use super::Context;
 use crate::config::{AdminSettings, Service};
 use crate::engines::Error;
-use crate::engines::admin::{Added, Admin, MemberList, Role};
+use crate::engines::admin::{Added, Admin, MemberList};
 use crate::logging::StepLine;
 use crate::retry::{self, Pace};
 use crate::state::{Marker, MarkerKind};
@@ -124,12 +124,10 @@ impl Join<'_> {
         ));
         systemd::status(&format!("adding this node to {}", self.service));
         match self.admin.add(&answered, self.node, raft_addr).await? {
-            Added::New(member) => {
+            Added::New => {
                 info!(
-                    "{} added {} as {}",
-                    self.service,
-                    member.id,
-                    member.role.name()
+                    "{} added {}; the member list confirms it next",
+                    self.service, self.node
                 );
                 Ok(())
             }
@@ -175,10 +173,10 @@ impl Join<'_> {
     async fn confirm(&self, raft_addr: &str) -> Result<MemberList, Error> {
         let (answered, list) = self.list().await?;
         match self.ours(&list, raft_addr)? {
-            Some(m) if m.role != Role::Learner => Ok(list),
-            Some(_) => Err(Error::NotReady(format!(
-                "{answered} lists {} as a learner still catching up",
-                self.node
+            Some(m) if m.role.votes() => Ok(list),
+            Some(m) => Err(Error::NotReady(format!(
+                "{answered} lists {} as {:?}, not yet a voting member",
+                self.node, m.role_name
             ))),
             None => Err(Error::NotReady(format!(
                 "{answered} does not list {} yet",
@@ -190,7 +188,7 @@ impl Join<'_> {
     fn mark(&self, list: &MemberList) -> crate::Result<()> {
         let mut marker = Marker::now(self.service, self.node);
         marker.member_id = Some(self.node.to_owned());
-        marker.leader = Some(list.leader.clone());
+        marker.leader = list.leader().map(str::to_owned);
         let path = self
             .ctx
             .state

@@ -33,7 +33,7 @@ impl Context {
         Admin::new(
             self.http.clone(),
             self.join_token.clone(),
-            settings.paths.clone(),
+            settings,
             self.config.allow_plaintext,
         )
     }

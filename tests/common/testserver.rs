@@ -57,6 +57,8 @@ pub struct ServerOptions {
     pub faults: Option<Value>,
     /// `--leader` (cluster only; default node01).
     pub leader: Option<String>,
+    /// `--role-case` (cluster only): `lower` (default) or `title`.
+    pub role_case: Option<&'static str>,
 }
 
 impl ServerOptions {
@@ -107,6 +109,10 @@ impl TestServer {
         if let Some(leader) = &opts.leader {
             args.push("--leader".into());
             args.push(leader.clone());
+        }
+        if let Some(case) = opts.role_case {
+            args.push("--role-case".into());
+            args.push(case.into());
         }
         if let Some(token) = &opts.token_file {
             args.push("--token-file".into());
@@ -285,6 +291,14 @@ impl TestServer {
     pub fn set_leader(&self, id: &str) -> Value {
         let (status, body) = self.call("POST", "/leader", Some(&json!({"id": id})));
         assert_eq!(status, 200, "POST /leader {id}: {body}");
+        body
+    }
+
+    /// No leader for `ms` from now (`"leader": null`, the leader-to-be a candidate), then the
+    /// same leader again.
+    pub fn election(&self, ms: u64) -> Value {
+        let (status, body) = self.call("POST", "/election", Some(&json!({"ms": ms})));
+        assert_eq!(status, 200, "POST /election {ms}: {body}");
         body
     }
 

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::cluster::{self, Role};
-use crate::faults::{Fault, Kind, Route};
+use crate::faults::{Fault, Form, Kind, Route};
 use crate::http::{Body, Conn, Cutoff, Reply, read_body};
 use crate::iam;
 use crate::state::{Service, Shared};
@@ -76,8 +76,10 @@ async fn answer(
         Ok(route) => route,
         Err(reply) => return (reply, None),
     };
-    shared.world().count(&conn.listener, route);
     let authorized = authorized(shared.token.as_deref(), req.headers());
+    shared
+        .world()
+        .count(&conn.listener, route, authorized && shared.token.is_some());
     let target = req
         .uri()
         .path_and_query()
@@ -180,9 +182,9 @@ fn is_redirect(code: u16) -> bool {
     matches!(code, 301 | 302 | 303 | 307 | 308)
 }
 
-/// "Not the leader": a redirect with `Location` for 3xx codes, `{"leader": URL}` for the others.
-/// The body names the leader either way, as real servers tend to.
-fn leader_hint(shared: &Shared, leader: &str, code: u16, target: &str) -> Reply {
+/// "Not the leader": a redirect with `Location` for 3xx codes, `{"leader": ...}` for the others,
+/// in the given form. The body names the leader either way, as real servers tend to.
+fn leader_hint(shared: &Shared, leader: &str, code: u16, target: &str, form: Form) -> Reply {
     let Some(listener) = shared.listener(leader) else {
         return Reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -190,15 +192,29 @@ fn leader_hint(shared: &Shared, leader: &str, code: u16, target: &str) -> Reply 
         );
     };
     let base = format!("https://{}", listener.addr);
+    let named = match form {
+        Form::Url | Form::Base => json!(base),
+        Form::HostPort => json!(listener.addr.to_string()),
+        Form::RaftAddr => json!(format!(
+            "{}:{}",
+            listener.addr.ip(),
+            listener.addr.port().saturating_add(1)
+        )),
+        Form::Id => json!(leader),
+        Form::None => Value::Null,
+    };
     let reply = Reply::json(
         status(code),
-        &json!({"error": "not the leader", "leader": base}),
+        &json!({"error": "not the leader", "leader": named}),
     );
-    if is_redirect(code) {
-        reply.with_header(header::LOCATION, &format!("{base}{target}"))
-    } else {
-        reply
+    if !is_redirect(code) {
+        return reply;
     }
+    let location = match form {
+        Form::Base => base,
+        _ => format!("{base}{target}"),
+    };
+    reply.with_header(header::LOCATION, &location)
 }
 
 /// The answer without faults. `real: false` works on a copy of the state, so a fault can show
@@ -220,23 +236,37 @@ fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
     match (call.route, service) {
         (Route::Health | Route::IamHealth, _) => healthy(),
         _ if !call.authorized => unauthorized(),
-        (Route::List, Service::Cluster(c)) => Reply::json(StatusCode::OK, &json!(c.list(now))),
+        (Route::List, Service::Cluster(c)) => {
+            let mut list = json!(c.list(now));
+            shared.role_case.apply(&mut list);
+            Reply::json(StatusCode::OK, &list)
+        }
         (Route::Add, Service::Cluster(c)) => {
+            // No member can commit a change without a leader; what openraft reports as
+            // `ForwardToLeader { leader_id: None }`.
+            if c.electing(now) {
+                return Reply::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "no leader elected yet", "leader": null}),
+                );
+            }
             if c.leader() != call.listener {
                 let leader = c.leader().to_string();
-                return leader_hint(shared, &leader, 307, &call.target);
+                return leader_hint(shared, &leader, 307, &call.target, Form::Url);
             }
             let (id, raft_addr) = match cluster::parse_add(&call.body) {
                 Ok(req) => req,
                 Err(message) => return Reply::error(StatusCode::BAD_REQUEST, message),
             };
-            match c.add(&id, &raft_addr, now) {
-                Ok(member) => Reply::json(StatusCode::CREATED, &json!(member)),
-                Err(conflict) => Reply::json(
+            let (status, mut body) = match c.add(&id, &raft_addr, now) {
+                Ok(member) => (StatusCode::CREATED, json!(member)),
+                Err(conflict) => (
                     StatusCode::CONFLICT,
-                    &json!({"error": conflict.message(), "member": conflict.member()}),
+                    json!({"error": conflict.message(), "member": conflict.member()}),
                 ),
-            }
+            };
+            shared.role_case.apply(&mut body);
+            Reply::json(status, &body)
         }
         (Route::Bootstrap, Service::Iam(state)) => {
             let req = match iam::parse(&call.body) {
@@ -278,12 +308,12 @@ async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> R
             json_error(429, "too many requests".into())
                 .with_header(header::RETRY_AFTER, &seconds.to_string())
         }
-        Kind::RedirectToLeader { code } | Kind::LeaderHint { code } => {
+        Kind::RedirectToLeader { code, form } | Kind::LeaderHint { code, form } => {
             let leader = match &shared.world().service {
                 Service::Cluster(c) => c.leader().to_string(),
                 Service::Iam(_) => String::new(),
             };
-            leader_hint(shared, &leader, *code, &call.target)
+            leader_hint(shared, &leader, *code, &call.target, *form)
         }
         Kind::RedirectLoop { code } => {
             let me = shared
@@ -325,6 +355,14 @@ async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> R
         }
         Kind::ConflictSame | Kind::ConflictOther { .. } => conflict(call, &fault.kind),
         Kind::TokenRequired => unauthorized(),
+        Kind::NoBody { code } => {
+            apply();
+            Reply::raw(status(*code), "", Bytes::new())
+        }
+        Kind::EmptyJson { code } => {
+            apply();
+            Reply::json(status(*code), &json!({}))
+        }
         Kind::LeaderChange { code } => {
             let leader = {
                 let mut world = shared.world();
@@ -339,7 +377,7 @@ async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> R
                 "{} leader changed to {leader} by fault #{}",
                 call.listener, fault.seq
             );
-            leader_hint(shared, &leader, *code, &call.target)
+            leader_hint(shared, &leader, *code, &call.target, Form::Url)
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cluster::RoleCase;
 use crate::faults::{self, Fault, Scope};
 use crate::state::Listener;
 
@@ -69,6 +70,10 @@ pub struct ClusterArgs {
     /// Added members are learners for this long before they become followers.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub learner_ms: u64,
+    /// How roles are spelled in answers: `lower` (`leader`) or `title` (`Leader`, as openraft's
+    /// `ServerState` serializes).
+    #[arg(long, value_name = "CASE", value_enum, default_value_t = RoleCase::Lower)]
+    pub role_case: RoleCase,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +106,7 @@ pub enum Mode {
         members: Vec<(String, String)>,
         leader: String,
         learner_for: Duration,
+        role_case: RoleCase,
     },
     Iam,
 }
@@ -191,6 +197,7 @@ impl Cli {
                     members,
                     leader: a.leader,
                     learner_for: Duration::from_millis(a.learner_ms),
+                    role_case: a.role_case,
                 };
                 (a.common, mode, a.token_file)
             }

@@ -10,7 +10,44 @@ use serde::{Deserialize, Serialize};
 pub enum Role {
     Leader,
     Follower,
+    /// The member that will win the election in progress, campaigning for votes.
+    Candidate,
     Learner,
+}
+
+/// How the admin API spells roles. Raft services differ: openraft's `ServerState` serializes as
+/// its variant names (`Leader`, `Candidate`), others in lower case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleCase {
+    #[default]
+    Lower,
+    Title,
+}
+
+impl RoleCase {
+    /// Respells every `role` in an answer body.
+    pub fn apply(self, value: &mut serde_json::Value) {
+        if self == RoleCase::Lower {
+            return;
+        }
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match v {
+                        serde_json::Value::String(role) if key == "role" => {
+                            let mut chars = role.chars();
+                            if let Some(first) = chars.next() {
+                                *role = first.to_uppercase().chain(chars).collect();
+                            }
+                        }
+                        other => self.apply(other),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.apply(v)),
+            _ => {}
+        }
+    }
 }
 
 /// A member as the API shows it.
@@ -24,7 +61,9 @@ pub struct MemberView {
 /// The body of `GET /admin/member/list`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ListView {
-    pub leader: String,
+    /// `null` while an election is in progress, as Raft services show it (openraft's
+    /// `current_leader: None`, Consul's empty leader).
+    pub leader: Option<String>,
     pub members: Vec<MemberView>,
 }
 
@@ -129,8 +168,11 @@ pub enum Error {
 #[derive(Clone, Debug)]
 pub struct Cluster {
     members: Vec<Member>,
+    /// The leader once the election in progress ends; the leader itself otherwise.
     leader: String,
     learner_for: Duration,
+    /// No leader until then: the election in progress.
+    election_until: Option<Instant>,
 }
 
 impl Cluster {
@@ -148,15 +190,29 @@ impl Cluster {
                 .collect(),
             leader: leader.to_string(),
             learner_for,
+            election_until: None,
         }
     }
 
+    /// The leader, or the member that wins the election in progress.
     pub fn leader(&self) -> &str {
         &self.leader
     }
 
+    pub fn electing(&self, now: Instant) -> bool {
+        self.election_until.is_some_and(|t| now < t)
+    }
+
+    /// No leader for `lasts`, then the current leader wins again: what clients see between a
+    /// leader's failure and the next term.
+    pub fn start_election(&mut self, now: Instant, lasts: Duration) {
+        self.election_until = Some(now + lasts);
+    }
+
     fn view_of(&self, m: &Member, now: Instant) -> MemberView {
-        let role = if m.id == self.leader {
+        let role = if m.id == self.leader && self.electing(now) {
+            Role::Candidate
+        } else if m.id == self.leader {
             Role::Leader
         } else if m.is_learner(now) {
             Role::Learner
@@ -172,7 +228,7 @@ impl Cluster {
 
     pub fn list(&self, now: Instant) -> ListView {
         ListView {
-            leader: self.leader.clone(),
+            leader: (!self.electing(now)).then(|| self.leader.clone()),
             members: self.members.iter().map(|m| self.view_of(m, now)).collect(),
         }
     }
@@ -238,6 +294,7 @@ impl Cluster {
             return Err(Error::Unreachable(id.to_string()));
         }
         self.leader = id.to_string();
+        self.election_until = None;
         Ok(())
     }
 
@@ -311,7 +368,7 @@ mod tests {
         let c = three(Duration::ZERO);
         let now = Instant::now();
         let list = c.list(now);
-        assert_eq!(list.leader, "node01");
+        assert_eq!(list.leader.as_deref(), Some("node01"));
         assert_eq!(
             roles(&c, now),
             vec![
@@ -360,6 +417,32 @@ mod tests {
         assert_eq!(c.member("node04", later).unwrap().role, Role::Follower);
         c.set_leader("node04", later, |_| true).unwrap();
         assert_eq!(c.member("node04", later).unwrap().role, Role::Leader);
+    }
+
+    #[test]
+    fn an_election_shows_no_leader_then_the_winner() {
+        let mut c = three(Duration::ZERO);
+        let t0 = Instant::now();
+        c.start_election(t0, Duration::from_millis(500));
+        let during = c.list(t0);
+        assert_eq!(during.leader, None);
+        assert_eq!(during.members[0].role, Role::Candidate);
+        let json = serde_json::to_value(&during).unwrap();
+        assert_eq!(json["leader"], serde_json::Value::Null);
+        let after = c.list(t0 + Duration::from_millis(500));
+        assert_eq!(after.leader.as_deref(), Some("node01"));
+        assert_eq!(after.members[0].role, Role::Leader);
+    }
+
+    #[test]
+    fn roles_can_be_spelled_as_openraft_does() {
+        let mut body = serde_json::json!({"leader": "node01", "members": [{"role": "leader"}],
+                                          "member": {"role": "follower"}, "role": "learner"});
+        RoleCase::Title.apply(&mut body);
+        assert_eq!(body["members"][0]["role"], "Leader");
+        assert_eq!(body["member"]["role"], "Follower");
+        assert_eq!(body["role"], "Learner");
+        assert_eq!(body["leader"], "node01");
     }
 
     #[test]

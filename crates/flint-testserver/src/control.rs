@@ -2,7 +2,7 @@
 //! state and counters, and change the leader or the members behind the client's back.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header;
@@ -41,6 +41,12 @@ struct Id {
     id: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Election {
+    ms: u64,
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, Reply> {
     serde_json::from_slice(body)
         .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, format!("expected {shape}: {e}")))
@@ -52,7 +58,7 @@ fn answer(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> (Reply, 
     let allowed: &[Method] = match path {
         "/faults" => &[Method::GET, Method::POST, Method::DELETE],
         "/state" => &[Method::GET],
-        "/leader" | "/members/add" | "/members/remove" => &[Method::POST],
+        "/leader" | "/election" | "/members/add" | "/members/remove" => &[Method::POST],
         _ => {
             return ok(Reply::error(
                 StatusCode::NOT_FOUND,
@@ -99,6 +105,11 @@ fn answer(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> (Reply, 
             let id: Id = parse(body, r#"{"id": NODE_ID}"#)?;
             c.set_leader(&id.id, now, |id| shared.listener(id).is_some())
                 .map_err(membership_error)?;
+            Ok(StatusCode::OK)
+        })),
+        (_, "/election") => ok(change(shared, |c, now| {
+            let election: Election = parse(body, r#"{"ms": MILLISECONDS}"#)?;
+            c.start_election(now, Duration::from_millis(election.ms));
             Ok(StatusCode::OK)
         })),
         (_, "/members/remove") => ok(change(shared, |c, _| {

@@ -49,6 +49,53 @@ impl Route {
     }
 }
 
+/// How a leader hint names the leader, in the forms Raft services use: a URL (rqlite's and
+/// Vault's redirects), the base URL alone, `host:port` (Consul's `/v1/status/leader`), the
+/// leader's Raft address, its member ID (openraft's `ForwardToLeader { leader_id }`), or none at
+/// all while no leader is known (`leader_id: None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// `Location`: the leader's URL with the request's path; `{"leader"}`: its base URL.
+    Url,
+    /// `Location`: the leader's base URL, no path.
+    Base,
+    /// `{"leader": "ip:port"}` of the leader's listener.
+    HostPort,
+    /// `{"leader": "ip:port"}` of the leader's Raft address (listener port + 1).
+    RaftAddr,
+    /// `{"leader": "node02"}`.
+    Id,
+    /// `{"leader": null}`.
+    None,
+}
+
+impl Form {
+    fn name(self) -> &'static str {
+        match self {
+            Form::Url => "url",
+            Form::Base => "base",
+            Form::HostPort => "host-port",
+            Form::RaftAddr => "raft-addr",
+            Form::Id => "id",
+            Form::None => "none",
+        }
+    }
+
+    fn parse(given: Option<&str>, allowed: &[Form]) -> Result<Form, String> {
+        let Some(given) = given else {
+            return Ok(Form::Url);
+        };
+        allowed
+            .iter()
+            .copied()
+            .find(|f| f.name() == given)
+            .ok_or_else(|| {
+                let names: Vec<&str> = allowed.iter().map(|f| f.name()).collect();
+                format!("form {given:?} is not one of {}", names.join(", "))
+            })
+    }
+}
+
 /// What a fault does to the request it catches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -59,9 +106,9 @@ pub enum Kind {
     /// 429 with `Retry-After`.
     TooMany { seconds: u64 },
     /// On a non-leader listener: a redirect to the leader's listener, same path.
-    RedirectToLeader { code: u16 },
+    RedirectToLeader { code: u16, form: Form },
     /// On a non-leader listener: `{"leader": "https://..."}` with this status.
-    LeaderHint { code: u16 },
+    LeaderHint { code: u16, form: Form },
     /// A redirect to the very URL that was asked for.
     RedirectLoop { code: u16 },
     /// Close the connection once this many bytes of the answer are out (0: no answer at all).
@@ -85,6 +132,10 @@ pub enum Kind {
     TokenRequired,
     /// Move the leadership to the next member, then answer with the leader hint.
     LeaderChange { code: u16 },
+    /// A success status with no body and no `Content-Type`.
+    NoBody { code: u16 },
+    /// A success status with `{}`, labelled JSON.
+    EmptyJson { code: u16 },
 }
 
 impl Kind {
@@ -104,6 +155,8 @@ impl Kind {
             Kind::ConflictOther { .. } => "conflict-other",
             Kind::TokenRequired => "token-required",
             Kind::LeaderChange { .. } => "leader-change",
+            Kind::NoBody { .. } => "no-body",
+            Kind::EmptyJson { .. } => "empty-json",
         }
     }
 
@@ -149,11 +202,15 @@ impl Fault {
             Kind::Delay { ms } => {
                 o.insert("ms".into(), json!(ms));
             }
+            Kind::RedirectToLeader { code, form } | Kind::LeaderHint { code, form } => {
+                o.insert("code".into(), json!(code));
+                o.insert("form".into(), json!(form.name()));
+            }
             Kind::Status { code }
-            | Kind::RedirectToLeader { code }
-            | Kind::LeaderHint { code }
             | Kind::RedirectLoop { code }
-            | Kind::LeaderChange { code } => {
+            | Kind::LeaderChange { code }
+            | Kind::NoBody { code }
+            | Kind::EmptyJson { code } => {
                 o.insert("code".into(), json!(code));
             }
             Kind::TooMany { seconds } => {
@@ -223,6 +280,7 @@ struct RawFault {
     raft_addr: Option<String>,
     org: Option<String>,
     admin: Option<String>,
+    form: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +347,7 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
         ("raft_addr", raw.raft_addr.is_some()),
         ("org", raw.org.is_some()),
         ("admin", raw.admin.is_some()),
+        ("form", raw.form.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))
@@ -318,8 +377,9 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
         "redirect-to-leader" => (
             Kind::RedirectToLeader {
                 code: redirect_code(raw.code)?,
+                form: Form::parse(raw.form.as_deref(), &[Form::Url, Form::Base])?,
             },
-            &["code"],
+            &["code", "form"],
             &[Route::Health, Route::List, Route::Add],
         ),
         "leader-hint" => {
@@ -327,9 +387,19 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
             if !(400..=599).contains(&code) {
                 return Err(format!("leader-hint code {code} is not in 400..=599"));
             }
+            let form = Form::parse(
+                raw.form.as_deref(),
+                &[
+                    Form::Url,
+                    Form::HostPort,
+                    Form::RaftAddr,
+                    Form::Id,
+                    Form::None,
+                ],
+            )?;
             (
-                Kind::LeaderHint { code },
-                &["code"],
+                Kind::LeaderHint { code, form },
+                &["code", "form"],
                 &[Route::Health, Route::List, Route::Add],
             )
         }
@@ -378,11 +448,25 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
             }
             (Kind::LeaderChange { code }, &["code"], &[Route::Add])
         }
+        "no-body" | "empty-json" => {
+            let default = if raw.kind == "no-body" { 201 } else { 200 };
+            let code = raw.code.unwrap_or(default);
+            if !(200..=299).contains(&code) {
+                return Err(format!("{} code {code} is not in 200..=299", raw.kind));
+            }
+            let kind = if raw.kind == "no-body" {
+                Kind::NoBody { code }
+            } else {
+                Kind::EmptyJson { code }
+            };
+            (kind, &["code"], &[Route::Add])
+        }
         other => {
             return Err(format!(
                 "unknown kind {other:?} (kinds: delay, status, too-many, redirect-to-leader, \
                  leader-hint, redirect-loop, drop, truncated-json, malformed-json, \
-                 wrong-content-type, conflict-same, conflict-other, token-required, leader-change)"
+                 wrong-content-type, conflict-same, conflict-other, token-required, \
+                 leader-change, no-body, empty-json)"
             ));
         }
     };
@@ -417,11 +501,14 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
                 | Kind::TruncatedJson
                 | Kind::MalformedJson
                 | Kind::WrongContentType
+                | Kind::NoBody { .. }
+                | Kind::EmptyJson { .. }
         );
         if !route.writes() || !replaces_answer {
             return Err(format!(
                 "\"apply\" only fits routes add and bootstrap with kinds status, too-many, drop, \
-                 truncated-json, malformed-json or wrong-content-type, not {} on {}",
+                 truncated-json, malformed-json, wrong-content-type, no-body or empty-json, not \
+                 {} on {}",
                 kind.name(),
                 route.name()
             ));
@@ -546,8 +633,20 @@ mod tests {
         .unwrap();
         assert_eq!(many[0].listener.as_deref(), Some("node02"));
         assert_eq!(many[0].times, Some(2));
-        assert_eq!(many[1].kind, Kind::RedirectToLeader { code: 307 });
-        assert_eq!(many[2].kind, Kind::LeaderHint { code: 421 });
+        assert_eq!(
+            many[1].kind,
+            Kind::RedirectToLeader {
+                code: 307,
+                form: Form::Url
+            }
+        );
+        assert_eq!(
+            many[2].kind,
+            Kind::LeaderHint {
+                code: 421,
+                form: Form::Url
+            }
+        );
         assert_eq!(many[3].kind, Kind::Drop { after_bytes: 0 });
     }
 
@@ -566,6 +665,35 @@ mod tests {
         assert!(
             err(r#"[{"route":"add","kind":"drop"},{"route":"x"}]"#).starts_with("fault at index 1")
         );
+    }
+
+    #[test]
+    fn hint_forms_belong_to_their_kind() {
+        let f = parse_cluster(r#"{"route":"add","kind":"leader-hint","form":"id"}"#).unwrap();
+        assert_eq!(
+            f[0].kind,
+            Kind::LeaderHint {
+                code: 421,
+                form: Form::Id
+            }
+        );
+        let f =
+            parse_cluster(r#"{"route":"add","kind":"redirect-to-leader","form":"base"}"#).unwrap();
+        assert_eq!(f[0].to_json()["form"], "base");
+        assert!(
+            err(r#"{"route":"add","kind":"redirect-to-leader","form":"id"}"#).contains("url, base")
+        );
+        assert!(err(r#"{"route":"add","kind":"status","code":503,"form":"id"}"#).contains("form"));
+    }
+
+    #[test]
+    fn bare_successes_are_2xx_on_the_add() {
+        let f = parse_cluster(r#"{"route":"add","kind":"no-body","apply":true}"#).unwrap();
+        assert_eq!(f[0].kind, Kind::NoBody { code: 201 });
+        let f = parse_cluster(r#"{"route":"add","kind":"empty-json"}"#).unwrap();
+        assert_eq!(f[0].kind, Kind::EmptyJson { code: 200 });
+        assert!(err(r#"{"route":"add","kind":"no-body","code":307}"#).contains("200..=299"));
+        assert!(err(r#"{"route":"list","kind":"empty-json"}"#).contains("does not apply"));
     }
 
     #[test]
@@ -607,7 +735,13 @@ mod tests {
         assert_eq!(on_leader.kind, Kind::Drop { after_bytes: 0 });
         assert_eq!(set.list().len(), 3);
         let on_follower = set.take(Route::Add, "node02", true).unwrap();
-        assert_eq!(on_follower.kind, Kind::LeaderHint { code: 421 });
+        assert_eq!(
+            on_follower.kind,
+            Kind::LeaderHint {
+                code: 421,
+                form: Form::Url
+            }
+        );
         let next = set.take(Route::Add, "node02", true).unwrap();
         assert_eq!(next.kind, Kind::Delay { ms: 5 });
         // Forever faults never disarm.

@@ -134,10 +134,13 @@ impl Reply {
         let mut res = Response::new(body);
         *res.status_mut() = self.status;
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(self.content_type),
-        );
+        // An empty type is an answer without one, as a bare `201` from most servers is.
+        if !self.content_type.is_empty() {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(self.content_type),
+            );
+        }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         for (name, value) in self.headers {
             h.append(name, value);

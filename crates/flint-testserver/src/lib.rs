@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cli::{Mode, Settings};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, RoleCase};
 use crate::http::Conn;
 use crate::iam::Iam;
 use crate::state::{Service, Shared};
@@ -41,18 +41,23 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let tls = tls::server_config(&settings.cert, &settings.key, settings.client_ca.as_deref())?;
     let acceptor = TlsAcceptor::from(tls);
-    let service = match settings.mode {
+    let (service, role_case) = match settings.mode {
         Mode::Cluster {
             members,
             leader,
             learner_for,
-        } => Service::Cluster(Cluster::new(members, &leader, learner_for)),
-        Mode::Iam => Service::Iam(Iam::default()),
+            role_case,
+        } => (
+            Service::Cluster(Cluster::new(members, &leader, learner_for)),
+            role_case,
+        ),
+        Mode::Iam => (Service::Iam(Iam::default()), RoleCase::default()),
     };
     let shared = Arc::new(Shared::new(
         settings.listeners.clone(),
         settings.token,
         service,
+        role_case,
     ));
     shared.world().faults.extend(settings.faults);
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, RoleCase};
 use crate::faults::{self, Fault, FaultSet, Route, Scope};
 use crate::iam::Iam;
 
@@ -31,6 +31,8 @@ pub struct World {
     pub faults: FaultSet,
     /// Requests per route, per listener (every request that reached a route, fault or not).
     pub counters: BTreeMap<String, BTreeMap<Route, u64>>,
+    /// Of those, the ones that carried the configured bearer token: where the token went.
+    pub with_token: BTreeMap<String, BTreeMap<Route, u64>>,
 }
 
 pub struct Shared {
@@ -39,19 +41,28 @@ pub struct Shared {
     pub listeners: Vec<Listener>,
     /// The bearer token every `/admin/*` request must carry, when set. Never logged.
     pub token: Option<String>,
+    /// How the admin API spells roles (the control API always shows them in lower case).
+    pub role_case: RoleCase,
     world: Mutex<World>,
 }
 
 impl Shared {
-    pub fn new(listeners: Vec<Listener>, token: Option<String>, service: Service) -> Shared {
+    pub fn new(
+        listeners: Vec<Listener>,
+        token: Option<String>,
+        service: Service,
+        role_case: RoleCase,
+    ) -> Shared {
         Shared {
             cluster: matches!(service, Service::Cluster(_)),
             listeners,
             token,
+            role_case,
             world: Mutex::new(World {
                 service,
                 faults: FaultSet::default(),
                 counters: BTreeMap::new(),
+                with_token: BTreeMap::new(),
             }),
         }
     }
@@ -85,13 +96,18 @@ impl Shared {
 }
 
 impl World {
-    pub fn count(&mut self, listener: &str, route: Route) {
-        *self
-            .counters
-            .entry(listener.to_string())
-            .or_default()
-            .entry(route)
-            .or_default() += 1;
+    pub fn count(&mut self, listener: &str, route: Route, with_token: bool) {
+        let bump = |counters: &mut BTreeMap<String, BTreeMap<Route, u64>>| {
+            *counters
+                .entry(listener.to_string())
+                .or_default()
+                .entry(route)
+                .or_default() += 1;
+        };
+        bump(&mut self.counters);
+        if with_token {
+            bump(&mut self.with_token);
+        }
     }
 
     /// The body of the control API's `GET /state`.
@@ -106,6 +122,17 @@ impl World {
             }
             by_listener.insert(listener.clone(), Value::Object(per));
         }
+        let with_token: serde_json::Map<String, Value> = self
+            .with_token
+            .iter()
+            .map(|(listener, routes)| {
+                let per: serde_json::Map<String, Value> = routes
+                    .iter()
+                    .map(|(route, n)| (route.name().to_string(), json!(n)))
+                    .collect();
+                (listener.clone(), Value::Object(per))
+            })
+            .collect();
         let (leader, members) = match &self.service {
             Service::Cluster(c) => {
                 let list = c.list(now);
@@ -134,6 +161,7 @@ impl World {
             "members": members,
             "requests": totals,
             "requests_by_listener": by_listener,
+            "with_token_by_listener": with_token,
             "iam": iam,
         })
     }
