@@ -3,10 +3,10 @@
 use tokio::task::JoinSet;
 use url::Url;
 
-use super::{MemberReport, ServiceReport};
+use super::{MemberReport, ServiceReport, ask_each};
 use crate::commands::Context;
-use crate::config::join_path;
-use crate::engines::etcd::{Etcd, MemberList, hex_id};
+use crate::config::{join_path, one_line};
+use crate::engines::etcd::{Etcd, hex_id};
 
 struct Probe {
     index: usize,
@@ -19,23 +19,24 @@ struct Probe {
 pub(super) async fn check(ctx: &Context) -> anyhow::Result<ServiceReport> {
     let settings = ctx.config.etcd()?;
     let etcd = Etcd::new(ctx.http.clone());
-    let mut problems = Vec::new();
-    let mut asked = settings.endpoints.iter().cloned().collect::<Vec<_>>();
-    asked.push(settings.local_url.clone());
-    let mut list: Option<MemberList> = None;
-    for endpoint in &asked {
-        match etcd.member_list(endpoint).await {
-            Ok(answer) => {
-                list = Some(answer);
-                break;
-            }
-            Err(e) => problems.push(format!("cannot list members: {e}")),
-        }
+    let mut asked: Vec<(&'static str, Url)> = settings
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, url)| (if i == 0 { "leader_url" } else { "peers" }, url.clone()))
+        .collect();
+    // The local member is asked last, when it is not already among the configured ones.
+    if !asked.iter().any(|(_, url)| *url == settings.local_url) {
+        asked.push(("local_url", settings.local_url.clone()));
     }
+    let (list, endpoints) = ask_each(asked, |url| {
+        let etcd = etcd.clone();
+        async move { etcd.member_list(&url).await }
+    })
+    .await;
     let Some(list) = list else {
-        return Ok(ServiceReport::unreachable("etcd", problems));
+        return Ok(ServiceReport::unreachable("etcd", endpoints));
     };
-    problems.clear();
 
     let mut probes = JoinSet::new();
     for (index, member) in list.members.iter().enumerate() {
@@ -52,14 +53,14 @@ pub(super) async fn check(ctx: &Context) -> anyhow::Result<ServiceReport> {
                     leader_of: (status.leader != 0).then_some(status.leader),
                     is_leader: status.is_leader(),
                     healthy: healthy && status.errors.is_empty(),
-                    error: (!status.errors.is_empty()).then(|| status.errors.join("; ")),
+                    error: (!status.errors.is_empty()).then(|| one_line(&status.errors.join("; "))),
                 },
                 (Err(e), _) | (_, Err(e)) => Probe {
                     index,
                     leader_of: None,
                     is_leader: false,
                     healthy: false,
-                    error: Some(e.to_string()),
+                    error: Some(one_line(&e.to_string())),
                 },
             }
         });
@@ -109,7 +110,7 @@ pub(super) async fn check(ctx: &Context) -> anyhow::Result<ServiceReport> {
         "etcd",
         members,
         voters,
-        problems,
+        endpoints,
         |problems| {
             if seen_leaders.len() > 1 {
                 problems.push(format!(
