@@ -4,7 +4,7 @@
 mod common;
 
 use common::{
-    CHAINFIRE_PORT, EtcdCluster, FlintOutput, Lab, Node, Secrets, TestServer, chain_node,
+    CHAINFIRE_PORT, EtcdCluster, FlintOutput, Lab, Node, Secrets, TestServer, chain_node, sample,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -51,31 +51,6 @@ fn etcd_report(json: &Value) -> &Value {
         );
     }
     etcd
-}
-
-/// The value of the first sample of `name` whose labels include `labels` (more labels, such as a
-/// member ID, are fine), in node_exporter's textfile format.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let present: Vec<(&str, &str)> = label_text
-                .split(',')
-                .filter(|l| !l.is_empty())
-                .filter_map(|l| {
-                    let (k, v) = l.split_once('=')?;
-                    Some((k, v.strip_prefix('"')?.strip_suffix('"')?))
-                })
-                .collect();
-            let matches = metric == name && labels.iter().all(|l| present.contains(l));
-            if matches { value.parse().ok() } else { None }
-        })
 }
 
 fn member<'a>(etcd: &'a Value, name: &str) -> &'a Value {

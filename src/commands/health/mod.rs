@@ -378,6 +378,8 @@ fn write_textfile(path: &Path, report: &Report) -> anyhow::Result<()> {
         .map(|d| d.as_secs())
         .unwrap_or_default();
     let _ = writeln!(out, "flint_health_check_timestamp_seconds {now}");
+    // 0644: node_exporter reads it as its own user, and it holds no secret (SECURITY.md). The
+    // temporary file (`.NAME.tmp.PID`) does not end in `.prom`: the collector never reads it.
     crate::state::write_atomic(path, out.as_bytes(), 0o644)?;
     Ok(())
 }
