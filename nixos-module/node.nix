@@ -82,8 +82,8 @@ let
     };
   };
 
-  # The sandbox of systemd/*.service: root without any capability (it reads root-owned secrets
-  # and writes /var/lib/flint), a read-only system, no devices, a system call filter.
+  # The sandbox of systemd/*.service: root without any capability (it reads root-owned secrets),
+  # a read-only system, no devices, a system call filter. Each unit adds the one place it writes.
   hardening = {
     CapabilityBoundingSet = "";
     AmbientCapabilities = "";
@@ -114,9 +114,20 @@ let
     DevicePolicy = "closed";
     KeyringMode = "private";
     UMask = "0077";
+    LoadCredential = lib.mapAttrsToList (name: path: "${name}:${toString path}") credentials;
+  };
+
+  # The join units write their markers and etcd.env in /var/lib/flint.
+  joinSandbox = hardening // {
     StateDirectory = "flint";
     StateDirectoryMode = "0700";
-    LoadCredential = lib.mapAttrsToList (name: path: "${name}:${toString path}") credentials;
+  };
+
+  # The health units write only the textfile, into node_exporter's folder (created by the
+  # tmpfiles rule below when missing); flint gives the file 0644 whatever the umask.
+  textfile = "${cfg.healthCheck.textfileDir}/cluster-health.prom";
+  healthSandbox = hardening // {
+    ReadWritePaths = [ "-${cfg.healthCheck.textfileDir}" ];
   };
 
   joinUnit = { description, marker, args, after ? [ ], requires ? [ ], before ? [ ] }: {
@@ -128,7 +139,7 @@ let
       StartLimitIntervalSec = "1h";
       StartLimitBurst = 6;
     };
-    serviceConfig = hardening // {
+    serviceConfig = joinSandbox // {
       Type = "oneshot";
       RemainAfterExit = true;
       NotifyAccess = "main";
@@ -252,6 +263,19 @@ in
     healthCheck = {
       enable = mkOption { type = types.bool; default = true; description = "Run cluster-health-check at first boot and a periodic check for node_exporter."; };
       interval = mkOption { type = types.str; default = "1min"; description = "How often the periodic check runs."; };
+      textfileDir = mkOption {
+        # Absolute, and nothing systemd would split (space) or expand (%) in the units' lines.
+        type = types.strMatching "/[^[:space:]%]*";
+        default = "/var/lib/prometheus/node-exporter";
+        example = "/var/lib/prometheus-node-exporter-text-files";
+        description = ''
+          node_exporter's textfile folder, where the health units write cluster-health.prom (mode 0644,
+          atomically) and the only path they may write. Point node_exporter's
+          `--collector.textfile.directory` here (on NixOS through
+          `services.prometheus.exporters.node.extraFlags`). Created (root, 0755) when missing; an
+          existing folder must be writable by root and readable by node_exporter's user.
+        '';
+      };
     };
   };
 
@@ -326,10 +350,10 @@ in
           after = [ "chainfire-cluster-join.service" "flaredb-cluster-join.service" "iam-initial-setup.service" "etcd-cluster-promote.service" ];
           wantedBy = [ "multi-user.target" ];
           unitConfig = { StartLimitIntervalSec = "1h"; StartLimitBurst = 10; };
-          serviceConfig = hardening // {
+          serviceConfig = healthSandbox // {
             Type = "oneshot";
             RemainAfterExit = true;
-            ExecStart = "${cfg.package}/bin/flint health --textfile /var/lib/flint/cluster-health.prom";
+            ExecStart = "${cfg.package}/bin/flint health --textfile ${textfile}";
             Restart = "on-failure";
             RestartSec = "30s";
             RestartPreventExitStatus = "64 65 77 78 238 243";
@@ -338,15 +362,19 @@ in
         };
         flint-health = {
           description = "Periodic cluster health check for node_exporter's textfile collector (flint)";
-          serviceConfig = hardening // {
+          serviceConfig = healthSandbox // {
             Type = "oneshot";
-            ExecStart = "${cfg.package}/bin/flint health --textfile /var/lib/flint/cluster-health.prom";
+            ExecStart = "${cfg.package}/bin/flint health --textfile ${textfile}";
             SuccessExitStatus = "1";
             TimeoutStartSec = "2min";
           };
         };
       })
     ];
+
+    # A node without node_exporter still runs the health units: the folder exists. An existing
+    # one keeps its mode and owner.
+    systemd.tmpfiles.rules = lib.optional cfg.healthCheck.enable "d ${cfg.healthCheck.textfileDir} - - - -";
 
     systemd.timers = mkIf cfg.healthCheck.enable {
       flint-health = {

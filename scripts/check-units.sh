@@ -3,7 +3,8 @@
 # inside a throw-away root that has the system's own units, stand-ins for the services flint's
 # units order against (chainfire, flaredb, iam, etcd), and the flint binary; then
 # `systemd-analyze security --offline=true --threshold=20` (exposure 2.0 at most: --threshold
-# counts on the 0-100 scale behind the 0.0-10.0 figure systemd prints, so 20 is 2.0).
+# counts on the 0-100 scale behind the 0.0-10.0 figure systemd prints, so 20 is 2.0); and that
+# tmpfiles.d/flint.conf creates the folder the health units write their textfile to.
 #
 #   scripts/check-units.sh [FLINT_BINARY [FLINT_BOOT_BINARY]]
 #                          (default: target/debug/flint, target/debug/flint-boot)
@@ -46,6 +47,17 @@ for path in "$repo"/systemd/*.service "$repo"/systemd/*.timer; do
         printf '%-32s %s\n' "$unit" "$(grep -o 'Overall exposure level.*' <<<"$out")"
     fi
 done
+# tmpfiles.d/flint.conf, applied to an empty root: the textfile folder the health units write to
+# must come out of it, or those units would fail on a node without node_exporter.
+tmpfiles_root=$root/tmpfiles
+mkdir -p "$tmpfiles_root"
+if ! out=$(systemd-tmpfiles --create --root="$tmpfiles_root" "$repo/systemd/tmpfiles.d/flint.conf" 2>&1) \
+    || [[ -n $out ]] || [[ $(stat -c '%a %u' "$tmpfiles_root/var/lib/prometheus/node-exporter" 2>&1) != '755 0' ]]; then
+    printf 'tmpfiles.d/flint.conf does not create /var/lib/prometheus/node-exporter (root, 0755):\n%s\n' "$out"
+    failed=1
+else
+    printf '%-32s %s\n' tmpfiles.d/flint.conf "creates /var/lib/prometheus/node-exporter"
+fi
 if ((failed)); then
     echo "unit checks failed"
     exit 1

@@ -2,6 +2,7 @@
 # Installs what scripts/demo.sh, scripts/test.sh and bench/run need on a Debian 12 machine, as root.
 # Idempotent: apt-get update runs only when a package is missing, the Rust musl target and
 # components are added only when missing, cargo-nextest and cargo-fuzz are installed only when absent.
+# No daemon a package ships is started by the install.
 # Run it (bash scripts/setup.sh); it changes nothing that is already in place.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ setup_main() {
         tftp-hpa                  # a real TFTP client against flint-boot's TFTP server
         dnsmasq-base              # the site's ordinary DHCP server in the PXE boot test (tests/pxe)
         nftables ethtool          # tests/chaos: loss and partitions (nft), checksum offload off at the delay lines
+        prometheus-node-exporter  # node_exporter reading flint health's textfile as its own user (tests/textfile_collector.rs)
     )
     local -a missing=()
     local pkg
@@ -38,7 +40,21 @@ setup_main() {
         echo "setup: installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # Some of these packages start a daemon of their own (prometheus-node-exporter on *:9100,
+        # etcd-server): the tests and the demo start their own copies on loopback addresses and
+        # ports of their own, and need none. A policy-rc.d that denies every start keeps them off
+        # while installing, unless the machine already has a policy.
+        local policy=/usr/sbin/policy-rc.d made_policy=0 status=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            made_policy=1
+        fi
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+        if ((made_policy)); then
+            rm -f "$policy"
+        fi
+        ((status == 0)) || return "$status"
     fi
 
     # The Rust toolchain comes with the machine (rustup); it cannot be fetched from here.

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -227,7 +227,7 @@ fn io_error(action: &'static str, file: &Path, source: std::io::Error) -> Error 
 }
 
 /// Replaces `path` with `contents`, durably: a reader (or a crash) sees the old file or the new
-/// one, never a part of either.
+/// one, never a part of either. The file gets exactly `mode`, whatever the umask.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         io_error(
@@ -244,6 +244,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error
             .write(true)
             .mode(mode)
             .open(&tmp)?;
+        // The units' UMask=0077 would make node_exporter's textfile (0644) unreadable to the
+        // collector's own user: the mode asked for is set, not masked.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
         file.sync_all()
     };

@@ -1,8 +1,11 @@
 //! `flint health` against a real 3-member cluster: healthy, one member down (quorum kept, the
-//! dead member reported), two down (quorum lost, exit 1).
+//! dead member reported), two down (quorum lost, exit 1); and each configured endpoint's own
+//! state, against the chainfire test server.
 mod common;
 
-use common::{EtcdCluster, FlintOutput, Node};
+use common::{
+    CHAINFIRE_PORT, EtcdCluster, FlintOutput, Lab, Node, Secrets, TestServer, chain_node, sample,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -48,31 +51,6 @@ fn etcd_report(json: &Value) -> &Value {
         );
     }
     etcd
-}
-
-/// The value of the first sample of `name` whose labels include `labels` (more labels, such as a
-/// member ID, are fine), in node_exporter's textfile format.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let present: Vec<(&str, &str)> = label_text
-                .split(',')
-                .filter(|l| !l.is_empty())
-                .filter_map(|l| {
-                    let (k, v) = l.split_once('=')?;
-                    Some((k, v.strip_prefix('"')?.strip_suffix('"')?))
-                })
-                .collect();
-            let matches = metric == name && labels.iter().all(|l| present.contains(l));
-            if matches { value.parse().ok() } else { None }
-        })
 }
 
 fn member<'a>(etcd: &'a Value, name: &str) -> &'a Value {
@@ -206,4 +184,115 @@ fn member_loss_is_reported_and_quorum_loss_fails() {
     cluster.wait_for_leader(Duration::from_secs(15));
     node.run(&["health"])
         .assert_code(0, "health after a member came back (quorum again)");
+}
+
+#[test]
+fn each_configured_endpoint_says_whether_it_answered_and_why_not() {
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let chainfire = TestServer::cluster(&lab, CHAINFIRE_PORT, 3, 3, secrets.cluster_options(&lab));
+    let url = |i: usize| format!("https://{}:{CHAINFIRE_PORT}/", lab.ip(i));
+    // leader_url: nobody listens there. node02 refuses the token; node03 answers.
+    let (dead, refusing, answering) = (url(9), url(1), url(2));
+    chainfire.arm(json!({"route": "list", "kind": "token-required", "listener": "node02"}));
+    let mut node = chain_node(&lab, 3, &secrets, false);
+    let config = node.config.as_object_mut().expect("an object");
+    config.remove("flaredb");
+    config.remove("iam");
+    node.config["chainfire"]["leader_url"] = json!(dead);
+    node.config["chainfire"]["peers"] = json!([refusing, answering]);
+    node.config["timeouts"] = json!({"total": "15s", "request": "3s", "connect": "2s"});
+
+    let (out, json) = health_json(&node);
+    out.assert_code(0, "health with a dead leader_url and an answering peer");
+    let service = &json["services"][0];
+    assert_eq!(service["service"], "chainfire", "{json:#}");
+    assert_eq!(service["healthy"], true, "{json:#}");
+    let endpoints = service["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints list: {json:#}"));
+    let states: Vec<(&str, &str, bool)> = endpoints
+        .iter()
+        .map(|e| {
+            (
+                e["field"].as_str().unwrap_or_default(),
+                e["url"].as_str().unwrap_or_default(),
+                e["answered"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("leader_url", dead.as_str(), false),
+            ("peers", refusing.as_str(), false),
+            ("peers", answering.as_str(), true),
+        ],
+        "{json:#}"
+    );
+    let why = |i: usize| {
+        endpoints[i]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(why(0).contains("cannot connect"), "{json:#}");
+    assert!(why(1).contains("401"), "{json:#}");
+    assert!(endpoints[2]["error"].is_null(), "{json:#}");
+    let problems = service["problems"].to_string();
+    for (failed, reason) in [(&dead, why(0)), (&refusing, why(1))] {
+        assert!(!reason.contains('\n'), "one line: {reason:?}");
+        assert!(
+            problems.contains(failed.as_str()),
+            "{failed} is not among the problems: {json:#}"
+        );
+    }
+
+    let table = node.run(&["health"]);
+    table.assert_code(0, "health (table)");
+    for (endpoint, answered) in [(&dead, "no"), (&refusing, "no"), (&answering, "yes")] {
+        let line = table
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("chainfire") && l.ends_with(endpoint.as_str()))
+            .unwrap_or_else(|| panic!("no table line for {endpoint}: {}", table.describe()));
+        assert!(
+            line.split_whitespace().any(|w| w == answered),
+            "{endpoint} should say {answered}: {line:?}"
+        );
+    }
+    assert!(table.stdout.contains(&why(0)), "{}", table.describe());
+
+    let textfile = node.dir.join("flint.prom");
+    let out = node.run(&["health", "--textfile", textfile.to_str().expect("UTF-8")]);
+    out.assert_code(0, "health --textfile");
+    let metrics = std::fs::read_to_string(&textfile).expect("textfile written");
+    for (endpoint, field, up) in [
+        (&dead, "leader_url", 0.0),
+        (&refusing, "peers", 0.0),
+        (&answering, "peers", 1.0),
+    ] {
+        let labels = [
+            ("service", "chainfire"),
+            ("endpoint", endpoint.as_str()),
+            ("field", field),
+        ];
+        assert_eq!(
+            sample(&metrics, "flint_endpoint_up", &labels),
+            Some(up),
+            "{labels:?} in\n{metrics}"
+        );
+    }
+    for text in [
+        &out.stdout,
+        &out.stderr,
+        &table.stdout,
+        &table.stderr,
+        &metrics,
+    ] {
+        assert!(
+            !text.contains(&secrets.join_token),
+            "the join token leaked: {text}"
+        );
+    }
 }

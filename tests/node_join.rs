@@ -407,3 +407,39 @@ fn abandon_removes_an_etcd_learner_and_refuses_a_started_voter() {
     assert_eq!(members.len(), 3, "{members:#?}");
     assert!(members.iter().any(|m| m.name == "node01"), "{members:#?}");
 }
+
+#[test]
+fn a_configuration_problem_is_named_as_one_not_blamed_on_the_cluster() {
+    // etcd's look finds this node's member by its peer URL, which comes from `raft_addr`: without
+    // it there is nothing to look for, whatever the cluster would answer.
+    let lab = Lab::new();
+    let mut node = lab.node(3);
+    node.config
+        .as_object_mut()
+        .expect("an object")
+        .remove("raft_addr");
+    node.config["etcd"]
+        .as_object_mut()
+        .expect("an etcd section")
+        .remove("peer_url");
+    let config = node.config_path();
+    let config = config.to_str().expect("UTF-8 path");
+    for args in [
+        &["node-join"][..],
+        &["node-join", "--json"],
+        &["node-join", "--service", "etcd"],
+    ] {
+        let out = node.run(args);
+        out.assert_code(78, &format!("{args:?} without raft_addr"));
+        assert!(
+            out.stderr.contains(config) && out.stderr.contains("`raft_addr`"),
+            "{args:?}: the error names the file and the field: {}",
+            out.describe()
+        );
+        assert!(
+            !out.stdout.contains("did not answer") && !out.stderr.contains("did not answer"),
+            "{args:?}: the cluster is blamed: {}",
+            out.describe()
+        );
+    }
+}

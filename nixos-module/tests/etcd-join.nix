@@ -74,6 +74,8 @@ pkgs.testers.runNixOSTest {
     node2.wait_for_unit("multi-user.target")
     node2.succeed("systemctl show -p ConditionResult etcd-cluster-join.service | grep -q no")
     node2.succeed("systemctl start flint-health.service")
-    node2.succeed("grep -q 'flint_cluster_healthy{service=\"etcd\"} 1' /var/lib/flint/cluster-health.prom")
+    # Into node_exporter's textfile folder (made by the module's tmpfiles rule), readable by it.
+    node2.succeed("grep -q 'flint_cluster_healthy{service=\"etcd\"} 1' /var/lib/prometheus/node-exporter/cluster-health.prom")
+    node2.succeed("test \"$(stat -c %a /var/lib/prometheus/node-exporter/cluster-health.prom)\" = 644")
   '';
 }

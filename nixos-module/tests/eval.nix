@@ -58,7 +58,7 @@ let
       config = { services.${name} = cfg; };
     in resolve module.config;
 
-  node = evalModule ../node.nix "flint" {
+  nodeSettings = {
     enable = true;
     package = "/nix/store/00000000000000000000000000000000-flint";
     nodeId = "node04";
@@ -68,7 +68,16 @@ let
     joinTokenFile = "/etc/nixos/secrets/join-token";
     iam = { org = "acme"; adminName = "root"; adminPublicKeyFile = "/etc/nixos/secrets/admin.pub"; bootstrapTokenFile = "/etc/nixos/secrets/iam-token"; };
   };
+  node = evalModule ../node.nix "flint" nodeSettings;
+  # node_exporter's textfile folder where NixOS operators often put it, and a node without the check.
+  nixTextfiles = evalModule ../node.nix "flint" (nodeSettings // { healthCheck.textfileDir = "/var/lib/prometheus-node-exporter-text-files"; });
+  noHealth = evalModule ../node.nix "flint" (nodeSettings // { healthCheck.enable = false; });
   units = node.systemd.services;
+  healthUnits = services: [ services.cluster-health-check services.flint-health ];
+  writesTextfileIn = dir: services: all (u:
+    u.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint health --textfile ${dir}/cluster-health.prom"
+    && u.serviceConfig.ReadWritePaths == [ "-${dir}" ]
+    && !(u.serviceConfig ? StateDirectory)) (healthUnits services);
   join = units.chainfire-cluster-join;
   credentials = join.serviceConfig.LoadCredential;
   boot = evalModule ../boot-server.nix "flint-boot" {
@@ -94,6 +103,16 @@ let
     "assertions hold for a sound node" = all (a: a.assertion) node.assertions;
     "ordering follows the seed" = elem "chainfire-cluster-join.service" units.flaredb-cluster-join.after
       && elem "flaredb-cluster-join.service" units.iam-initial-setup.after;
+    "health units write only the textfile, in Debian's node_exporter folder by default" =
+      writesTextfileIn "/var/lib/prometheus/node-exporter" units;
+    "the textfile folder is an option" =
+      writesTextfileIn "/var/lib/prometheus-node-exporter-text-files" nixTextfiles.systemd.services;
+    "the textfile folder is created when missing, never changed" =
+      node.systemd.tmpfiles.rules == [ "d /var/lib/prometheus/node-exporter - - - -" ]
+      && nixTextfiles.systemd.tmpfiles.rules == [ "d /var/lib/prometheus-node-exporter-text-files - - - -" ]
+      && noHealth.systemd.tmpfiles.rules == [ ];
+    "join units keep their state directory" = join.serviceConfig.StateDirectory == "flint"
+      && join.serviceConfig.StateDirectoryMode == "0700";
     "boot server binds privileged ports with one capability" =
       boot.systemd.services.flint-boot.serviceConfig.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ];
     "boot server errors that need an operator do not restart" =

@@ -125,7 +125,7 @@ impl Join<'_> {
                     )));
                 }
                 // The local member answered just now: its member list is the one to judge.
-                let asked = std::slice::from_ref(local);
+                let asked = vec![("local_url", local.clone())];
                 let report = crate::commands::health::etcd::report(self.ctx, asked).await;
                 match report.leader {
                     Some(leader) if report.healthy => Ok((status, leader)),

@@ -6,7 +6,7 @@ use serde::Serialize;
 use tracing::info;
 
 use super::{Context, iam_setup, join_admin, join_etcd};
-use crate::config::Service;
+use crate::config::{AdminSettings, EtcdSettings, Service, one_line};
 use crate::engines::Error;
 use crate::engines::etcd::{Etcd, bare_url, hex_id};
 use crate::exit::ExitStatus;
@@ -95,14 +95,23 @@ pub async fn run(ctx: &Context, args: Args) -> crate::Result<ExitStatus> {
 
 async fn inspect(ctx: &Context, service: Service) -> crate::Result<ServiceState> {
     let marker = ctx.state.marker(MarkerKind::of(service))?;
+    // The configuration is read before the cluster is asked, and its errors end the command
+    // (exit 78): only what the cluster did or said becomes the report's `error`.
     let membership = match service {
-        Service::Etcd => etcd_member(ctx).await.map(Some),
-        Service::Chainfire | Service::Flaredb => admin_member(ctx, service).await.map(Some),
+        Service::Etcd => {
+            let settings = ctx.config.etcd()?;
+            let peer_url = bare_url(ctx.config.etcd_peer_url()?);
+            etcd_member(ctx, settings, &peer_url).await.map(Some)
+        }
+        Service::Chainfire | Service::Flaredb => {
+            let settings = ctx.config.admin(service)?;
+            admin_member(ctx, settings).await.map(Some)
+        }
         Service::Iam => Ok(None),
     };
     let (member, error) = match membership {
         Ok(found) => (found.flatten(), None),
-        Err(e) => (None, Some(format!("{e:#}"))),
+        Err(e) => (None, Some(one_line(&e.to_string()))),
     };
     let next = next_step(service, marker.is_some(), member.as_ref(), error.is_some());
     Ok(ServiceState {
@@ -130,7 +139,7 @@ fn next_step(
     let voter = member.is_some_and(|m| m.started && m.role != "learner");
     match (marked, member, unknown) {
         (_, _, true) => {
-            "cannot tell: the cluster did not answer (see error); a join would wait for it".into()
+            "cannot tell: the cluster's member list could not be read (see error)".into()
         }
         (true, _, _) if voter => "nothing: joined".into(),
         (true, None, _) => format!(
@@ -156,20 +165,24 @@ fn next_step(
     }
 }
 
-async fn etcd_member(ctx: &Context) -> crate::Result<Option<MemberState>> {
-    let settings = ctx.config.etcd()?;
-    let peer_url = bare_url(ctx.config.etcd_peer_url()?);
+async fn etcd_member(
+    ctx: &Context,
+    settings: &EtcdSettings,
+    peer_url: &str,
+) -> Result<Option<MemberState>, Error> {
     let etcd = Etcd::new(ctx.http.clone());
     let (_, list) = etcd.voter(&settings.endpoints).await?;
-    Ok(list.with_peer_url(&peer_url).map(|m| MemberState {
+    Ok(list.with_peer_url(peer_url).map(|m| MemberState {
         id: hex_id(m.id),
         role: if m.is_learner { "learner" } else { "voter" }.into(),
         started: m.started(),
     }))
 }
 
-async fn admin_member(ctx: &Context, service: Service) -> crate::Result<Option<MemberState>> {
-    let settings = ctx.config.admin(service)?;
+async fn admin_member(
+    ctx: &Context,
+    settings: &AdminSettings,
+) -> Result<Option<MemberState>, Error> {
     let admin = ctx.admin(settings);
     let (_, list) = admin.first_members(&settings.endpoints).await?;
     Ok(list

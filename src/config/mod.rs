@@ -98,10 +98,10 @@ pub enum Error {
     },
 }
 
-/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`...), so a hostile key or value
-/// cannot forge a log line. crates/flint-ipxe has the same for inventories: the node binary
-/// links no boot crate.
-fn one_line(s: &str) -> String {
+/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`...), so a hostile key or value,
+/// or a server's answer quoted in a report, cannot forge a line. crates/flint-ipxe has the same
+/// for inventories: the node binary links no boot crate.
+pub fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() {

@@ -54,6 +54,31 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The value of the first sample of `name` whose labels include `labels` (more labels, such as a
+/// member ID, are fine), in node_exporter's textfile format.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let present: Vec<(&str, &str)> = label_text
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    Some((k, v.strip_prefix('"')?.strip_suffix('"')?))
+                })
+                .collect();
+            let matches = metric == name && labels.iter().all(|l| present.contains(l));
+            if matches { value.parse().ok() } else { None }
+        })
+}
+
 /// The last `lines` lines of a log file, for failure reports.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

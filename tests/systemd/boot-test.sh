@@ -3,7 +3,8 @@
 # root) against the chainfire, flaredb and IAM test servers on this machine's loopback, and checks
 # from the container's own systemd what ran, in which order, with which result:
 #   boot 1: the first-boot chain runs in order and succeeds, markers written, step lines in the
-#           journal, flint's STATUS= text visible while it waits;
+#           journal, flint's STATUS= text visible while it waits; no node_exporter: the health
+#           check's textfile folder comes from tmpfiles.d/flint.conf, the file is root's, 0644;
 #   boot 2: the same root again: nothing runs (ConditionPathExists=! on the markers);
 #   boot 3: flaredb unreachable: its join fails with 69 and systemd restarts it;
 #   boot 4: a configuration with an unknown field: 78, a journal line naming file and field, no restart;
@@ -108,6 +109,7 @@ install_root() {
     cp -a "$base" "$root"
     install -m 755 "$flint" "$root/usr/bin/flint"
     cp -r "$repo"/systemd/. "$root/etc/systemd/system/"
+    install -D -m 644 "$repo/systemd/tmpfiles.d/flint.conf" "$root/usr/lib/tmpfiles.d/flint.conf"
     mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/nixos/secrets" "$root/results"
     local unit
     for unit in chainfire flaredb iam; do
@@ -164,6 +166,10 @@ for u in $units; do
     journalctl -b -u $u.service -o cat --no-pager > /results/$u.journal
 done
 ls -A /var/lib/flint > /results/state-dir 2>&1
+textfiles=/var/lib/prometheus/node-exporter
+ls -A $textfiles > /results/textfile-dir 2>&1
+stat -c '%a %U' $textfiles/cluster-health.prom > /results/textfile-mode 2>&1
+cp $textfiles/cluster-health.prom /results/ 2>/dev/null
 # A test may hold the container up (other containers' units may still need this one's services).
 if [ -x /usr/local/bin/flint-report-hold ]; then /usr/local/bin/flint-report-hold; fi
 touch /results/done
@@ -244,7 +250,14 @@ grep -q "waiting for the local chainfire to be healthy" "$work/good/results/stat
 if grep -h -F -f "$pki/join-token" -f "$pki/iam-token" "$work"/good/results/*; then
     fail "a token reached the journal"
 fi
-echo "  ok: 4 units succeeded in order; markers; step lines in the journal; STATUS= while waiting"
+[[ $(cat "$work/good/results/textfile-mode") == "644 root" ]] \
+    || fail "the health textfile is not root's with mode 0644: $(cat "$work/good/results/textfile-mode")"
+[[ $(cat "$work/good/results/textfile-dir") == cluster-health.prom ]] \
+    || fail "the textfile folder holds more than the textfile: $(cat "$work/good/results/textfile-dir")"
+grep -qx 'flint_cluster_healthy{service="chainfire"} 1' "$work/good/results/cluster-health.prom" \
+    || fail "no healthy chainfire in the textfile: $(cat "$work/good/results/cluster-health.prom")"
+echo "  ok: 4 units succeeded in order; markers; step lines in the journal; STATUS= while waiting;"
+echo "      the textfile written 0644 into the folder tmpfiles.d/flint.conf made"
 
 # --- boot 2: run once ----------------------------------------------------------------------------
 echo "boot 2: the same root again"

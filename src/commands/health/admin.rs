@@ -2,30 +2,29 @@
 
 use tokio::task::JoinSet;
 
-use super::{MemberReport, ServiceReport};
+use super::{EndpointReport, MemberReport, ServiceReport, ask_each};
 use crate::commands::Context;
-use crate::config::{Service, join_path};
-use crate::engines::admin::{MemberList, Role};
+use crate::config::{Service, join_path, one_line};
+use crate::engines::admin::Role;
 use crate::engines::iam::Iam;
 
 pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<ServiceReport> {
     let settings = ctx.config.admin(service)?;
     let admin = ctx.admin(settings);
-    let mut problems = Vec::new();
-    let mut list: Option<MemberList> = None;
-    for endpoint in settings.endpoints.iter() {
-        match admin.members(endpoint).await {
-            Ok((_, answer)) => {
-                list = Some(answer);
-                break;
-            }
-            Err(e) => problems.push(format!("cannot list members: {e}")),
-        }
-    }
+    let asked = settings
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, url)| (if i == 0 { "leader_url" } else { "peers" }, url.clone()))
+        .collect();
+    let (list, endpoints) = ask_each(asked, |url| {
+        let admin = admin.clone();
+        async move { admin.members(&url).await.map(|(_, list)| list) }
+    })
+    .await;
     let Some(list) = list else {
-        return Ok(ServiceReport::unreachable(service.name(), problems));
+        return Ok(ServiceReport::unreachable(service.name(), endpoints));
     };
-    problems.clear();
 
     let mut probes = JoinSet::new();
     for (index, member) in list.members.iter().enumerate() {
@@ -48,7 +47,10 @@ pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<Serv
             client_urls: Vec::new(),
             role: m.role.name(),
             healthy: false,
-            error: Some(format!("no API URL can be derived from {:?}", m.raft_addr)),
+            error: Some(one_line(&format!(
+                "no API URL can be derived from {:?}",
+                m.raft_addr
+            ))),
         })
         .collect();
     while let Some(done) = probes.join_next().await {
@@ -56,7 +58,7 @@ pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<Serv
         let member = &mut members[index];
         member.client_urls = vec![url.to_string()];
         member.healthy = outcome.is_ok();
-        member.error = outcome.err().map(|e| e.to_string());
+        member.error = outcome.err().map(|e| one_line(&e.to_string()));
     }
     let voters = list
         .members
@@ -68,7 +70,7 @@ pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<Serv
         service.name(),
         members,
         voters,
-        problems,
+        endpoints,
         |problems| {
             if !list.has_leader() {
                 problems.push(format!(
@@ -87,24 +89,24 @@ pub(super) async fn check_iam(ctx: &Context) -> ServiceReport {
     let outcome = Iam::new(ctx.http.clone())
         .reachable(&settings.health_url)
         .await;
-    let healthy = outcome.is_ok();
-    let error = outcome.err().map(|e| e.to_string());
+    let endpoint = EndpointReport::new("health_url", &settings.health_url, outcome);
     let mut problems = Vec::new();
-    if let Some(e) = &error {
+    if let Some(e) = &endpoint.error {
         problems.push(format!("IAM is not reachable: {e}"));
     }
     ServiceReport {
         service: "iam",
-        healthy,
+        healthy: endpoint.answered,
         leader: None,
         members: vec![MemberReport {
             id: "-".into(),
             name: "local".into(),
             client_urls: vec![settings.health_url.to_string()],
             role: "instance",
-            healthy,
-            error,
+            healthy: endpoint.answered,
+            error: endpoint.error.clone(),
         }],
+        endpoints: vec![endpoint],
         problems,
     }
 }

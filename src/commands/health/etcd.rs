@@ -3,10 +3,10 @@
 use tokio::task::JoinSet;
 use url::Url;
 
-use super::{MemberReport, ServiceReport};
+use super::{MemberReport, ServiceReport, ask_each};
 use crate::commands::Context;
-use crate::config::join_path;
-use crate::engines::etcd::{Etcd, MemberList, hex_id};
+use crate::config::{join_path, one_line};
+use crate::engines::etcd::{Etcd, hex_id};
 
 struct Probe {
     index: usize,
@@ -18,31 +18,32 @@ struct Probe {
 
 pub(super) async fn check(ctx: &Context) -> crate::Result<ServiceReport> {
     let settings = ctx.config.etcd()?;
-    let mut asked = settings.endpoints.iter().cloned().collect::<Vec<_>>();
-    asked.push(settings.local_url.clone());
-    Ok(report(ctx, &asked).await)
+    let mut asked: Vec<(&'static str, Url)> = settings
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, url)| (if i == 0 { "leader_url" } else { "peers" }, url.clone()))
+        .collect();
+    // The local member is asked last, when it is not already among the configured ones.
+    if !asked.iter().any(|(_, url)| *url == settings.local_url) {
+        asked.push(("local_url", settings.local_url.clone()));
+    }
+    Ok(report(ctx, asked).await)
 }
 
-/// The cluster as `flint health` judges it, from the member list of the first of `asked` that
-/// answers. A bootstrap node waits for this verdict, so a node that has recorded its join is one
-/// `flint health` calls healthy.
-pub(crate) async fn report(ctx: &Context, asked: &[Url]) -> ServiceReport {
+/// The cluster as `flint health` judges it, each of `asked` (named by its configuration field)
+/// asked for the member list. A bootstrap node waits for this verdict, so a node that has
+/// recorded its join is one `flint health` calls healthy.
+pub(crate) async fn report(ctx: &Context, asked: Vec<(&'static str, Url)>) -> ServiceReport {
     let etcd = Etcd::new(ctx.http.clone());
-    let mut problems = Vec::new();
-    let mut list: Option<MemberList> = None;
-    for endpoint in asked {
-        match etcd.member_list(endpoint).await {
-            Ok(answer) => {
-                list = Some(answer);
-                break;
-            }
-            Err(e) => problems.push(format!("cannot list members: {e}")),
-        }
-    }
+    let (list, endpoints) = ask_each(asked, |url| {
+        let etcd = etcd.clone();
+        async move { etcd.member_list(&url).await }
+    })
+    .await;
     let Some(list) = list else {
-        return ServiceReport::unreachable("etcd", problems);
+        return ServiceReport::unreachable("etcd", endpoints);
     };
-    problems.clear();
 
     let mut probes = JoinSet::new();
     for (index, member) in list.members.iter().enumerate() {
@@ -59,14 +60,14 @@ pub(crate) async fn report(ctx: &Context, asked: &[Url]) -> ServiceReport {
                     leader_of: (status.leader != 0).then_some(status.leader),
                     is_leader: status.is_leader(),
                     healthy: healthy && status.errors.is_empty(),
-                    error: (!status.errors.is_empty()).then(|| status.errors.join("; ")),
+                    error: (!status.errors.is_empty()).then(|| one_line(&status.errors.join("; "))),
                 },
                 (Err(e), _) | (_, Err(e)) => Probe {
                     index,
                     leader_of: None,
                     is_leader: false,
                     healthy: false,
-                    error: Some(e.to_string()),
+                    error: Some(one_line(&e.to_string())),
                 },
             }
         });
@@ -112,7 +113,7 @@ pub(crate) async fn report(ctx: &Context, asked: &[Url]) -> ServiceReport {
         });
     }
     let voters = list.members.iter().filter(|m| !m.is_learner).count();
-    ServiceReport::judged("etcd", members, voters, problems, |problems| {
+    ServiceReport::judged("etcd", members, voters, endpoints, |problems| {
         if seen_leaders.len() > 1 {
             problems.push(format!(
                 "members disagree on the leader: {}",

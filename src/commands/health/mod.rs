@@ -6,9 +6,11 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tokio::task::JoinSet;
+use url::Url;
 
 use super::Context;
-use crate::config::Service;
+use crate::config::{Service, one_line};
 
 mod admin;
 pub(crate) mod etcd;
@@ -26,6 +28,9 @@ pub struct ServiceReport {
     pub healthy: bool,
     pub leader: Option<String>,
     pub members: Vec<MemberReport>,
+    /// Every endpoint the configuration names for the member list, each asked: one that does not
+    /// answer is reported even when another did.
+    pub endpoints: Vec<EndpointReport>,
     /// What an operator should look at, healthy or not (a dead member of a cluster that still
     /// has quorum shows up here).
     pub problems: Vec<String>,
@@ -39,6 +44,74 @@ pub struct MemberReport {
     pub role: &'static str,
     pub healthy: bool,
     pub error: Option<String>,
+}
+
+/// One configured endpoint and what asking it gave.
+#[derive(Debug, Serialize)]
+pub struct EndpointReport {
+    /// Where the configuration names it: `leader_url`, `peers`, `local_url` (etcd's local
+    /// member) or `health_url` (IAM's).
+    pub field: &'static str,
+    pub url: String,
+    /// Whether it answered what it was asked (the member list; IAM: its health).
+    pub answered: bool,
+    /// Why not, on one line.
+    pub error: Option<String>,
+}
+
+impl EndpointReport {
+    fn new<E: std::fmt::Display>(field: &'static str, url: &Url, outcome: Result<(), E>) -> Self {
+        let error = outcome.err().map(|e| one_line(&e.to_string()));
+        EndpointReport {
+            field,
+            url: url.to_string(),
+            answered: error.is_none(),
+            error,
+        }
+    }
+
+    /// The problem line of an endpoint that did not answer.
+    fn problem(&self) -> Option<String> {
+        let error = self.error.as_ref()?;
+        Some(format!("{} {}: {error}", self.field, self.url))
+    }
+}
+
+/// Asks every endpoint at once and keeps the first answer in the configured order (the leader
+/// URL first), with each endpoint's outcome.
+async fn ask_each<T, E, F, Fut>(
+    endpoints: Vec<(&'static str, Url)>,
+    ask: F,
+) -> (Option<T>, Vec<EndpointReport>)
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: Fn(Url) -> Fut,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    let mut asks = JoinSet::new();
+    for (index, (_, url)) in endpoints.iter().enumerate() {
+        let answer = ask(url.clone());
+        asks.spawn(async move { (index, answer.await) });
+    }
+    let mut outcomes: Vec<Option<Result<T, E>>> = endpoints.iter().map(|_| None).collect();
+    while let Some(done) = asks.join_next().await {
+        let (index, outcome) = done.expect("member list requests do not panic");
+        outcomes[index] = Some(outcome);
+    }
+    let mut first = None;
+    let mut reports = Vec::new();
+    for ((field, url), outcome) in endpoints.into_iter().zip(outcomes) {
+        let outcome = outcome.expect("every request was awaited");
+        reports.push(EndpointReport::new(
+            field,
+            &url,
+            outcome.map(|answer| {
+                first.get_or_insert(answer);
+            }),
+        ));
+    }
+    (first, reports)
 }
 
 pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> crate::Result<bool> {
@@ -82,25 +155,34 @@ pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> crate::R
 
 impl ServiceReport {
     /// A service none of whose endpoints answered.
-    fn unreachable(service: &'static str, problems: Vec<String>) -> Self {
+    fn unreachable(service: &'static str, endpoints: Vec<EndpointReport>) -> Self {
         ServiceReport {
             service,
             healthy: false,
             leader: None,
             members: Vec::new(),
-            problems,
+            problems: endpoints
+                .iter()
+                .filter_map(EndpointReport::problem)
+                .collect(),
+            endpoints,
         }
     }
 
-    /// A cluster service's report: members sorted by name, unhealthy members listed as
-    /// problems, and healthy when it has one leader, a quorum, and passes `extra`.
+    /// A cluster service's report: members sorted by name, endpoints that did not answer and
+    /// unhealthy members listed as problems, and healthy when it has one leader, a quorum, and
+    /// passes `extra`.
     fn judged(
         service: &'static str,
         mut members: Vec<MemberReport>,
         voters: usize,
-        mut problems: Vec<String>,
+        endpoints: Vec<EndpointReport>,
         extra: impl FnOnce(&mut Vec<String>) -> bool,
     ) -> Self {
+        let mut problems: Vec<String> = endpoints
+            .iter()
+            .filter_map(EndpointReport::problem)
+            .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         for m in members.iter().filter(|m| !m.healthy) {
             problems.push(format!(
@@ -118,6 +200,7 @@ impl ServiceReport {
             healthy,
             leader: (leaders.len() == 1).then(|| leaders[0].name.clone()),
             members,
+            endpoints,
             problems,
         }
     }
@@ -171,6 +254,24 @@ fn table(report: &Report) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "\n{:<10} {:<12} {:<9} ENDPOINT",
+        "SERVICE", "ASKED AS", "ANSWERED"
+    );
+    for service in &report.services {
+        for e in &service.endpoints {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<12} {:<9} {}",
+                service.service,
+                e.field,
+                if e.answered { "yes" } else { "no" },
+                e.url
+            );
+        }
+    }
+    let _ = writeln!(out);
     for service in &report.services {
         let verdict = if service.healthy {
             "healthy"
@@ -252,6 +353,23 @@ fn write_textfile(path: &Path, report: &Report) -> crate::Result<()> {
     }
     gauge(
         &mut out,
+        "flint_endpoint_up",
+        "1 when the configured endpoint answered the check's request.",
+    );
+    for s in &report.services {
+        for e in &s.endpoints {
+            let _ = writeln!(
+                out,
+                "flint_endpoint_up{{service=\"{}\",endpoint=\"{}\",field=\"{}\"}} {}",
+                s.service,
+                label(&e.url),
+                e.field,
+                u8::from(e.answered)
+            );
+        }
+    }
+    gauge(
+        &mut out,
         "flint_health_check_timestamp_seconds",
         "When this check ran.",
     );
@@ -260,6 +378,8 @@ fn write_textfile(path: &Path, report: &Report) -> crate::Result<()> {
         .map(|d| d.as_secs())
         .unwrap_or_default();
     let _ = writeln!(out, "flint_health_check_timestamp_seconds {now}");
+    // 0644: node_exporter reads it as its own user, and it holds no secret (SECURITY.md). The
+    // temporary file (`.NAME.tmp.PID`) does not end in `.prom`: the collector never reads it.
     crate::state::write_atomic(path, out.as_bytes(), 0o644)?;
     Ok(())
 }
@@ -277,6 +397,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_endpoint_error_is_one_line() {
+        let url = Url::parse("https://10.0.200.10:2379").unwrap();
+        let report = EndpointReport::new("peers", &url, Err("refused:\nINFO forged line"));
+        assert!(!report.answered);
+        assert_eq!(
+            report.problem().as_deref(),
+            Some(r"peers https://10.0.200.10:2379/: refused:\nINFO forged line")
+        );
+    }
+
+    #[test]
     fn textfile_metrics_escape_names_from_the_cluster() {
         let report = Report {
             healthy: false,
@@ -292,6 +423,7 @@ mod tests {
                     healthy: true,
                     error: None,
                 }],
+                endpoints: Vec::new(),
                 problems: Vec::new(),
             }],
         };
