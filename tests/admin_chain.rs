@@ -650,3 +650,38 @@ fn health_reports_a_dead_member_but_a_quorum_is_healthy() {
         "the dead member is reported: {svc:#}"
     );
 }
+
+#[test]
+fn a_bootstrap_node_waits_for_a_quorum_of_healthy_members_not_only_a_leader() {
+    // A leader elected, two of three members failing their health check: the cluster has no
+    // quorum of healthy members, so a bootstrap node must not record its join (it used to, and
+    // `flint health` right after said unhealthy).
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let server = TestServer::cluster(&lab, CHAINFIRE_PORT, 4, 3, secrets.cluster_options(&lab));
+    let mut node = chain_node(&lab, 0, &secrets, false);
+    node.config["bootstrap"] = json!(true);
+    node.config["timeouts"] = json!({"total": "3s", "request": "1s", "connect": "1s"});
+    for section in ["flaredb", "iam"] {
+        node.config.as_object_mut().expect("object").remove(section);
+    }
+    for listener in ["node02", "node03"] {
+        server.arm(json!({"route": "health", "kind": "status", "code": 503, "listener": listener}));
+    }
+    let out = node.run(JOIN);
+    out.assert_code(69, "a bootstrap node without a quorum of healthy members");
+    assert!(out.stderr.contains("no quorum"), "{}", out.describe());
+    assert!(marker(&node, CHAINFIRE_MARKER).is_none());
+    node.run(&["health"])
+        .assert_code(1, "health agrees: no quorum");
+
+    // One member back: two of three healthy is a quorum.
+    server.clear();
+    server.arm(json!({"route": "health", "kind": "status", "code": 503, "listener": "node03"}));
+    node.run(JOIN)
+        .assert_code(0, "a bootstrap node with a quorum");
+    assert!(marker(&node, CHAINFIRE_MARKER).is_some());
+    node.run(&["health"])
+        .assert_code(0, "flint health right after the bootstrap node marked");
+    assert_eq!(server.requests("add"), 0, "a bootstrap node adds nothing");
+}

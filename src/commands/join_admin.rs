@@ -5,7 +5,7 @@ use crate::error::Doing as _;
 use tracing::info;
 use url::Url;
 
-use super::Context;
+use super::{Context, health};
 use crate::config::{AdminSettings, Service};
 use crate::engines::Error;
 use crate::engines::admin::{Added, Admin, MemberList};
@@ -58,15 +58,20 @@ impl Join<'_> {
         .await
     }
 
-    /// A node of the initial cluster: wait until the cluster has elected a leader (which needs a
-    /// quorum) and lists this node, then record it.
+    /// A node of the initial cluster: wait until the cluster has elected a leader, lists this
+    /// node, and passes the verdict of `flint health` (one leader, a majority of the voting
+    /// members answering healthy), then record it: a node that has recorded its join is one
+    /// `flint health` calls healthy.
     async fn bootstrap(&self) -> crate::Result<()> {
         info!(
             "bootstrap node: waiting for {} to elect a leader",
             self.service
         );
         let list = retry::until(
-            &format!("{} to elect a leader", self.service),
+            &format!(
+                "{} to elect a leader with a quorum of healthy members",
+                self.service
+            ),
             &self.ctx.deadline,
             Pace::EAGER,
             || async {
@@ -79,6 +84,16 @@ impl Join<'_> {
                         "{answered} does not list {} yet",
                         self.node
                     )));
+                }
+                let field = if self.settings.endpoints.iter().next() == Some(&answered) {
+                    "leader_url"
+                } else {
+                    "peers"
+                };
+                let report =
+                    health::admin::report(self.ctx, self.settings, vec![(field, answered)]).await;
+                if !report.healthy {
+                    return Err(Error::NotReady(report.problems.join("; ")));
                 }
                 Ok(list)
             },

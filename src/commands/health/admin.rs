@@ -1,29 +1,42 @@
 //! chainfire's and flaredb's health through their admin API, and IAM's reachability.
 
 use tokio::task::JoinSet;
+use url::Url;
 
 use super::{EndpointReport, MemberReport, ServiceReport, ask_each};
 use crate::commands::Context;
-use crate::config::{Service, join_path, one_line};
+use crate::config::{AdminSettings, Service, join_path, one_line};
 use crate::engines::admin::Role;
 use crate::engines::iam::Iam;
 
 pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<ServiceReport> {
     let settings = ctx.config.admin(service)?;
-    let admin = ctx.admin(settings);
     let asked = settings
         .endpoints
         .iter()
         .enumerate()
         .map(|(i, url)| (if i == 0 { "leader_url" } else { "peers" }, url.clone()))
         .collect();
+    Ok(report(ctx, settings, asked).await)
+}
+
+/// The cluster as `flint health` judges it, each of `asked` (named by its configuration field)
+/// asked for the member list. A bootstrap node waits for this verdict, so a node that has
+/// recorded its join is one `flint health` calls healthy.
+pub(crate) async fn report(
+    ctx: &Context,
+    settings: &AdminSettings,
+    asked: Vec<(&'static str, Url)>,
+) -> ServiceReport {
+    let service = settings.service;
+    let admin = ctx.admin(settings);
     let (list, endpoints) = ask_each(asked, |url| {
         let admin = admin.clone();
         async move { admin.members(&url).await.map(|(_, list)| list) }
     })
     .await;
     let Some(list) = list else {
-        return Ok(ServiceReport::unreachable(service.name(), endpoints));
+        return ServiceReport::unreachable(service.name(), endpoints);
     };
 
     let mut probes = JoinSet::new();
@@ -66,21 +79,15 @@ pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<Serv
         .filter(|m| m.role != Role::Learner)
         .count();
     let named_leader = list.leader.clone();
-    Ok(ServiceReport::judged(
-        service.name(),
-        members,
-        voters,
-        endpoints,
-        |problems| {
-            if !list.has_leader() {
-                problems.push(format!(
-                    "the member list names leader {named_leader:?}, which is not listed as leader"
-                ));
-                return false;
-            }
-            true
-        },
-    ))
+    ServiceReport::judged(service.name(), members, voters, endpoints, |problems| {
+        if !list.has_leader() {
+            problems.push(format!(
+                "the member list names leader {named_leader:?}, which is not listed as leader"
+            ));
+            return false;
+        }
+        true
+    })
 }
 
 /// IAM is stateless: one reachable instance on this node is what the seed's check asks for.

@@ -12,7 +12,7 @@ use url::Url;
 use super::Context;
 use crate::config::{Service, one_line};
 
-mod admin;
+pub(crate) mod admin;
 pub(crate) mod etcd;
 
 #[derive(Debug, Serialize)]
