@@ -104,6 +104,12 @@ impl Bearer {
     pub fn for_url(&self, url: &Url) -> Option<&Secret> {
         self.origins.contains(&url.origin()).then_some(&self.token)
     }
+
+    /// The token, for a destination its holder has vouched for by other means (a member the
+    /// cluster lists).
+    pub fn secret(&self) -> &Secret {
+        &self.token
+    }
 }
 
 /// An answer read to its end.

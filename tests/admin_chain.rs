@@ -571,20 +571,21 @@ fn roles_spelled_otherwise_or_unknown_do_not_break_a_join() {
 }
 
 #[test]
-fn the_join_token_goes_only_to_the_configured_origins() {
-    // The leader is node05, a member node04's configuration does not name: node01 redirects the
-    // add there (307, as rqlite and Vault redirect to their leader's API address). curl drops
-    // `Authorization` on a redirect to another host; flint sends the token only to the origins
-    // the configuration names, and the 401 that follows is no refusal of its credentials.
+fn the_join_token_goes_only_where_the_cluster_is() {
+    // node01 redirects the add to node05 (307, as rqlite and Vault redirect to their leader's
+    // API address), a listener that is no member of the cluster and that node04's configuration
+    // does not name. curl drops `Authorization` on a redirect to another host; flint sends the
+    // token only where the configuration or the cluster's own member list says the cluster is,
+    // and the 401 that follows is no refusal of its credentials.
     let lab = Lab::new();
     let secrets = Secrets::generate(&lab);
     let server = TestServer::cluster(&lab, CHAINFIRE_PORT, 5, 3, secrets.cluster_options(&lab));
-    server.plant_member("node05", &server.raft_addr(4));
-    server.set_leader("node05");
+    server
+        .arm(json!({"route": "add", "kind": "redirect-to", "to": "node05", "listener": "node01"}));
     let mut node = chain_node(&lab, 3, &secrets, false);
     node.config["timeouts"]["total"] = json!("3s");
     let out = node.run(JOIN);
-    out.assert_code(69, "the leader is at an origin outside the configuration");
+    out.assert_code(69, "the add redirected to a server that is not the cluster");
     assert!(
         out.stderr.contains("without the join token") && out.stderr.contains("`peers`"),
         "the error says why and what to configure: {}",
@@ -610,15 +611,14 @@ fn the_join_token_goes_only_to_the_configured_origins() {
             .is_empty()
     );
 
-    // Named among the peers, node05 is where the cluster is: the token goes there, and the join
-    // goes through.
+    // node05 joins the cluster and becomes its leader, after node04's configuration was
+    // written: the cluster lists it, so the token goes there and the join goes through.
+    server.clear();
+    server.plant_member("node05", &server.raft_addr(4));
+    server.set_leader("node05");
     node.config["timeouts"]["total"] = json!("20s");
-    node.config["chainfire"]["peers"]
-        .as_array_mut()
-        .expect("peers")
-        .push(json!(server.url(4)));
     node.run(JOIN)
-        .assert_code(0, "the leader is among the configured peers");
+        .assert_code(0, "the leader is a member the cluster lists");
     assert_member_once(&server, &node, &server.raft_addr(3));
     assert!(server.state()["with_token_by_listener"]["node05"]["add"].as_u64() >= Some(1));
 }

@@ -221,6 +221,7 @@ matrix! {
     add_421_hint_member_id => row(Add, r#"{"kind": "leader-hint", "code": 421, "form": "id", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node01", "add", 1), RequestsOn("node02", "add", 1)]),
     add_503_hint_member_id => row(Add, r#"{"kind": "leader-hint", "code": 503, "form": "id", "times": 1}"#, J).setup(Setup::LeaderNode02).checks(&[RequestsOn("node01", "add", 1), RequestsOn("node02", "add", 1)]),
     add_421_no_leader_known => row(Add, r#"{"kind": "leader-hint", "code": 421, "form": "none", "times": 1}"#, J).setup(Setup::LeaderNode02).says(&["it names no leader"]).checks(&[RequestsOn("node01", "add", 2), RequestsOn("node02", "add", 1)]),
+    add_307_to_a_member_that_is_not_the_leader => row(Add, r#"{"kind": "redirect-to", "to": "node02", "times": 1}"#, J).checks(&[RequestsOn("node02", "add", 1)]),
     add_redirect_loop => row(Add, r#"{"kind": "redirect-loop", "code": 307}"#, Exit(69)).says(&["circle"]).checks(&[Member(false)]),
     add_drop => row(Add, r#"{"kind": "drop", "times": 1}"#, J),
     add_drop_with_apply => row(Add, r#"{"kind": "drop", "apply": true, "times": 1}"#, J).checks(&[Requests("add", 1)]),

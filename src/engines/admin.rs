@@ -155,6 +155,10 @@ pub enum Added {
 pub struct Directory {
     /// `(id, raft_addr, API base URL)`.
     members: Vec<(String, String, Url)>,
+    /// The members' APIs as the last list read from an origin the join token may go to lists
+    /// them: the cluster's own word on where it is, which a redirect or a list from elsewhere
+    /// cannot extend.
+    vouched: Vec<url::Origin>,
 }
 
 impl Directory {
@@ -165,7 +169,22 @@ impl Directory {
                 .iter()
                 .filter_map(|m| Some((m.id.clone(), m.raft_addr.clone(), api(&m.raft_addr)?)))
                 .collect(),
+            vouched: Vec::new(),
         }
+    }
+
+    /// The same members, vouched for: their APIs may get the join token.
+    fn vouched(mut self) -> Directory {
+        self.vouched = self
+            .members
+            .iter()
+            .map(|(_, _, url)| url.origin())
+            .collect();
+        self
+    }
+
+    pub fn vouches_for(&self, url: &Url) -> bool {
+        self.vouched.contains(&url.origin())
     }
 
     fn find(&self, name: &str) -> Option<&Url> {
@@ -207,6 +226,15 @@ impl Admin {
         }
     }
 
+    /// Whether the join token may go to `url`: an origin the configuration names, or a member
+    /// the cluster itself listed from such an origin (a leader that joined after this node's
+    /// configuration was written is still the cluster's leader).
+    fn token_goes_to(&self, url: &Url, directory: &Directory) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|b| b.for_url(url).is_some() || directory.vouches_for(url))
+    }
+
     /// `Ok` when the endpoint answers 200 `{"status":"healthy"}`.
     pub async fn healthy(&self, health_url: &Url) -> Result<(), Error> {
         #[derive(Deserialize)]
@@ -238,11 +266,22 @@ impl Admin {
             return Err(status_error(&answer, CREDENTIALS));
         }
         let list: MemberList = answer.labelled_json()?;
-        *self
-            .directory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) =
-            Directory::new(&list, |raft_addr| self.settings.member_url(raft_addr));
+        let directory = Directory::new(&list, |raft_addr| self.settings.member_url(raft_addr));
+        {
+            let mut current = self
+                .directory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *current = if self.token_goes_to(&answered, &current) {
+                directory.vouched()
+            } else {
+                // Good enough to resolve a hint by, never to extend where the token goes.
+                Directory {
+                    vouched: std::mem::take(&mut current.vouched),
+                    ..directory
+                }
+            };
+        }
         let mut answered_base = answered.clone();
         let path = answered.path();
         answered_base.set_path(path.strip_suffix(paths.member_list.as_str()).unwrap_or("/"));
@@ -291,7 +330,16 @@ impl Admin {
                         .join(" -> "),
                 });
             }
-            let token = self.token.as_ref().and_then(|b| b.for_url(&url));
+            let directory = self
+                .directory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let token = self
+                .token
+                .as_ref()
+                .filter(|_| self.token_goes_to(&url, &directory))
+                .map(Bearer::secret);
             let answer = self.http.send(method.clone(), &url, body, token).await?;
             let withheld = token.is_none() && self.token.is_some();
             if withheld
@@ -305,15 +353,11 @@ impl Admin {
                 return Err(Error::NotReady(format!(
                     "{url} answered HTTP {} to a request without the join token, which flint \
                      sends only to the URLs the configuration names (`leader_url`, `peers`, \
-                     `local_url`); list this member in `peers` if it belongs to the cluster",
+                     `local_url`) and to the members the cluster lists there; list this server \
+                     in `peers` if it belongs to the cluster",
                     answer.status
                 )));
             }
-            let directory = self
-                .directory
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
             let Some(next) = next_hop(&url, &answer, self.allow_plaintext, &directory)? else {
                 return Ok((url, answer));
             };

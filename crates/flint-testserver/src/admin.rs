@@ -315,6 +315,13 @@ async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> R
             };
             leader_hint(shared, &leader, *code, &call.target, *form)
         }
+        Kind::RedirectTo { code, to } => {
+            let there = shared
+                .listener(to)
+                .map(|l| format!("https://{}{}", l.addr, call.target))
+                .unwrap_or_default();
+            json_error(*code, "redirected".into()).with_header(header::LOCATION, &there)
+        }
         Kind::RedirectLoop { code } => {
             let me = shared
                 .listener(&call.listener)

@@ -111,6 +111,9 @@ pub enum Kind {
     LeaderHint { code: u16, form: Form },
     /// A redirect to the very URL that was asked for.
     RedirectLoop { code: u16 },
+    /// A redirect to the same path on another listener, member or not: a server that points
+    /// somewhere the cluster does not.
+    RedirectTo { code: u16, to: String },
     /// Close the connection once this many bytes of the answer are out (0: no answer at all).
     Drop { after_bytes: usize },
     /// 200 with the full `Content-Length` but only half the body, then close.
@@ -147,6 +150,7 @@ impl Kind {
             Kind::RedirectToLeader { .. } => "redirect-to-leader",
             Kind::LeaderHint { .. } => "leader-hint",
             Kind::RedirectLoop { .. } => "redirect-loop",
+            Kind::RedirectTo { .. } => "redirect-to",
             Kind::Drop { .. } => "drop",
             Kind::TruncatedJson => "truncated-json",
             Kind::MalformedJson => "malformed-json",
@@ -201,6 +205,10 @@ impl Fault {
         match &self.kind {
             Kind::Delay { ms } => {
                 o.insert("ms".into(), json!(ms));
+            }
+            Kind::RedirectTo { code, to } => {
+                o.insert("code".into(), json!(code));
+                o.insert("to".into(), json!(to));
             }
             Kind::RedirectToLeader { code, form } | Kind::LeaderHint { code, form } => {
                 o.insert("code".into(), json!(code));
@@ -281,6 +289,7 @@ struct RawFault {
     org: Option<String>,
     admin: Option<String>,
     form: Option<String>,
+    to: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +357,7 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
         ("org", raw.org.is_some()),
         ("admin", raw.admin.is_some()),
         ("form", raw.form.is_some()),
+        ("to", raw.to.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))
@@ -409,6 +419,23 @@ fn check(raw: RawFault, scope: &Scope<'_>) -> Result<Fault, String> {
             },
             &["code"],
             &Route::ALL,
+        ),
+        "redirect-to" => (
+            Kind::RedirectTo {
+                code: redirect_code(raw.code)?,
+                to: {
+                    let to = raw
+                        .to
+                        .clone()
+                        .ok_or("redirect-to needs \"to\", the listener to send the request to")?;
+                    if !scope.listeners.iter().any(|(name, _)| *name == to) {
+                        return Err(format!("redirect-to: no listener {to:?}"));
+                    }
+                    to
+                },
+            },
+            &["code", "to"],
+            &[Route::Health, Route::List, Route::Add],
         ),
         "drop" => (
             Kind::Drop {
