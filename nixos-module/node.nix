@@ -48,7 +48,10 @@ let
     timeouts = { inherit (cfg.timeouts) total request connect; };
     chainfire = if builtins.elem "chainfire" cfg.join then serviceSection cfg.chainfire else null;
     flaredb = if builtins.elem "flaredb" cfg.join then serviceSection cfg.flaredb else null;
-    etcd = if builtins.elem "etcd" cfg.join then serviceSection cfg.etcd // dropNulls { peer_url = cfg.etcd.peerUrl; } else null;
+    etcd = if builtins.elem "etcd" cfg.join then serviceSection cfg.etcd // dropNulls {
+      peer_url = cfg.etcd.peerUrl;
+      initial_cluster = cfg.etcd.initialCluster;
+    } else null;
     iam = if !cfg.iam.setup then null else dropNulls {
       url = cfg.iam.url;
       org = cfg.iam.org;
@@ -236,6 +239,15 @@ in
         type = types.nullOr types.str;
         default = null;
         description = "This node's etcd peer URL; null: {scheme of leaderUrl}://{raftAddr}.";
+      };
+      initialCluster = mkOption {
+        type = types.nullOr (types.attrsOf types.str);
+        default = null;
+        example = { node01 = "https://10.0.200.11:2380"; node02 = "https://10.0.200.12:2380"; node03 = "https://10.0.200.13:2380"; };
+        description = ''
+          On a bootstrap node: the initial members' peer URLs by name, this node among them.
+          flint writes them to etcd.env before etcd starts; null: etcd's own settings hold them.
+        '';
       };
     };
 

@@ -135,16 +135,7 @@ fn healthy_cluster_reports_members_and_leader() {
             "{name}{labels:?} in\n{metrics}"
         );
     }
-    let timestamp = sample(&metrics, "flint_health_check_timestamp_seconds", &[])
-        .unwrap_or_else(|| panic!("no timestamp in\n{metrics}"));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64();
-    assert!(
-        (now - timestamp).abs() < 300.0,
-        "timestamp {timestamp}, now {now}"
-    );
+    common::assert_checked_recently(&metrics);
     // node_exporter reads the file at any time: it must be renamed into place, never left as a
     // temp file beside it.
     let leftovers: Vec<String> = common::dir_entries(&node.dir)

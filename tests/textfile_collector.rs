@@ -211,16 +211,7 @@ fn node_exporter_reads_the_health_textfile_as_its_own_user() {
             "{name}{labels:?} in\n{metrics}"
         );
     }
-    let checked = sample(&metrics, "flint_health_check_timestamp_seconds", &[])
-        .unwrap_or_else(|| panic!("no timestamp in\n{metrics}"));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64();
-    assert!(
-        (now - checked).abs() < 300.0,
-        "timestamp {checked}, now {now}"
-    );
+    common::assert_checked_recently(&metrics);
 
     let meta = std::fs::metadata(&textfile).expect("the textfile");
     assert_eq!(meta.mode() & 0o7777, 0o644, "world-readable, no more");

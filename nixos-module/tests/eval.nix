@@ -16,6 +16,7 @@ let
     types = let t = name: { inherit name; }; in {
       bool = t "bool"; str = t "str"; path = t "path"; package = t "package";
       strMatching = _: t "strMatching"; enum = _: t "enum"; listOf = _: t "listOf"; nullOr = _: t "nullOr";
+      attrsOf = _: t "attrsOf";
     };
     optional = cond: x: if cond then [ x ] else [ ];
     optionals = cond: xs: if cond then xs else [ ];
@@ -69,6 +70,15 @@ let
     iam = { org = "acme"; adminName = "root"; adminPublicKeyFile = "/etc/nixos/secrets/admin.pub"; bootstrapTokenFile = "/etc/nixos/secrets/iam-token"; };
   };
   node = evalModule ../node.nix "flint" nodeSettings;
+  # node01 of a simultaneous bootstrap that also forms etcd.
+  etcdBootstrap = evalModule ../node.nix "flint" (nodeSettings // {
+    nodeId = "node01";
+    bootstrap = true;
+    join = [ "chainfire" "flaredb" "etcd" ];
+    etcd.initialCluster = { node01 = "https://10.0.200.11:2380"; node02 = "https://10.0.200.12:2380"; };
+  });
+  renderedOf = services: fromJSON (builtins.elemAt (builtins.split "cluster-config.json:"
+    (head (filter (c: lib.hasPrefix "cluster-config.json:" c) services.chainfire-cluster-join.serviceConfig.LoadCredential))) 2);
   # node_exporter's textfile folder where NixOS operators often put it, and a node without the check.
   nixTextfiles = evalModule ../node.nix "flint" (nodeSettings // { healthCheck.textfileDir = "/var/lib/prometheus-node-exporter-text-files"; });
   noHealth = evalModule ../node.nix "flint" (nodeSettings // { healthCheck.enable = false; });
@@ -127,6 +137,10 @@ let
       && rendered.iam.bootstrap_token_file == "iam-bootstrap-token";
     "config carries the seed's fields" = rendered.node_id == "node04" && rendered.raft_addr == "10.0.200.13:2380"
       && rendered.leader_url == "https://node01.example.com:2379" && rendered.bootstrap == false;
+    "a bootstrap node's initial etcd members reach the config" =
+      (renderedOf etcdBootstrap.systemd.services).etcd.initial_cluster
+        == { node01 = "https://10.0.200.11:2380"; node02 = "https://10.0.200.12:2380"; }
+      && !((renderedOf units).chainfire ? initial_cluster);
     "config has no null and no unknown field" = all (k: elem k [ "node_id" "bootstrap" "leader_url" "raft_addr" "peers"
       "allow_plaintext" "tls" "join_token_file" "timeouts" "chainfire" "flaredb" "iam" ]) (attrNames rendered);
   };

@@ -79,6 +79,21 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
         })
 }
 
+/// Checks that `metrics` carries `flint_health_check_timestamp_seconds`, and that it is now (within
+/// the minutes a slow test may take), not a stale or zero time.
+pub fn assert_checked_recently(metrics: &str) {
+    let checked = sample(metrics, "flint_health_check_timestamp_seconds", &[])
+        .unwrap_or_else(|| panic!("no timestamp in\n{metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    assert!(
+        (now - checked).abs() < 300.0,
+        "timestamp {checked}, now {now}"
+    );
+}
+
 /// The last `lines` lines of a log file, for failure reports.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
