@@ -9,6 +9,7 @@ pub mod config;
 pub mod engines;
 pub mod error;
 pub mod exit;
+pub mod files;
 pub mod http;
 pub mod logging;
 pub mod privileges;

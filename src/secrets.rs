@@ -82,9 +82,11 @@ impl fmt::Display for Secret {
 /// Reads a token file (one line; surrounding whitespace dropped) after checking its permissions.
 pub fn read_token(path: &Path) -> Result<Secret, Error> {
     ensure_private(path)?;
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Unreadable {
-        path: path.to_owned(),
-        source,
+    let text = crate::files::read_text(path, crate::files::MAX_SMALL).map_err(|source| {
+        Error::Unreadable {
+            path: path.to_owned(),
+            source,
+        }
     })?;
     let token = text.trim();
     if token.is_empty() {

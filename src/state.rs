@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -146,7 +146,7 @@ impl StateDir {
     /// reader sees none or a whole one.
     pub fn marker(&self, kind: MarkerKind) -> Result<Option<Marker>, Error> {
         let path = self.path.join(kind.file_name());
-        let text = match std::fs::read(&path) {
+        let text = match crate::files::read_bounded(&path, crate::files::MAX_SMALL) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("read", &path, e)),
@@ -173,13 +173,19 @@ impl StateDir {
     /// waiting for a learner slot must not hold up the node's chainfire join. The holder writes
     /// its PID into the file, so whoever waits can name it.
     pub async fn lock(&self, service: Service, deadline: &Deadline) -> crate::Result<Lock> {
-        std::fs::create_dir_all(&self.path).map_err(|e| io_error("create", &self.path, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.path)
+            .map_err(|e| io_error("create", &self.path, e))?;
         let path = self.path.join(lock_file_name(service));
+        // A link planted in the folder's place would have flint write its PID through it.
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| io_error("open", &path, e))?;
         let what = format!("the {} lock {}", service.name(), path.display());
@@ -209,7 +215,7 @@ fn lock_file_name(service: Service) -> String {
 /// "flint (PID 1234)" from what the holder wrote, or "another process" when it wrote nothing
 /// (yet) or the file is not flint's.
 fn lock_holder(path: &Path) -> String {
-    std::fs::read_to_string(path)
+    crate::files::read_text(path, 64)
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
         .map_or_else(
@@ -237,13 +243,24 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error
         )
     })?;
     let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
+    // A new file, never a link or a file someone else put at the temporary name (the textfile
+    // folder is writable by node_exporter's own user): what was there is unlinked, not opened.
+    let create = || {
+        OpenOptions::new()
+            .create_new(true)
             .write(true)
             .mode(mode)
-            .open(&tmp)?;
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+    };
+    let write = || -> std::io::Result<()> {
+        let mut file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         // The units' UMask=0077 would make node_exporter's textfile (0644) unreadable to the
         // collector's own user: the mode asked for is set, not masked.
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;

@@ -70,12 +70,13 @@ pub fn client_config(files: Option<&TlsFiles>) -> Result<ClientConfig, Error> {
         Some(identity) => {
             secrets::ensure_private(&identity.key)?;
             let chain = load_certs(&identity.cert, "client certificate")?;
-            let key =
-                PrivateKeyDer::from_pem_file(&identity.key).map_err(|source| Error::Load {
-                    what: "private key",
-                    path: identity.key.clone(),
-                    source,
-                })?;
+            let key_error = |source| Error::Load {
+                what: "private key",
+                path: identity.key.clone(),
+                source,
+            };
+            let pem = read(&identity.key).map_err(key_error)?;
+            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(key_error)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(Error::Rejected)
@@ -89,12 +90,18 @@ fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
         path: path.to_owned(),
         source,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(load_error)?
+    let pem = read(path).map_err(load_error)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(load_error)?;
     if certs.is_empty() {
         return Err(load_error(pem::Error::NoItemsFound));
     }
     Ok(certs)
+}
+
+/// A PEM file, read as the node's files are: regular, bounded (a link to `/dev/zero` once made
+/// rustls ask for 2 GiB and abort).
+fn read(path: &Path) -> Result<Vec<u8>, pem::Error> {
+    crate::files::read_bounded(path, crate::files::MAX_TEXT).map_err(pem::Error::Io)
 }

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    EtcdCluster, FlintOutput, Lab, Node, ProxyMode, dir_entries, read_env_file, wait_until,
+    Canned, CannedHttp, EtcdCluster, FlintOutput, Lab, Node, ProxyMode, dir_entries, read_env_file,
+    wait_until,
 };
 use serde_json::json;
 use std::net::TcpListener;
@@ -503,4 +504,65 @@ fn an_initial_cluster_that_contradicts_the_node_is_refused() {
     out.assert_code(78, "initial_cluster on a joining node");
     assert!(out.stderr.contains("bootstrap"), "{}", out.describe());
     assert!(!node.env_file().exists());
+}
+
+/// A member list whose names or peer URLs would smuggle a setting into etcd.env (a line break
+/// and `ETCD_FORCE_NEW_CLUSTER=true`, a comma that splits `ETCD_INITIAL_CLUSTER`) is refused with
+/// 65, and nothing is written: etcd's unit reads that file as settings.
+#[test]
+fn member_names_and_urls_that_would_forge_etcd_settings_are_refused() {
+    let lab = Lab::new();
+    let cases = [
+        ("node02\nETCD_FORCE_NEW_CLUSTER=true", lab.peer_url(1)),
+        ("node02 x", lab.peer_url(1)),
+        (
+            "node02",
+            format!("{}\nETCD_FORCE_NEW_CLUSTER=true", lab.peer_url(1)),
+        ),
+        ("node02", "https://a,node09=https:2380".to_owned()),
+        ("node02", format!("{}/path", lab.peer_url(1))),
+    ];
+    for (name, peer_url) in cases {
+        let node01 = json!({"ID": "1", "name": "node01", "peerURLs": [lab.peer_url(0)],
+                            "clientURLs": [lab.client_url(0)]});
+        let node02 = json!({"ID": "2", "name": name, "peerURLs": [peer_url]});
+        let mut node = lab.node(3);
+        let ours = json!({"ID": "3", "peerURLs": [node.peer_url()], "isLearner": true});
+        let server = CannedHttp::start(
+            lab.client_addr(0),
+            vec![
+                Canned {
+                    path: "/v3/cluster/member/list",
+                    status: 200,
+                    body: json!({"header": {"member_id": "1"}, "members": [node01, node02]})
+                        .to_string(),
+                },
+                Canned {
+                    path: "/v3/cluster/member/add",
+                    status: 200,
+                    body: json!({"header": {"member_id": "1"}, "member": ours,
+                                 "members": [node01, node02, ours]})
+                    .to_string(),
+                },
+            ],
+        );
+        node.config["leader_url"] = json!(server.url());
+        node.config["peers"] = json!([]);
+        node.config["timeouts"]["total"] = json!("5s");
+        let out = node.run(ADD);
+        out.assert_code(65, &format!("a member named {name:?} at {peer_url:?}"));
+        assert!(
+            out.stderr
+                .contains("will not write into etcd's environment file"),
+            "{}",
+            out.describe()
+        );
+        assert!(
+            !out.stderr.lines().any(|l| l.starts_with("ETCD_")),
+            "a server string broke a log line: {}",
+            out.describe()
+        );
+        assert!(!node.env_file().exists(), "{}", out.describe());
+        assert!(node.marker().is_none());
+    }
 }

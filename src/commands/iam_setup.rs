@@ -93,7 +93,7 @@ fn read_public_key(
         field: "iam.admin.public_key_file".into(),
         problem,
     };
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_text(path, crate::files::MAX_SMALL)
         .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
     if text.contains("PRIVATE KEY") {
         return Err(invalid(format!(

@@ -9,7 +9,7 @@ use tracing::info;
 use url::Url;
 
 use super::Context;
-use crate::config::{EtcdSettings, Service};
+use crate::config::{EtcdSettings, Service, env_member_name, env_peer_url};
 use crate::engines::Error;
 use crate::engines::etcd::{Etcd, Member, MemberList, Refusal, bare_url, hex_id};
 use crate::logging::StepLine;
@@ -250,6 +250,9 @@ impl Join<'_> {
         })
     }
 
+    /// etcd.env from the cluster's member list. Every name and URL in it comes from the server
+    /// and goes into a file etcd's unit reads as settings: each is checked to be one value, so a
+    /// name with a line break cannot add a setting of its own (65 when one is not).
     fn write_env(&self, members: &[Member], ours: &Member) -> crate::Result<()> {
         let mut cluster = Vec::new();
         for member in members {
@@ -258,15 +261,27 @@ impl Join<'_> {
             } else {
                 member.cluster_name()
             };
+            if !env_member_name(&name) {
+                return Err(unsafe_answer(member, format!("name {name:?}")).into());
+            }
             for url in &member.peer_urls {
+                let url = env_peer_url(url)
+                    .ok_or_else(|| unsafe_answer(member, format!("peer URL {url:?}")))?;
                 cluster.push(format!("{name}={url}"));
             }
         }
+        let advertise = ours
+            .peer_urls
+            .iter()
+            .map(|url| {
+                env_peer_url(url).ok_or_else(|| unsafe_answer(ours, format!("peer URL {url:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         self.write_env_file(
             &format!("member {}", hex_id(ours.id)),
             &cluster.join(","),
             "existing",
-            &ours.peer_urls.join(","),
+            &advertise.join(","),
         )
     }
 
@@ -421,4 +436,12 @@ fn name_of(members: &[Member], id: u64) -> String {
         .iter()
         .find(|m| m.id == id && m.started())
         .map_or_else(|| hex_id(id), |m| m.name.clone())
+}
+
+fn unsafe_answer(member: &Member, what: String) -> Error {
+    Error::Unsafe(format!(
+        "the member list gives member {} the {what}, which flint will not write into etcd's \
+         environment file: expected a name of A-Z a-z 0-9 . _ - and scheme://host:port URLs",
+        hex_id(member.id)
+    ))
 }

@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ const MAX_TOTAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_REQUEST: Duration = Duration::from_secs(3600);
 const MAX_CONNECT: Duration = Duration::from_secs(600);
 /// The largest cluster-config.json flint reads: a real one is a few KiB.
-pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+pub const MAX_FILE_SIZE: u64 = crate::files::MAX_TEXT;
 
 /// A configuration problem. Every variant names the file; the field is a JSON path such as
 /// `etcd.peer_url` or `tls`. Shown on one line whatever the file holds: a key or value with a
@@ -48,17 +47,6 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A folder, a FIFO, a device: not a file flint reads.
-    #[error(
-        "configuration file {} is not a regular file: expected a JSON file",
-        shown(path)
-    )]
-    NotAFile { path: PathBuf },
-    #[error(
-        "configuration file {} is larger than {MAX_FILE_SIZE} bytes: expected a JSON file of a few KiB",
-        shown(path)
-    )]
-    TooLarge { path: PathBuf },
     /// The file exists but holds nothing.
     #[error(
         "configuration file {} is empty: expected a JSON object with at least `node_id`",
@@ -229,37 +217,11 @@ pub fn locate(credentials_dir: Option<&Path>, cli: Option<&Path>) -> PathBuf {
     cli.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf)
 }
 
-/// The file's text: a regular file (a FIFO would block the unit until its timeout), at most
-/// `MAX_FILE_SIZE` bytes, UTF-8.
+/// The file's text, read as `crate::files` reads the node's files: regular, bounded, UTF-8.
 fn read_bounded(path: &Path) -> Result<String, Error> {
-    use std::io::Read as _;
-    let read_error = |source| Error::Read {
+    crate::files::read_text(path, MAX_FILE_SIZE).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(read_error)?;
-    let kind = file.metadata().map_err(read_error)?.file_type();
-    if !kind.is_file() {
-        return Err(Error::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > MAX_FILE_SIZE {
-        return Err(Error::TooLarge {
-            path: path.to_owned(),
-        });
-    }
-    String::from_utf8(bytes).map_err(|_| Error::NotJson {
-        path: path.to_owned(),
-        message: "not UTF-8 text".into(),
     })
 }
 
@@ -622,6 +584,34 @@ pub fn bare_url(url: &Url) -> String {
         Some(port) => format!("{}://{host}:{port}", url.scheme()),
         None => format!("{}://{host}", url.scheme()),
     }
+}
+
+/// `text` as a peer URL fit for etcd's environment file: http(s), a host, no user, path, query
+/// or fragment, in its bare form, and nothing in it that `ETCD_INITIAL_CLUSTER`'s `name=url,...`
+/// syntax or the file's lines would read as a separator. `None` when it is not.
+pub fn env_peer_url(text: &str) -> Option<String> {
+    let url = Url::parse(text).ok()?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    let bare = bare_url(&url);
+    let separators = bare
+        .chars()
+        .any(|c| c == ',' || c == '=' || c.is_whitespace() || c.is_control());
+    (plain && !separators).then_some(bare)
+}
+
+/// A member name fit for etcd's environment file: 1 to 253 characters of `A-Z a-z 0-9 . _ -`
+/// (a host name, the names etcd's own packages give their members).
+pub fn env_member_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// `base` with `path` appended to whatever path it already has (a gateway may sit under a prefix).

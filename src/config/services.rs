@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use url::Url;
 
 use super::raw::{RawAdmin, RawEtcd, RawIam};
-use super::{Endpoints, Error, NodeId, UrlPolicy, Validator, bare_url, join_path};
+use super::{Endpoints, Error, NodeId, UrlPolicy, Validator, bare_url, env_peer_url, join_path};
 
 /// The services flint knows, in the seed's start-up order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -258,14 +258,14 @@ impl Validator<'_> {
         for (name, url) in members {
             let field = format!("{FIELD}.{name}");
             NodeId::parse(&name).map_err(|p| self.invalid(&field, format!("member name: {p}")))?;
-            let parsed = self.url(&field, &url, peer_policy)?;
-            if parsed.path() != "/" || parsed.query().is_some() {
-                return Err(self.invalid(
+            self.url(&field, &url, peer_policy)?;
+            let bare = env_peer_url(&url).ok_or_else(|| {
+                self.invalid(
                     &field,
                     format!("expected scheme://host:port with no path, got {url:?}"),
-                ));
-            }
-            cluster.push((name, bare_url(&parsed)));
+                )
+            })?;
+            cluster.push((name, bare));
         }
         let own = bare_url(own_url);
         match cluster.iter().find(|(name, _)| name == top.node_id) {

@@ -48,6 +48,10 @@ pub enum Error {
     /// The cluster's membership contradicts this node's configuration; an operator must decide.
     #[error("{0}")]
     Conflict(String),
+    /// An answer flint will not write into a file or act on: a member name or URL that could
+    /// smuggle a second setting into etcd's environment file, say.
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 impl Classified for Error {
@@ -60,7 +64,7 @@ impl Classified for Error {
                 Class::Transient { retry_after: None }
             }
             Error::Denied { .. } => Class::Permanent,
-            Error::Conflict(_) => Class::Permanent,
+            Error::Conflict(_) | Error::Unsafe(_) => Class::Permanent,
         }
     }
 }

@@ -4,6 +4,7 @@
 // Each test binary compiles this module but uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+mod canned;
 mod etcd;
 mod flint;
 mod lab;
@@ -11,6 +12,7 @@ mod pki;
 mod proxy;
 mod testserver;
 
+pub use canned::{Canned, CannedHttp};
 pub use etcd::{EtcdCluster, EtcdProcess, Member, ServerCert, read_env_file};
 pub use flint::{FlintOutput, FlintProcess, Node, flint_command};
 pub use lab::Lab;
