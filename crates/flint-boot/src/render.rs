@@ -95,12 +95,14 @@ pub fn write(dir: &Path, files: &[(PathBuf, String)]) -> Result<(), ExitError> {
     ));
     let result = stage(&staging, files).and_then(|()| {
         if existing {
-            nix::fcntl::renameat2(
-                nix::fcntl::AT_FDCWD,
+            // rustix, not nix: nix offers renameat2 only with glibc, and flint-boot is built
+            // static against musl.
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
                 &staging,
-                nix::fcntl::AT_FDCWD,
+                rustix::fs::CWD,
                 dir,
-                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                rustix::fs::RenameFlags::EXCHANGE,
             )
             .map_err(io::Error::from)
         } else {
