@@ -100,6 +100,7 @@ pub struct RenderArgs {
     /// Put into boot.ipxe as `serve --public-url` does; without it the chain is relative.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
-    /// Output folder; replaced whole, so a web server never sees a mix of old and new scripts.
+    /// The web root to write into; render replaces only DIR/boot.ipxe and DIR/ipxe/ (swapped
+    /// whole, so a web server never sees a mix of old and new scripts) and leaves the rest.
     pub dir: PathBuf,
 }
