@@ -162,8 +162,17 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             server_ip,
             script_url: format!("{base}/boot.ipxe"),
             firmware_url: http_port.map(|_| format!("{base}/firmware")),
+            tftp: tftp.tftp.is_some(),
             binaries: binaries(&dhcp, tftp.tftp_root.as_deref())?,
         };
+        // Without TFTP there is HTTP (a server with neither was refused above).
+        if !config.tftp {
+            tracing::info!(
+                "no --tftp: PXE clients (BIOS, UEFI PXE) get no ProxyDHCP answer; UEFI HTTP Boot \
+                 clients get {base}/firmware/<binary>, iPXE gets {}",
+                config.script_url
+            );
+        }
         check_script_url(&config.script_url)?;
         let config = Arc::new(config);
         for port in [dhcp::Port::Dhcp, dhcp::Port::Pxe] {
