@@ -69,6 +69,8 @@ in
       wants = [ "network-online.target" ];
       wantedBy = [ "multi-user.target" ];
       serviceConfig = {
+        # READY=1 once every listener is bound.
+        Type = "notify";
         ExecStart = "${cfg.package}/bin/flint-boot ${concatStringsSep " " (map lib.escapeShellArg args)}";
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "on-failure";

@@ -137,6 +137,8 @@ let
       boot.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--inventory' '/etc/flint-boot/inventory.json' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--tftp' '0.0.0.0:69' '--proxy-dhcp' 'eno1'";
     "boot server without TFTP still has the binaries for UEFI HTTP Boot" =
       httpBootOnly.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--inventory' '/etc/flint-boot/inventory.json' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--proxy-dhcp' 'eno1'";
+    "boot server tells systemd when it is ready" =
+      boot.systemd.services.flint-boot.serviceConfig.Type == "notify";
     "boot server errors that need an operator do not restart" =
       boot.systemd.services.flint-boot.serviceConfig.RestartPreventExitStatus == "64 77 78";
   };
