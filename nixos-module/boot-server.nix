@@ -12,8 +12,10 @@ let
     "--inventory" (toString cfg.inventory)
     "--images" (toString cfg.imageDir)
     "--http" cfg.http.listen
+    # Also served at /firmware/ over HTTP, so UEFI HTTP Boot works with TFTP off.
+    "--tftp-root" (toString cfg.tftp.root)
   ]
-  ++ lib.optionals cfg.tftp.enable [ "--tftp" cfg.tftp.listen "--tftp-root" (toString cfg.tftp.root) ]
+  ++ lib.optionals cfg.tftp.enable [ "--tftp" cfg.tftp.listen ]
   ++ lib.optionals cfg.proxyDhcp.enable [ "--proxy-dhcp" cfg.proxyDhcp.interface ]
   ++ lib.optionals (cfg.http.publicUrl != null) [ "--public-url" cfg.http.publicUrl ];
 
@@ -45,12 +47,12 @@ in
       };
     };
     tftp = {
-      enable = mkOption { type = types.bool; default = true; description = "Serve the iPXE binaries over TFTP."; };
+      enable = mkOption { type = types.bool; default = true; description = "Serve the iPXE binaries over TFTP (they are at /firmware/ over HTTP either way; without TFTP, ProxyDHCP answers only UEFI HTTP Boot clients and iPXE)."; };
       listen = mkOption { type = types.str; default = "0.0.0.0:69"; description = "TFTP listen address."; };
       root = mkOption {
         type = types.path;
         default = "${pkgs.ipxe}";
-        description = "Folder with undionly.kpxe, ipxe.efi and snponly.efi.";
+        description = "Folder with undionly.kpxe, ipxe.efi and snponly.efi, over TFTP and at /firmware/ over HTTP.";
       };
     };
     proxyDhcp = {
@@ -67,6 +69,8 @@ in
       wants = [ "network-online.target" ];
       wantedBy = [ "multi-user.target" ];
       serviceConfig = {
+        # READY=1 once every listener is bound.
+        Type = "notify";
         ExecStart = "${cfg.package}/bin/flint-boot ${concatStringsSep " " (map lib.escapeShellArg args)}";
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "on-failure";

@@ -14,6 +14,7 @@ fn config() -> &'static Config {
         server_ip: Ipv4Addr::new(10, 0, 200, 2),
         script_url: "http://10.0.200.2:8080/boot.ipxe".into(),
         firmware_url: Some("http://10.0.200.2:8080/firmware".into()),
+        tftp: true,
         binaries: Binaries {
             bios: Some("undionly.kpxe".into()),
             efi_i386: Some("ipxe-i386.efi".into()),

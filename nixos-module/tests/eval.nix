@@ -97,6 +97,14 @@ let
     imageDir = "/srv/images";
     proxyDhcp.interface = "eno1";
   };
+  httpBootOnly = evalModule ../boot-server.nix "flint-boot" {
+    enable = true;
+    package = "/nix/store/00000000000000000000000000000000-flint-boot";
+    inventory = "/etc/flint-boot/inventory.json";
+    imageDir = "/srv/images";
+    proxyDhcp.interface = "eno1";
+    tftp.enable = false;
+  };
 
   checks = {
     "every node unit is rendered" = all (u: units ? ${u})
@@ -125,6 +133,12 @@ let
       && join.serviceConfig.StateDirectoryMode == "0700";
     "boot server binds privileged ports with one capability" =
       boot.systemd.services.flint-boot.serviceConfig.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ];
+    "boot server serves the iPXE binaries over TFTP and HTTP" =
+      boot.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--inventory' '/etc/flint-boot/inventory.json' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--tftp' '0.0.0.0:69' '--proxy-dhcp' 'eno1'";
+    "boot server without TFTP still has the binaries for UEFI HTTP Boot" =
+      httpBootOnly.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--inventory' '/etc/flint-boot/inventory.json' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--proxy-dhcp' 'eno1'";
+    "boot server tells systemd when it is ready" =
+      boot.systemd.services.flint-boot.serviceConfig.Type == "notify";
     "boot server errors that need an operator do not restart" =
       boot.systemd.services.flint-boot.serviceConfig.RestartPreventExitStatus == "64 77 78";
   };

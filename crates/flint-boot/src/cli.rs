@@ -62,7 +62,8 @@ pub struct TftpArgs {
     /// Address to serve TFTP on, e.g. 0.0.0.0:69.
     #[arg(long = "tftp", value_name = "ADDR", requires = "tftp_root")]
     pub tftp: Option<SocketAddr>,
-    /// Folder of the iPXE binaries, served read-only over TFTP (and at /firmware/ over HTTP).
+    /// Folder of the iPXE binaries, served read-only over TFTP (with --tftp) and at /firmware/
+    /// over HTTP (with --http, for UEFI HTTP Boot).
     #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
     /// Concurrent transfers; further requests get ERROR 0 "too many transfers".
@@ -74,8 +75,9 @@ pub struct TftpArgs {
 #[derive(Debug, Args)]
 pub struct DhcpArgs {
     /// Answer PXE clients on ports 67 and 4011 of this interface (ProxyDHCP: the site's DHCP
-    /// server keeps handing out addresses).
-    #[arg(long, value_name = "IFACE", requires = "tftp")]
+    /// server keeps handing out addresses). Without --tftp only UEFI HTTP Boot clients and iPXE
+    /// are answered.
+    #[arg(long, value_name = "IFACE", requires = "tftp_root")]
     pub proxy_dhcp: Option<String>,
     /// iPXE binary for BIOS clients (option 93 = 0), a name in --tftp-root.
     #[arg(long, value_name = "FILE", default_value = "undionly.kpxe")]
@@ -100,6 +102,7 @@ pub struct RenderArgs {
     /// Put into boot.ipxe as `serve --public-url` does; without it the chain is relative.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
-    /// Output folder; replaced whole, so a web server never sees a mix of old and new scripts.
+    /// The web root to write into; render replaces only DIR/boot.ipxe and DIR/ipxe/ (swapped
+    /// whole, so a web server never sees a mix of old and new scripts) and leaves the rest.
     pub dir: PathBuf,
 }

@@ -44,6 +44,9 @@ pub struct Config {
     pub script_url: String,
     /// The HTTP URL the iPXE binaries are served under, for UEFI HTTP Boot clients.
     pub firmware_url: Option<String>,
+    /// Whether this server runs TFTP: without it, PXE clients that would fetch iPXE over TFTP
+    /// are left to another server, while HTTP Boot clients and iPXE are still answered.
+    pub tftp: bool,
     pub binaries: Binaries,
 }
 
@@ -137,6 +140,8 @@ pub enum Ignored {
     MessageType { message_type: Option<u8>, port: u16 },
     #[error("UEFI HTTP Boot client, but no HTTP server to boot it from")]
     NoHttp,
+    #[error("PXE client that needs TFTP, but no TFTP server runs here")]
+    NoTftp,
     #[error("no iPXE binary for {} clients in the TFTP root", .0.name())]
     NoBinary(Firmware),
 }
@@ -151,6 +156,7 @@ impl Ignored {
             Ignored::UnsupportedArch(_) => "unsupported-arch",
             Ignored::MessageType { .. } => "message-type",
             Ignored::NoHttp => "no-http",
+            Ignored::NoTftp => "no-tftp",
             Ignored::NoBinary(_) => "no-binary",
         }
     }
@@ -257,8 +263,10 @@ pub fn answer(
         if http_boot || http_client {
             let base = config.firmware_url.as_deref().ok_or(Ignored::NoHttp)?;
             (Boot::Http, format!("{base}/{binary}"))
-        } else {
+        } else if config.tftp {
             (Boot::Tftp, binary.to_owned())
+        } else {
+            return Err(Ignored::NoTftp);
         }
     };
 

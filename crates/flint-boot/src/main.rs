@@ -104,6 +104,8 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             "serve: no service enabled (use --http ADDR, --tftp ADDR, or both)".into(),
         ));
     }
+    // What `systemctl status` shows once every listener is bound.
+    let mut serving = Vec::new();
     let public_url = http.public_url.map(|u| u.trim_end_matches('/').to_owned());
     let boot = boot_script(public_url.as_deref())?;
 
@@ -125,6 +127,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             metrics.clone(),
         );
         http_port = Some(addr.port());
+        serving.push(format!("HTTP on {addr}"));
         tracing::info!(%addr, inventory = %inv_path.display(), images = %images.display(), "http listening");
         services.spawn(async move { ("http", http::serve(listener, app).await) });
         services.spawn(async move { ("inventory watch", inventory::watch(shared).await) });
@@ -136,6 +139,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         let mut config = tftp::Config::new(root);
         config.max_transfers = tftp.tftp_max_transfers as usize;
         tracing::info!(%addr, root = %config.root.display(), "tftp listening");
+        serving.push(format!("TFTP on {addr}"));
         let m = metrics.clone();
         services.spawn(async move {
             let r = tftp::serve(socket, config, m).await;
@@ -162,8 +166,17 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             server_ip,
             script_url: format!("{base}/boot.ipxe"),
             firmware_url: http_port.map(|_| format!("{base}/firmware")),
+            tftp: tftp.tftp.is_some(),
             binaries: binaries(&dhcp, tftp.tftp_root.as_deref())?,
         };
+        // Without TFTP there is HTTP (a server with neither was refused above).
+        if !config.tftp {
+            tracing::info!(
+                "no --tftp: PXE clients (BIOS, UEFI PXE) get no ProxyDHCP answer; UEFI HTTP Boot \
+                 clients get {base}/firmware/<binary>, iPXE gets {}",
+                config.script_url
+            );
+        }
         check_script_url(&config.script_url)?;
         let config = Arc::new(config);
         for port in [dhcp::Port::Dhcp, dhcp::Port::Pxe] {
@@ -177,13 +190,20 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             });
         }
         tracing::info!(interface = %iface, %server_ip, script = %config.script_url, "proxydhcp listening on 67 and 4011");
+        serving.push(format!("ProxyDHCP on {iface} ({server_ip})"));
     }
 
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| ExitError::Unavailable(format!("SIGTERM handler: {e}")))?;
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| ExitError::Unavailable(format!("SIGINT handler: {e}")))?;
-    tokio::select! {
+    // Every socket is bound by now (and the signals handled), so a unit ordered after this one
+    // finds the services answering.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving {}", serving.join(", "))),
+    ]);
+    let result = tokio::select! {
         Some(done) = services.join_next() => {
             let msg = match done {
                 Ok((name, Ok(()))) => format!("{name} stopped"),
@@ -194,6 +214,16 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         }
         _ = term.recv() => { tracing::info!("SIGTERM, stopping"); Ok(()) }
         _ = int.recv() => { tracing::info!("SIGINT, stopping"); Ok(()) }
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    result
+}
+
+/// Tells systemd (`Type=notify`) how the server is doing. Without NOTIFY_SOCKET (a shell, a
+/// test) this does nothing; failing to reach systemd is no reason to stop serving.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
     }
 }
 

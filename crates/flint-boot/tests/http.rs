@@ -409,7 +409,7 @@ fn render_writes_exactly_what_serve_answers() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(!out.join("ipxe/mac/52-54-00-00-00-01").exists());
     assert!(out.join("ipxe/mac/52-54-00-00-00-02/default.ipxe").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(s.dir.path())
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains(".render-"))
@@ -417,26 +417,88 @@ fn render_writes_exactly_what_serve_answers() {
     assert!(leftovers.is_empty(), "staging folders left: {leftovers:?}");
 }
 
+/// Every file under `dir`, relative to it, with its content.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let content = std::fs::read(&path).unwrap();
+                out.push((path.strip_prefix(dir).unwrap().to_owned(), content));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
-fn render_refuses_to_replace_a_folder_it_did_not_write() {
+fn render_never_removes_what_it_did_not_write() {
     let dir = tempfile::tempdir().unwrap();
     let inv = dir.path().join("inventory.json");
     std::fs::write(&inv, INVENTORY).unwrap();
     let www = dir.path().join("www");
-    std::fs::create_dir(&www).unwrap();
-    std::fs::write(www.join("index.html"), "site").unwrap();
     let r = render(&inv, &www);
-    assert_eq!(r.status.code(), Some(73));
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(
-        err.contains("was not written by flint-boot render"),
-        "{err}"
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // Where the README puts images (nginx serves DIR, so /images/ as `serve` does), and a
+    // site's own page beside them.
+    std::fs::create_dir_all(www.join("images/debian")).unwrap();
+    std::fs::write(www.join("images/debian/vmlinuz"), kernel_bytes()).unwrap();
+    std::fs::write(www.join("index.html"), "site").unwrap();
+    let one_node = INVENTORY.replace(
+        r#"{"name": "node01", "mac": "52:54:00:00:00:01", "profile": "worker"},"#,
+        "",
+    );
+    replace(&inv, &one_node);
+    let r = render(&inv, &www);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        std::fs::read(www.join("images/debian/vmlinuz")).unwrap(),
+        kernel_bytes(),
+        "images gone after a re-render"
     );
     assert_eq!(
         std::fs::read_to_string(www.join("index.html")).unwrap(),
         "site"
     );
-    assert_eq!(std::fs::read_dir(&www).unwrap().count(), 1);
+    assert!(!www.join("ipxe/mac/52-54-00-00-00-01").exists());
+
+    // A file an operator put among render's own: render stops, names it and changes nothing.
+    std::fs::write(
+        www.join("ipxe/mac/52-54-00-00-00-02/custom.ipxe"),
+        "#!ipxe\n",
+    )
+    .unwrap();
+    std::fs::create_dir(www.join("ipxe/site")).unwrap();
+    std::fs::write(www.join("ipxe/site/menu.ipxe"), "#!ipxe\n").unwrap();
+    let before = tree(&www);
+    let r = render(&inv, &www);
+    assert_eq!(r.status.code(), Some(73));
+    let err = String::from_utf8_lossy(&r.stderr);
+    for named in ["ipxe/mac/52-54-00-00-00-02/custom.ipxe", "ipxe/site"] {
+        assert!(
+            err.contains(&www.join(named).display().to_string()),
+            "{named} not named: {err}"
+        );
+    }
+    assert_eq!(tree(&www), before, "render changed files after refusing");
+
+    // A boot.ipxe render did not write is the operator's too.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("boot.ipxe"), "#!ipxe\nchain http://elsewhere/\n").unwrap();
+    let r = render(&inv, &other);
+    assert_eq!(r.status.code(), Some(73));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains(&other.join("boot.ipxe").display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
 }
 
 fn serve_fails(args: &[&str], dir: &Path) -> (i32, String) {

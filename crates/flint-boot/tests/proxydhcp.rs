@@ -38,6 +38,15 @@ impl Server {
 
     /// A server whose TFTP root holds only `binaries`.
     fn with_binaries(binaries: &[&str]) -> Server {
+        Server::spawn(binaries, true)
+    }
+
+    /// A server for UEFI HTTP Boot only: its iPXE binaries at /firmware/, no TFTP.
+    fn without_tftp() -> Server {
+        Server::spawn(&["undionly.kpxe", "ipxe.efi"], false)
+    }
+
+    fn spawn(binaries: &[&str], with_tftp: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("images")).unwrap();
@@ -54,27 +63,35 @@ impl Server {
         let p = |name: &str| root.join(name).to_str().unwrap().to_owned();
         let http = format!("{SERVER_IP}:{HTTP_PORT}");
         let tftp = format!("{SERVER_IP}:69");
+        let (inventory, images, tftp_root) = (p("inventory.json"), p("images"), p("tftp"));
+        let mut args = vec![
+            "serve",
+            "--http",
+            &http,
+            "--inventory",
+            &inventory,
+            "--images",
+            &images,
+            "--tftp-root",
+            &tftp_root,
+            "--proxy-dhcp",
+            SERVER_IFACE,
+        ];
+        if with_tftp {
+            args.extend(["--tftp", &tftp]);
+        }
         link.spawn_server(
             env!("CARGO_BIN_EXE_flint-boot"),
-            &[
-                "serve",
-                "--http",
-                &http,
-                "--inventory",
-                &p("inventory.json"),
-                "--images",
-                &p("images"),
-                "--tftp",
-                &tftp,
-                "--tftp-root",
-                &p("tftp"),
-                "--proxy-dhcp",
-                SERVER_IFACE,
-            ],
+            &args,
             std::fs::File::create(root.join("stderr")).unwrap(),
         );
         let server = Server { link, dir };
-        server.wait_ready();
+        // Without TFTP, only an HTTP Boot client gets an answer to wait for.
+        server.wait_ready(&if with_tftp {
+            discover(0)
+        } else {
+            http_boot_discover()
+        });
         server
     }
 
@@ -82,14 +99,14 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap()
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&self, probe: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(10);
         let ready = self.link.in_client(|| {
             let sock = client_socket(68);
             sock.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
             while Instant::now() < deadline {
-                send_broadcast(&sock, &discover(0));
+                send_broadcast(&sock, probe);
                 if recv(&sock).is_some() {
                     return true;
                 }
@@ -109,10 +126,18 @@ impl Server {
     }
 
     fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    /// The whole HTTP response (status line, headers, body) to a GET of `path`.
+    fn get(&self, path: &str) -> String {
         self.link.in_client(|| {
             let mut s = TcpStream::connect((SERVER_IP, HTTP_PORT)).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
             out
@@ -180,6 +205,13 @@ fn pxe_request(msg: MessageType, arch: u16, class: &str) -> Message {
 
 fn discover(arch: u16) -> Vec<u8> {
     pxe_request(MessageType::Discover, arch, "PXEClient")
+        .to_vec()
+        .unwrap()
+}
+
+/// A DISCOVER as Debian's OVMF sends it for UEFI HTTP Boot over IPv4 (class HTTPClient, arch 16).
+fn http_boot_discover() -> Vec<u8> {
+    pxe_request(MessageType::Discover, 16, "HTTPClient")
         .to_vec()
         .unwrap()
 }
@@ -480,4 +512,40 @@ fn firmware_without_a_binary_in_the_tftp_root_gets_no_answer() {
         log.contains("firmware=\"efi-arm64\"") && log.contains("no such iPXE binary"),
         "{log}"
     );
+}
+
+#[test]
+fn without_tftp_http_boot_clients_get_the_firmware_url_and_pxe_clients_no_answer() {
+    let server = Server::without_tftp();
+    let (offer, _) = server.exchange(&http_boot_discover()).expect("an offer");
+    let url = format!("http://{SERVER_IP}:{HTTP_PORT}/firmware/ipxe.efi");
+    assert_eq!(file(&offer), url);
+    assert_eq!(
+        opt(&offer, 60),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+    // What the offer points at is there, over HTTP, with no TFTP server running.
+    let response = server.get("/firmware/ipxe.efi");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("\r\n\r\nipxe.efi"), "{response}");
+
+    // A client already in iPXE needs no TFTP either.
+    let mut m = pxe_request(MessageType::Discover, 7, "PXEClient");
+    m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    let (offer, _) = server.exchange(&m.to_vec().unwrap()).expect("an offer");
+    assert_eq!(
+        file(&offer),
+        format!("http://{SERVER_IP}:{HTTP_PORT}/boot.ipxe")
+    );
+
+    // PXE clients would fetch iPXE over TFTP: left to another server.
+    assert!(server.exchange(&discover(0)).is_none(), "BIOS answered");
+    assert!(server.exchange(&discover(7)).is_none(), "UEFI PXE answered");
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains("flint_boot_dhcp_ignored_total{reason=\"no-tftp\"} 2\n"),
+        "{metrics}"
+    );
+    let log = server.log();
+    assert_eq!(log.matches("no --tftp: PXE clients").count(), 1, "{log}");
 }

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Boots systemd/flint-boot.service as shipped under a real systemd (PID 1 of a systemd-nspawn
+# container holding a Debian 12 root, with a network namespace of its own) and checks:
+#   boot 1: with /etc/default/flint-boot, the unit (Type=notify) becomes active with flint-boot's
+#           STATUS= text, and a unit ordered after it finds HTTP answering and the TFTP socket
+#           bound at its first try: systemd starts it only once flint-boot said READY=1;
+#   boot 2: without /etc/default/flint-boot, the unit does not start, and the journal says why.
+#
+#   tests/systemd/boot-server-test.sh FLINT_BOOT
+#
+# The container has only its own loopback (--private-network): nothing it binds reaches the host.
+set -euo pipefail
+
+flint_boot=$(realpath "$1")
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+base=$("$here/make-root.sh")
+
+work=$(mktemp -d /var/tmp/flint-boot-unit-test.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+fail() {
+    printf 'FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# install_root NAME: the base root with flint-boot, its unit as shipped and enabled, an
+# inventory, an iPXE binary, and a unit that reports to the host once flint-boot is up.
+install_root() {
+    local root=$work/$1
+    cp -a "$base" "$root"
+    install -m 755 "$flint_boot" "$root/usr/bin/flint-boot"
+    install -m 644 "$repo/systemd/flint-boot.service" "$root/etc/systemd/system/"
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/flint-boot" \
+        "$root/srv/flint-boot/images" "$root/usr/lib/ipxe" "$root/results"
+    ln -sf /etc/systemd/system/flint-boot.service "$root/etc/systemd/system/multi-user.target.wants/"
+    printf '%s\n' '{"profiles": {"w": {"kernel": "k"}}, "unknown": {"policy": "default", "profile": "w"}}' \
+        >"$root/etc/flint-boot/inventory.json"
+    printf 'ipxe.efi' >"$root/usr/lib/ipxe/ipxe.efi"
+
+    cat >"$root/etc/systemd/system/flint-boot-report.service" <<'UNIT'
+[Unit]
+Description=Report flint-boot to the host (test)
+After=flint-boot.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/flint-boot-report
+UNIT
+    ln -sf /etc/systemd/system/flint-boot-report.service "$root/etc/systemd/system/multi-user.target.wants/"
+    mkdir -p "$root/usr/local/bin"
+    cat >"$root/usr/local/bin/flint-boot-report" <<'SCRIPT'
+#!/bin/bash
+# First tries only: ordered after a Type=notify unit, this runs once it is ready, or failed.
+if exec 3<>/dev/tcp/127.0.0.1/8080; then
+    printf 'GET /firmware/ipxe.efi HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
+    timeout 5 cat <&3 >/results/http
+fi
+# TFTP answers from a port of the transfer's own, which bash's connected /dev/udp never hears.
+ss -Hlun 'sport = :69' >/results/tftp
+systemctl show -p ActiveState -p SubState -p Result -p StatusText flint-boot.service >/results/flint-boot.show
+journalctl -b -u flint-boot.service -o cat --no-pager >/results/flint-boot.journal
+touch /results/done
+systemctl poweroff --no-block
+SCRIPT
+    chmod 755 "$root/usr/local/bin/flint-boot-report"
+}
+
+boot() {
+    local root=$work/$1
+    timeout 120 systemd-nspawn --quiet --register=no --keep-unit --private-network --console=pipe \
+        -D "$root" --bind="$root/results:/results" -b >"$work/$1.console" 2>&1 </dev/null \
+        || fail "boot of $1 did not end by itself: $(tail -5 "$work/$1.console")"
+    [[ -e $root/results/done ]] || fail "boot of $1 produced no report: $(tail -5 "$work/$1.console")"
+}
+
+show() { sed -n "s/^$2=//p" "$work/$1/results/flint-boot.show"; }
+
+# --- boot 1: configured ----------------------------------------------------------------------------
+install_root configured
+cat >"$work/configured/etc/default/flint-boot" <<'ENV'
+FLINT_BOOT_ARGS="--http 127.0.0.1:8080 --inventory /etc/flint-boot/inventory.json --images /srv/flint-boot/images --tftp 127.0.0.1:69 --tftp-root /usr/lib/ipxe"
+ENV
+boot configured
+journal=$(cat "$work/configured/results/flint-boot.journal")
+[[ $(show configured ActiveState)/$(show configured SubState) == active/running ]] ||
+    fail "flint-boot.service is $(show configured ActiveState)/$(show configured SubState):"$'\n'"$journal"
+[[ $(show configured StatusText) == "serving HTTP on 127.0.0.1:8080, TFTP on 127.0.0.1:69" ]] ||
+    fail "status text: '$(show configured StatusText)'"
+grep -q $'\r\n\r\nipxe.efi$' "$work/configured/results/http" ||
+    fail "HTTP did not answer at once after READY=1: $(cat "$work/configured/results/http" 2>&1)"
+grep -q '127.0.0.1:69 ' "$work/configured/results/tftp" ||
+    fail "TFTP was not bound at READY=1: $(cat "$work/configured/results/tftp")"
+echo "PASS configured: active (Type=notify), status '$(show configured StatusText)', HTTP answers and TFTP is bound at once"
+
+# --- boot 2: no /etc/default/flint-boot --------------------------------------------------------------
+install_root unconfigured
+boot unconfigured
+journal=$(cat "$work/unconfigured/results/flint-boot.journal")
+[[ $(show unconfigured ActiveState) != active ]] || fail "flint-boot.service started without its settings"
+grep -qi 'environment' <<<"$journal" ||
+    fail "the journal does not say the environment file is missing:"$'\n'"$journal"
+echo "PASS unconfigured: not started ($(show unconfigured ActiveState)/$(show unconfigured Result)); journal: $(grep -i -m1 environment <<<"$journal")"
+echo "all boots passed"
