@@ -147,7 +147,7 @@ impl Answer {
             url: self.url.to_string(),
             status: self.status,
             detail,
-            snippet: text.chars().take(200).collect(),
+            snippet: crate::secrets::scrub(&text).chars().take(200).collect(),
         }
     }
 

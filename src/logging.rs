@@ -1,7 +1,7 @@
 //! Log lines for the person reading `journalctl` at 3 a.m.: one line per step, on stderr,
 //! without timestamps when the journal adds its own.
 
-use std::io::IsTerminal;
+use std::io::Write as _;
 
 use tracing::Level;
 
@@ -11,11 +11,12 @@ pub fn init(verbose: bool) {
         .ok()
         .and_then(|v| v.parse::<Level>().ok())
         .unwrap_or(if verbose { Level::DEBUG } else { Level::INFO });
+    // No colours: every control character of a line is escaped, the terminal's too.
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| GuardedLine(Vec::new()))
         .with_max_level(level)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(false);
     if crate::systemd::stderr_is_journal() {
         builder.without_time().init();
     } else {
@@ -36,4 +37,45 @@ impl StepLine {
             tracing::info!("{message}");
         }
     }
+}
+
+/// One log line on its way to stderr, written out whole when the event is done: whatever a
+/// server said in it (a member ID with a line break, an error body echoing this node's token)
+/// arrives as one line, its control characters escaped and every held secret redacted.
+struct GuardedLine(Vec<u8>);
+
+impl std::io::Write for GuardedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for GuardedLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.0);
+        let mut line = safe_line(text.strip_suffix('\n').unwrap_or(&text));
+        line.push('\n');
+        // stderr is gone (a closed pipe): nothing is left to tell.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+/// `text` fit for one log line or `systemctl status`: held secrets redacted, control characters
+/// escaped.
+pub fn safe_line(text: &str) -> String {
+    crate::config::one_line(&crate::secrets::scrub(text))
+}
+
+/// Text of several lines for the standard output (a table, a report), each line made safe as
+/// `safe_line` makes it: the units' standard output goes to the journal too.
+pub fn safe_lines(text: &str) -> String {
+    text.lines().map(|line| safe_line(line) + "\n").collect()
 }

@@ -55,6 +55,34 @@ pub fn ensure_private(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Every token this process has read: what `scrub` takes out of any text bound for a log line,
+/// `systemctl status` or the standard output, since a server or proxy may echo a request's
+/// `Authorization` header back in an error body.
+static HELD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// `text` with every token this process holds replaced by `[redacted]`.
+pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
+    let held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut text = std::borrow::Cow::Borrowed(text);
+    for secret in held.iter() {
+        if text.contains(secret.as_str()) {
+            text = std::borrow::Cow::Owned(text.replace(secret.as_str(), "[redacted]"));
+        }
+    }
+    text
+}
+
+fn hold(secret: &str) {
+    let mut held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !held.iter().any(|s| s == secret) {
+        held.push(secret.to_owned());
+    }
+}
+
 /// A token read from a file. `Debug` and `Display` print a placeholder, so a secret cannot reach
 /// a log line through an error or a `{:?}`.
 #[derive(Clone)]
@@ -94,6 +122,7 @@ pub fn read_token(path: &Path) -> Result<Secret, Error> {
             path: path.to_owned(),
         });
     }
+    hold(token);
     Ok(Secret(token.to_owned()))
 }
 

@@ -16,14 +16,14 @@ const TIMEOUT_SLACK: Duration = Duration::from_secs(30);
 pub fn waiting(status: &str, remaining: Duration) {
     let usec = u32::try_from((remaining + TIMEOUT_SLACK).as_micros()).unwrap_or(u32::MAX);
     notify(&[
-        NotifyState::Status(status),
+        NotifyState::Status(&crate::logging::safe_line(status)),
         NotifyState::ExtendTimeoutUsec(usec),
     ]);
 }
 
 /// Sets `systemctl status`'s text for a step that is not a wait.
 pub fn status(status: &str) {
-    notify(&[NotifyState::Status(status)]);
+    notify(&[NotifyState::Status(&crate::logging::safe_line(status))]);
 }
 
 fn notify(states: &[NotifyState]) {

@@ -203,7 +203,10 @@ impl Join<'_> {
     fn mark(&self, list: &MemberList) -> crate::Result<()> {
         let mut marker = Marker::now(self.service, self.node);
         marker.member_id = Some(self.node.to_owned());
-        marker.leader = list.leader().map(str::to_owned);
+        marker.leader = list
+            .leader()
+            .map(|leader| super::marker_name("leader", leader))
+            .transpose()?;
         let path = self
             .ctx
             .state

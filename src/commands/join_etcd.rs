@@ -415,7 +415,7 @@ impl Join<'_> {
     fn mark(&self, member_id: u64, leader: &str) -> crate::Result<()> {
         let mut marker = Marker::now(Service::Etcd, self.node);
         marker.member_id = Some(hex_id(member_id));
-        marker.leader = Some(leader.to_owned());
+        marker.leader = Some(super::marker_name("leader", leader)?);
         let path = self
             .ctx
             .state

@@ -59,3 +59,16 @@ impl Context {
         })
     }
 }
+
+/// A member ID or leader name from a server, fit for a marker (which `node-join` prints and an
+/// operator's scripts read): the characters of a host name, or 65.
+pub fn marker_name(what: &str, name: &str) -> Result<String, crate::engines::Error> {
+    if crate::config::env_member_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(crate::engines::Error::Unsafe(format!(
+            "the cluster names the {what} {name:?}, which flint will not record in a marker: \
+             expected 1 to 253 characters of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}

@@ -81,13 +81,11 @@ pub async fn run(ctx: &Context, args: Args) -> crate::Result<ExitStatus> {
         states.push(inspect(ctx, service).await?);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&states).expect("states always serialize")
-        );
+        let json = serde_json::to_string_pretty(&states).expect("states always serialize");
+        println!("{}", crate::secrets::scrub(&json));
     } else {
         for state in &states {
-            print!("{}", describe(state));
+            print!("{}", crate::logging::safe_lines(&describe(state)));
         }
     }
     Ok(ExitStatus::Success)

@@ -97,7 +97,7 @@ fn status_error(answer: &Answer, credentials: &'static str) -> Error {
     Error::Status {
         url: answer.url.clone(),
         status: answer.status,
-        snippet: String::from_utf8_lossy(&answer.body)
+        snippet: crate::secrets::scrub(&String::from_utf8_lossy(&answer.body))
             .chars()
             .take(200)
             .collect(),

@@ -143,12 +143,10 @@ pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> crate::R
         write_textfile(path, &report)?;
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("a report always serializes")
-        );
+        let json = serde_json::to_string_pretty(&report).expect("a report always serializes");
+        println!("{}", crate::secrets::scrub(&json));
     } else {
-        print!("{}", table(&report));
+        print!("{}", crate::logging::safe_lines(&table(&report)));
     }
     Ok(report.healthy)
 }
