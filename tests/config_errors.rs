@@ -258,6 +258,40 @@ fn a_fifo_or_a_huge_file_is_refused_at_once() {
     assert_eq!(dir_entries(&node.state_dir), Vec::<String>::new());
 }
 
+/// The file is one JSON value, and no key is given twice: serde_json stops at the end of the
+/// first value and its maps keep the last of two equal keys, so either mistake would pass.
+#[test]
+fn trailing_data_and_keys_given_twice_are_refused() {
+    let lab = Lab::new();
+    let mut node = node(&lab);
+    let text = serde_json::to_string(&node.config).unwrap();
+    node.set_config_text(&format!("{text} garbage"));
+    assert_rejected(
+        &node,
+        &["expected nothing after the configuration's object"],
+    );
+    node.set_config_text(&format!("{text}\n{text}"));
+    assert_rejected(
+        &node,
+        &["expected nothing after the configuration's object"],
+    );
+    node.set_config_text(&text.replacen('{', r#"{"node_id": "node09", "#, 1));
+    assert_rejected(&node, &["duplicate field `node_id`"]);
+
+    let mut node = self::node(&lab);
+    node.config["bootstrap"] = json!(true);
+    let peer = node.peer_url();
+    let text = serde_json::to_string(&node.config).unwrap().replacen(
+        r#""etcd":{"#,
+        &format!(
+            r#""etcd":{{"initial_cluster":{{"node04":"{peer}","node04":"https://10.9.9.9:2380"}},"#
+        ),
+        1,
+    );
+    node.set_config_text(&text);
+    assert_rejected(&node, &["etcd.initial_cluster", "duplicate key `node04`"]);
+}
+
 #[test]
 fn missing_file() {
     let lab = Lab::new();

@@ -86,20 +86,7 @@ pub enum Error {
     },
 }
 
-/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`...), so a hostile key or value,
-/// or a server's answer quoted in a report, cannot forge a line. crates/flint-ipxe has the same
-/// for inventories: the node binary links no boot crate.
-pub fn one_line(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use flint_json::one_line;
 
 fn shown(path: &Path) -> String {
     one_line(&path.display().to_string())
@@ -238,7 +225,7 @@ impl Config {
             });
         }
         let deserializer = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() {
@@ -253,6 +240,11 @@ impl Config {
                     message: inner.to_string(),
                 }
             }
+        })?;
+        // The file is one JSON value: `{...} garbage` or a second object is not a config.
+        deserializer.end().map_err(|e| Error::NotJson {
+            path: path.to_owned(),
+            message: format!("{e}: expected nothing after the configuration's object"),
         })?;
         Validator { path }.config(raw)
     }

@@ -52,6 +52,7 @@ pub(super) struct RawEtcd {
     pub(super) local_url: Option<String>,
     pub(super) health_url: Option<String>,
     /// A bootstrap node's initial members, by name: their peer URLs.
+    #[serde(default, deserialize_with = "flint_json::unique_keys")]
     pub(super) initial_cluster: Option<std::collections::BTreeMap<String, String>>,
 }
 

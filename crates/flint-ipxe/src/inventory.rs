@@ -6,6 +6,8 @@
 //! first, so an operator fixes a broken inventory in one pass.
 
 use std::collections::{BTreeMap, HashMap};
+
+use flint_json::one_line;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
@@ -29,20 +31,6 @@ pub struct InventoryError {
     /// JSON path in `serde_path_to_error` form, e.g. `nodes[3].mac`; `.` is the document root.
     pub path: String,
     pub expected: String,
-}
-
-/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`...), so a hostile key or value
-/// cannot forge a log line. flint's config has the same: the node binary links no boot crate.
-fn one_line(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Every problem found in one inventory file (never empty).
@@ -291,11 +279,19 @@ impl Inventory {
     /// Parses and validates inventory JSON; `file` only labels errors.
     pub fn from_json(file: &str, text: &str) -> Result<Inventory, InventoryErrors> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawInventory = serde_path_to_error::deserialize(de).map_err(|e| {
+        let raw: RawInventory = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             InventoryErrors(vec![InventoryError {
                 file: file.into(),
                 path: serde_path(&e.path().to_string()),
                 expected: format!("valid inventory JSON ({})", e.inner()),
+            }])
+        })?;
+        // One JSON value: `{...} garbage` or a second object is not an inventory.
+        de.end().map_err(|e| {
+            InventoryErrors(vec![InventoryError {
+                file: file.into(),
+                path: ".".into(),
+                expected: format!("nothing after the inventory's object ({e})"),
             }])
         })?;
         let mut v = Validator {
@@ -374,6 +370,7 @@ impl Inventory {
 #[serde(deny_unknown_fields)]
 struct RawInventory {
     images_url: Option<String>,
+    #[serde(deserialize_with = "flint_json::unique_keys_required")]
     profiles: BTreeMap<String, RawProfile>,
     #[serde(default)]
     nodes: Vec<RawNode>,
@@ -388,7 +385,7 @@ struct RawProfile {
     initrds: Vec<String>,
     #[serde(default)]
     cmdline: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flint_json::unique_keys_required")]
     arch: BTreeMap<String, RawImages>,
 }
 

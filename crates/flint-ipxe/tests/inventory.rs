@@ -442,3 +442,25 @@ fn errors_stay_on_one_line_whatever_the_keys_hold() {
     assert!(!msg.contains(['\n', '\r']), "{msg:?}");
     assert!(msg.contains("a\\nflint-boot: ok\\r"), "{msg}");
 }
+
+#[test]
+fn the_file_is_one_json_value_and_no_key_is_given_twice() {
+    // serde_json reads the first value and would ignore the rest; its maps keep the last of two
+    // equal keys, so a profile defined twice would silently lose its first definition.
+    one_error(
+        &format!("{GOOD} garbage"),
+        ".",
+        "nothing after the inventory's object",
+    );
+    one_error(
+        &format!("{GOOD}\n{GOOD}"),
+        ".",
+        "nothing after the inventory's object",
+    );
+    let twice =
+        r#"{"profiles": {"worker": {"kernel": "a/vmlinuz"}, "worker": {"kernel": "b/vmlinuz"}}}"#;
+    one_error(twice, "profiles", "duplicate key `worker`");
+    let arch_twice = r#"{"profiles": {"w": {"kernel": "a/vmlinuz", "arch": {
+        "arm64": {"kernel": "b/vmlinuz"}, "arm64": {"kernel": "c/vmlinuz"}}}}}"#;
+    one_error(arch_twice, "profiles.w.arch", "duplicate key `arm64`");
+}
