@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use flint_boot::inventory::{self, SharedInventory};
 use flint_boot::metrics::Metrics;
-use flint_boot::{ExitError, dhcp, http, render, tftp};
+use flint_boot::{ExitError, dhcp, http, render, served, tftp};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -247,15 +247,27 @@ fn binaries(args: &cli::DhcpArgs, root: Option<&Path>) -> Result<dhcp::Binaries,
                 dhcp::MAX_FILE
             )));
         }
-        match root {
-            Some(root) if !root.join(name).is_file() => {
+        let Some(root) = root else {
+            return Ok(Some(name.to_owned()));
+        };
+        // By the rule TFTP and /firmware/ serve with, so a name offered is a file they send.
+        let file = root.join(name);
+        match served::open(root, Path::new(name)) {
+            Ok(_) => Ok(Some(name.to_owned())),
+            Err(served::Refused::Absent) => {
                 tracing::info!(
-                    firmware = firmware.name(), file = %root.join(name).display(),
+                    firmware = firmware.name(), file = %file.display(),
                     "no such iPXE binary: these clients get no ProxyDHCP answer"
                 );
                 Ok(None)
             }
-            _ => Ok(Some(name.to_owned())),
+            Err(why) => {
+                tracing::info!(
+                    firmware = firmware.name(), file = %file.display(), %why,
+                    "iPXE binary not served: these clients get no ProxyDHCP answer"
+                );
+                Ok(None)
+            }
         }
     };
     Ok(dhcp::Binaries {

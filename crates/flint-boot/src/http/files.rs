@@ -6,8 +6,6 @@
 //! not follow redirects): it is a 404 like a missing file.
 
 use std::fs::{File, Metadata};
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::file_body::{Buffers, FileBody};
+use crate::served::{self, Refused};
 
 pub struct Folder {
     root: PathBuf,
@@ -32,17 +31,24 @@ impl Folder {
 
 /// The handler of every GET and HEAD below the folder's mount point.
 pub async fn serve(State(folder): State<Arc<Folder>>, req: Request) -> Response {
-    let Some(path) = resolve(&folder.root, req.uri().path()) else {
+    let Some(name) = resolve(req.uri().path()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let content_type = mime(&path);
-    let opened = tokio::task::spawn_blocking(move || open(path)).await;
+    let content_type = mime(&name);
+    let root = folder.root.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        served::open(&root, &name).map(|(file, meta)| (file, root.join(name), meta))
+    })
+    .await;
     let (file, path, meta) = match opened {
-        Ok(Ok(Some(opened))) => opened,
-        Ok(Ok(None)) => return StatusCode::NOT_FOUND.into_response(),
-        Ok(Err(e)) => {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(Refused::Io(e))) => {
             tracing::warn!(path = req.uri().path(), error = %e, "images: cannot open");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        Ok(Err(refused)) => {
+            tracing::debug!(path = req.uri().path(), why = %refused, "images: not served");
+            return StatusCode::NOT_FOUND.into_response();
         }
         Err(e) => {
             tracing::warn!(path = req.uri().path(), error = %e, "images: open did not finish");
@@ -58,9 +64,10 @@ pub async fn serve(State(folder): State<Arc<Folder>>, req: Request) -> Response 
     )
 }
 
-/// The file a request path names inside `root`, or None for anything that could leave it or
-/// names a folder. The path is percent-decoded first, so `%2e%2e` and `%2f` are caught too.
-fn resolve(root: &Path, uri_path: &str) -> Option<PathBuf> {
+/// The name a request path gives inside the folder, or None for one that names a folder or
+/// could leave it (`crate::served` holds the rule). The path is percent-decoded first, so
+/// `%2e%2e` and `%2f` are caught too.
+fn resolve(uri_path: &str) -> Option<PathBuf> {
     if uri_path.ends_with('/') {
         return None;
     }
@@ -72,46 +79,15 @@ fn resolve(root: &Path, uri_path: &str) -> Option<PathBuf> {
     if decoded.contains('\0') {
         return None;
     }
-    let mut path = root.to_path_buf();
+    let mut name = PathBuf::new();
     for component in Path::new(decoded.as_ref()).components() {
         match component {
-            Component::Normal(name) => path.push(name),
+            Component::Normal(part) => name.push(part),
             Component::CurDir => {}
             Component::RootDir | Component::ParentDir | Component::Prefix(_) => return None,
         }
     }
-    Some(path)
-}
-
-/// The open file and its metadata; None when there is no regular file to serve there.
-fn open(path: PathBuf) -> io::Result<Option<(File, PathBuf, Metadata)>> {
-    // Non-blocking, so that a FIFO dropped in the folder does not hold a thread until some
-    // writer opens it; it is refused below. Reads of a regular file ignore the flag.
-    let opened = File::options()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(&path);
-    let file = match opened {
-        Ok(file) => file,
-        Err(e) if is_absent(&e) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let meta = file.metadata()?;
-    Ok(meta.is_file().then_some((file, path, meta)))
-}
-
-/// Errors that mean "no such file" to a client: a missing file, a path through something that
-/// is not a folder, a file the server may not read, a name longer than the filesystem allows
-/// (a part of it, or the whole), a link that loops.
-fn is_absent(e: &io::Error) -> bool {
-    use nix::errno::Errno;
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::PermissionDenied
-    ) || matches!(
-        e.raw_os_error().map(Errno::from_raw),
-        Some(Errno::ENAMETOOLONG | Errno::ELOOP)
-    )
+    Some(name)
 }
 
 fn mime(path: &Path) -> HeaderValue {
@@ -359,12 +335,9 @@ mod tests {
 
     #[test]
     fn paths_stay_inside_the_folder() {
-        let root = Path::new("/srv/images");
-        assert_eq!(
-            resolve(root, "/debian/vmlinuz"),
-            Some(root.join("debian/vmlinuz"))
-        );
-        assert_eq!(resolve(root, "/./a%20b"), Some(root.join("a b")));
+        let name = |p: &str| Some(PathBuf::from(p));
+        assert_eq!(resolve("/debian/vmlinuz"), name("debian/vmlinuz"));
+        assert_eq!(resolve("/./a%20b"), name("a b"));
         for escape in [
             "/../secret",
             "/%2e%2e/secret",
@@ -377,10 +350,10 @@ mod tests {
             "/a%00b",
             "/%ff",
         ] {
-            assert_eq!(resolve(root, escape), None, "{escape}");
+            assert_eq!(resolve(escape), None, "{escape}");
         }
-        assert_eq!(resolve(root, "/100%"), Some(root.join("100%")));
-        assert_eq!(resolve(root, "//etc/passwd"), Some(root.join("etc/passwd")));
+        assert_eq!(resolve("/100%"), name("100%"));
+        assert_eq!(resolve("//etc/passwd"), name("etc/passwd"));
     }
 
     #[test]
