@@ -74,7 +74,9 @@ fn boot_script(public_url: Option<&str>) -> Result<String, ExitError> {
 
 fn render_command(args: &cli::RenderArgs) -> Result<(), ExitError> {
     let inventory = load_inventory(&args.inventory, Arc::new(Metrics::new()))?.get();
-    let files = render::files(&inventory, &boot_script(args.public_url.as_deref())?);
+    let boot = flint_ipxe::render_static_boot_ipxe(args.public_url.as_deref())
+        .map_err(|e| ExitError::Config(format!("--public-url: {e}")))?;
+    let files = render::files(&inventory, &boot);
     render::write(&args.dir, &files)?;
     tracing::info!(dir = %args.dir.display(), files = files.len(), "scripts rendered");
     Ok(())

@@ -1,16 +1,22 @@
-//! `flint-boot render DIR`: every script `serve` can answer, as static files, byte for byte.
+//! `flint-boot render DIR`: every script `serve` can answer, as static files, byte for byte,
+//! and a `boot.ipxe` that finds them by file name, so that any web server serving files will
+//! do (README: what such a server must do, and an nginx example).
 //!
-//! Layout (what a web server maps `/ipxe?mac=&uuid=&buildarch=&platform=` onto; README has an
-//! nginx example):
+//! Layout:
 //!
 //! ```text
 //! DIR/boot.ipxe
-//! DIR/ipxe/mac/<52-54-00-12-34-56>/<arch>.ipxe    one folder per node
-//! DIR/ipxe/uuid/<uuid>/<arch>.ipxe                 nodes that have a UUID
-//! DIR/ipxe/unknown/<arch>.ipxe                     the unknown-machine policy
+//! DIR/mac-<52-54-00-12-34-56>.<arch>.ipxe         what the static boot.ipxe fetches
+//! DIR/uuid-<uuid>.<arch>.ipxe
+//! DIR/unknown.<arch>.ipxe
+//! DIR/ipxe/mac/<52-54-00-12-34-56>/<arch>.ipxe    the same, for a server mapping /ipxe?...
+//! DIR/ipxe/uuid/<uuid>/<arch>.ipxe
+//! DIR/ipxe/unknown/<arch>.ipxe
 //! ```
 //! `<arch>` is `default`, `i386`, `x86_64` or `arm64`, as `serve` derives it from `buildarch` and
-//! `platform`.
+//! `platform` (and the static `boot.ipxe` with iPXE's `iseq`). The scripts the static
+//! `boot.ipxe` fetches sit beside it because iPXE resolves a script's relative image URLs
+//! (`images/...`) against the script's own URL: from there they reach `DIR/images/`.
 
 use std::fs;
 use std::io::{self, Write};
@@ -31,22 +37,32 @@ pub const ARCHES: [(Option<Arch>, &str); 4] = [
     (Some(Arch::Arm64), "arm64"),
 ];
 
-/// Every (relative path, content) `serve` can answer for this inventory.
+/// `boot_script` as `boot.ipxe`, and every script `serve` can answer for this inventory under
+/// both names of the layout above.
 pub fn files(inventory: &Inventory, boot_script: &str) -> Vec<(PathBuf, String)> {
     let mut out = vec![(PathBuf::from("boot.ipxe"), boot_script.to_owned())];
     for &(arch, arch_name) in &ARCHES {
-        let file = format!("{arch_name}.ipxe");
+        let mut add = |by: &str, key: &str, script: &str| {
+            let nested = Path::new("ipxe").join(by).join(key);
+            out.push((nested.join(format!("{arch_name}.ipxe")), script.to_owned()));
+            out.push((
+                PathBuf::from(format!("{by}-{key}.{arch_name}.ipxe")),
+                script.to_owned(),
+            ));
+        };
         for node in inventory.nodes() {
             let script = inventory.render(&inventory.select(Some(&node.mac), None, arch), arch);
-            let by_mac = Path::new("ipxe/mac").join(node.mac.hyphenated());
-            out.push((by_mac.join(&file), script.clone()));
+            add("mac", &node.mac.hyphenated(), &script);
             if let Some(uuid) = &node.uuid {
-                let by_uuid = Path::new("ipxe/uuid").join(uuid.to_string());
-                out.push((by_uuid.join(&file), script));
+                add("uuid", &uuid.to_string(), &script);
             }
         }
         let unknown = inventory.render(&inventory.select(None, None, arch), arch);
-        out.push((Path::new("ipxe/unknown").join(&file), unknown));
+        out.push((
+            Path::new("ipxe/unknown").join(format!("{arch_name}.ipxe")),
+            unknown.clone(),
+        ));
+        out.push((PathBuf::from(format!("unknown.{arch_name}.ipxe")), unknown));
     }
     out
 }

@@ -369,7 +369,11 @@ fn render_writes_exactly_what_serve_answers() {
     let r = render(&s.inventory(), &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let file = |rel: &str| std::fs::read_to_string(out.join(rel)).unwrap();
-    assert_eq!(file("boot.ipxe"), s.get("/boot.ipxe"));
+    // The static boot.ipxe finds the scripts by file name (see the plain-server test below).
+    assert_eq!(
+        file("boot.ipxe"),
+        flint_ipxe::render_static_boot_ipxe(None).unwrap()
+    );
     let queries = [
         ("default", ""),
         ("x86_64", "&buildarch=i386&platform=pcbios"),
@@ -379,24 +383,17 @@ fn render_writes_exactly_what_serve_answers() {
     ];
     for (arch, q) in queries {
         for mac in ["52-54-00-00-00-01", "52-54-00-00-00-02"] {
-            assert_eq!(
-                file(&format!("ipxe/mac/{mac}/{arch}.ipxe")),
-                s.get(&format!("/ipxe?mac={mac}{q}")),
-                "{mac} {q}"
-            );
+            let served = s.get(&format!("/ipxe?mac={mac}{q}"));
+            assert_eq!(file(&format!("ipxe/mac/{mac}/{arch}.ipxe")), served);
+            assert_eq!(file(&format!("mac-{mac}.{arch}.ipxe")), served);
         }
-        assert_eq!(
-            file(&format!(
-                "ipxe/uuid/4c4c4544-0042-3510-8051-b4c04f4e3232/{arch}.ipxe"
-            )),
-            s.get(&format!(
-                "/ipxe?mac=02-00-00-00-00-09&uuid=4c4c4544-0042-3510-8051-b4c04f4e3232{q}"
-            ))
-        );
-        assert_eq!(
-            file(&format!("ipxe/unknown/{arch}.ipxe")),
-            s.get(&format!("/ipxe?mac=02-00-00-00-00-09{q}"))
-        );
+        let uuid = "4c4c4544-0042-3510-8051-b4c04f4e3232";
+        let served = s.get(&format!("/ipxe?mac=02-00-00-00-00-09&uuid={uuid}{q}"));
+        assert_eq!(file(&format!("ipxe/uuid/{uuid}/{arch}.ipxe")), served);
+        assert_eq!(file(&format!("uuid-{uuid}.{arch}.ipxe")), served);
+        let unknown = s.get(&format!("/ipxe?mac=02-00-00-00-00-09{q}"));
+        assert_eq!(file(&format!("ipxe/unknown/{arch}.ipxe")), unknown);
+        assert_eq!(file(&format!("unknown.{arch}.ipxe")), unknown);
     }
 
     // Rendering again replaces the whole set: a node gone from the inventory leaves no file.
@@ -408,6 +405,7 @@ fn render_writes_exactly_what_serve_answers() {
     let r = render(&s.inventory(), &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(!out.join("ipxe/mac/52-54-00-00-00-01").exists());
+    assert!(!out.join("mac-52-54-00-00-00-01.default.ipxe").exists());
     assert!(out.join("ipxe/mac/52-54-00-00-00-02/default.ipxe").exists());
     let leftovers: Vec<_> = std::fs::read_dir(s.dir.path())
         .unwrap()
@@ -681,8 +679,8 @@ fn names_no_file_can_have_are_a_404_not_a_server_error() {
     assert!(!s.log().contains("cannot open"), "{}", s.log());
 }
 
-/// Debian's nginx on a loopback port, serving `root` with a configuration this test writes;
-/// stopped by its PID when dropped.
+/// Debian's nginx on a loopback port, with the `events`/`http` part of a configuration `conf`
+/// writes for that address; stopped by its PID when dropped.
 struct Nginx {
     child: Child,
     addr: SocketAddr,
@@ -690,18 +688,27 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(root: &Path) -> Nginx {
+    /// Serving `root` as a plain file server.
+    fn serving(root: &Path) -> Nginx {
+        // `if_modified_since before` is RFC 9110 §13.1.3 (not modified when the file is no
+        // newer than the date); nginx's default `exact` only answers 304 to the very date.
+        Nginx::start(|addr| {
+            format!(
+                "events {{}}\nhttp {{\n  access_log off;\n  server {{\n    listen {addr};\n    root {};\n\
+                 if_modified_since before;\n  }}\n}}\n",
+                root.display()
+            )
+        })
+    }
+
+    fn start(conf: impl FnOnce(SocketAddr) -> String) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let addr = free_addr();
         let prefix = dir.path().display();
-        // `if_modified_since before` is RFC 9110 §13.1.3 (not modified when the file is no
-        // newer than the date); nginx's default `exact` only answers 304 to the very date.
         let conf = format!(
             "daemon off;\nmaster_process off;\npid {prefix}/nginx.pid;\n\
-             error_log {prefix}/error.log;\nevents {{}}\n\
-             http {{\n  access_log off;\n  server {{\n    listen {addr};\n    root {};\n\
-             if_modified_since before;\n  }}\n}}\n",
-            root.display()
+             error_log {prefix}/error.log;\n{}",
+            conf(addr)
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let child = Command::new("nginx")
@@ -872,7 +879,7 @@ fn conditional_and_range_rules_of_rfc_9110_beside_nginx() {
             std::time::UNIX_EPOCH + Duration::from_secs((1_750_000_000 + secs) as u64),
         )
     };
-    let nginx = Nginx::start(&root);
+    let nginx = Nginx::serving(&root);
     let size = file.len() as u64;
 
     use Got::*;
@@ -1116,4 +1123,224 @@ fn conditional_and_range_rules_of_rfc_9110_beside_nginx() {
             .unwrap();
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Python's http.server, the plainest static server, serving `dir` on a loopback port; stopped
+/// by its PID when dropped.
+struct PlainServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl PlainServer {
+    fn start(dir: &Path) -> PlainServer {
+        let addr = free_addr();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind"])
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = PlainServer { child, addr };
+        wait_for("http.server to listen", || {
+            std::net::TcpStream::connect(server.addr).is_ok()
+        });
+        server
+    }
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A download as iPXE makes it: redirects followed, success only on a 2xx.
+fn download(url: &str) -> Option<Vec<u8>> {
+    let out = Command::new("curl")
+        .args(["-sS", "-L", "--max-time", "10", "-w", "%{http_code}"])
+        .arg(url)
+        .output()
+        .unwrap();
+    let (body, code) = out.stdout.split_at(out.stdout.len() - 3);
+    code.starts_with(b"2").then(|| body.to_vec())
+}
+
+/// `rel` resolved against the URL of the script that names it, as iPXE does.
+fn resolve_url(base: &str, rel: &str) -> String {
+    if rel.contains("://") {
+        return rel.to_owned();
+    }
+    let base = base.split('?').next().unwrap();
+    format!("{}/{rel}", &base[..base.rfind('/').unwrap()])
+}
+
+/// What iPXE does with the script at `url` on a machine with these settings, for the commands
+/// a `boot.ipxe` uses: settings expanded, `&&` and `||` from left to right (an empty command
+/// succeeds), a line that fails ends the script. Ok: the URL and text of the script it runs
+/// next. Err: where the machine stops. Running what it fetched is where a plain server's
+/// answer matters: iPXE recognises a script by its `#!ipxe` first line; anything else it runs
+/// as another image type and, on BIOS, the last type it tries (a PXE boot program) accepts any
+/// file: an HTML page is jumped into as code and the machine hangs (iPXE's image probing; the
+/// PXE image loader says it "will *always* claim the image").
+fn ipxe_runs(url: &str, settings: &[(&str, &str)]) -> Result<(String, String), String> {
+    let script = download(url).ok_or(format!("{url}: no script"))?;
+    let script = String::from_utf8(script).map_err(|_| format!("{url}: not text"))?;
+    let body = script
+        .strip_prefix("#!ipxe\n")
+        .ok_or(format!("{url}: not an iPXE script"))?;
+    let mut settings: std::collections::HashMap<String, String> = settings
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut images: std::collections::HashMap<String, (String, Vec<u8>)> = Default::default();
+    for line in body.lines() {
+        // Each command with the operator before it.
+        let mut commands: Vec<(&str, Vec<&str>)> = vec![("", Vec::new())];
+        for word in line.split(' ').filter(|w| !w.is_empty()) {
+            if word == "&&" || word == "||" {
+                commands.push((word, Vec::new()));
+            } else {
+                commands.last_mut().unwrap().1.push(word);
+            }
+        }
+        let mut ok = true;
+        for (op, command) in commands {
+            if (op == "&&" && !ok) || (op == "||" && ok) {
+                continue;
+            }
+            let words: Vec<String> = command
+                .iter()
+                .map(|w| {
+                    let mut w = (*w).to_owned();
+                    while let Some(start) = w.find("${") {
+                        let end = start + w[start..].find('}').unwrap();
+                        let value = settings.get(&w[start + 2..end]).cloned();
+                        w.replace_range(start..=end, &value.unwrap_or_default());
+                    }
+                    w
+                })
+                .collect();
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            ok = match words.as_slice() {
+                [] => true,
+                ["set", name, value] => {
+                    settings.insert((*name).to_owned(), (*value).to_owned());
+                    true
+                }
+                ["iseq", a, b] => a == b,
+                ["exit", _] => return Err(format!("exit: {line}")),
+                ["imgfetch", "--name", name, target] => {
+                    let target = resolve_url(url, target);
+                    download(&target)
+                        .map(|bytes| images.insert((*name).to_owned(), (target, bytes)))
+                        .is_some()
+                }
+                ["chain", "--autofree", target] => {
+                    let image = images.remove(*target).or_else(|| {
+                        let target = resolve_url(url, target);
+                        download(&target).map(|bytes| (target, bytes))
+                    });
+                    match image {
+                        None => false,
+                        Some((target, bytes)) => {
+                            return match String::from_utf8(bytes) {
+                                Ok(text) if text.starts_with("#!ipxe\n") => Ok((target, text)),
+                                _ => Err(format!(
+                                    "{target}: not an iPXE script, run as a PXE program: a \
+                                     BIOS machine hangs"
+                                )),
+                            };
+                        }
+                    }
+                }
+                other => panic!("a command this model does not know: {other:?}"),
+            };
+        }
+        if !ok {
+            return Err(format!("failed: {line}"));
+        }
+    }
+    Err(format!("{url}: ended without running anything"))
+}
+
+/// `flint-boot render`'s set behind plain static servers: Python's http.server, and nginx with
+/// the README's configuration. Every machine iPXE could be gets, step by step, the very script
+/// `serve` answers it (an iPXE script, never a listing or an error page), and its kernel from
+/// `/images/`. Before, the static `boot.ipxe` chained to `ipxe?mac=...`, which http.server
+/// answers with a redirect to a listing of the `ipxe/` folder: iPXE ran the HTML.
+#[test]
+fn a_rendered_set_behind_plain_static_servers_boots_every_machine() {
+    let s = Server::start(&[]);
+    let www = s.dir.path().join("www");
+    let r = render(&s.inventory(), &www);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let plain = PlainServer::start(&www);
+    let readme = include_str!("../README.md");
+    let conf = readme
+        .split("```nginx\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's nginx.conf");
+    let images = s.dir.path().join("images");
+    std::fs::create_dir(images.join("arm")).unwrap();
+    std::fs::write(images.join("arm/vmlinuz"), b"arm64 kernel").unwrap();
+    let nginx = Nginx::start(|addr| {
+        conf.replace("listen 8080;", &format!("listen {addr};"))
+            .replace("/srv/flint-boot/www", &www.display().to_string())
+            .replace("/srv/flint-boot/images/", &format!("{}/", images.display()))
+            .replace("http {", "http {\n    access_log off;")
+    });
+
+    let machines = [
+        // node01 by MAC; node02 by UUID with a MAC we do not know; nobody we know.
+        ("52-54-00-00-00-01", ""),
+        ("02-00-00-00-00-09", "4c4c4544-0042-3510-8051-b4c04f4e3232"),
+        ("02-00-00-00-00-09", ""),
+    ];
+    let arches = [
+        ("i386", "pcbios"),
+        ("x86_64", "pcbios"),
+        ("i386", "efi"),
+        ("x86_64", "efi"),
+        ("arm64", "efi"),
+        ("riscv64", "efi"),
+    ];
+    for (base, name) in [(plain.addr, "http.server"), (nginx.addr, "nginx")] {
+        for (mac, uuid) in machines {
+            for (buildarch, platform) in arches {
+                let settings = [
+                    ("netX/mac:hexhyp", mac),
+                    ("uuid", uuid),
+                    ("buildarch", buildarch),
+                    ("platform", platform),
+                ];
+                let what = format!("{name}: {mac} {uuid} {buildarch}-{platform}");
+                let (url, script) = ipxe_runs(&format!("http://{base}/boot.ipxe"), &settings)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let served = s.get(&format!(
+                    "/ipxe?mac={mac}&uuid={uuid}&buildarch={buildarch}&platform={platform}"
+                ));
+                assert_eq!(script, served, "{what}");
+                // The kernel, as iPXE resolves its URL against the script's; http.server has
+                // no images beside the scripts.
+                if name == "nginx"
+                    && let Some(kernel) = script
+                        .lines()
+                        .find_map(|l| l.strip_prefix("kernel "))
+                        .and_then(|l| l.split(' ').next())
+                {
+                    let got = download(&resolve_url(&url, kernel));
+                    let want = std::fs::read(images.join(kernel.trim_start_matches("images/")));
+                    assert!(got.is_some() && got == want.ok(), "{what}: {kernel}");
+                }
+            }
+        }
+    }
 }
