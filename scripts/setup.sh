@@ -24,6 +24,8 @@ setup_main() {
         dnsmasq-base              # the site's ordinary DHCP server in the PXE boot test (tests/pxe)
         nftables ethtool          # tests/chaos: loss and partitions (nft), checksum offload off at the delay lines
         prometheus-node-exporter  # node_exporter reading flint health's textfile as its own user (tests/textfile_collector.rs)
+        ipxe                      # Debian's iPXE files as installed (ipxe.efi is a link into /boot), served in tests/links.rs
+        nginx                     # the reference the HTTP conformance test compares flint-boot's answers with
     )
     local -a missing=()
     local pkg

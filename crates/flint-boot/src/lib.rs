@@ -7,6 +7,7 @@ pub mod http;
 pub mod inventory;
 pub mod metrics;
 pub mod render;
+pub mod served;
 pub mod tftp;
 
 pub use exit::ExitError;

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use flint_boot::inventory::{self, SharedInventory};
 use flint_boot::metrics::Metrics;
-use flint_boot::{ExitError, dhcp, http, render, tftp};
+use flint_boot::{ExitError, dhcp, http, render, served, tftp};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -74,7 +74,9 @@ fn boot_script(public_url: Option<&str>) -> Result<String, ExitError> {
 
 fn render_command(args: &cli::RenderArgs) -> Result<(), ExitError> {
     let inventory = load_inventory(&args.inventory, Arc::new(Metrics::new()))?.get();
-    let files = render::files(&inventory, &boot_script(args.public_url.as_deref())?);
+    let boot = flint_ipxe::render_static_boot_ipxe(args.public_url.as_deref())
+        .map_err(|e| ExitError::Config(format!("--public-url: {e}")))?;
+    let files = render::files(&inventory, &boot);
     render::write(&args.dir, &files)?;
     tracing::info!(dir = %args.dir.display(), files = files.len(), "scripts rendered");
     Ok(())
@@ -277,15 +279,27 @@ fn binaries(args: &cli::DhcpArgs, root: Option<&Path>) -> Result<dhcp::Binaries,
                 dhcp::MAX_FILE
             )));
         }
-        match root {
-            Some(root) if !root.join(name).is_file() => {
+        let Some(root) = root else {
+            return Ok(Some(name.to_owned()));
+        };
+        // By the rule TFTP and /firmware/ serve with, so a name offered is a file they send.
+        let file = root.join(name);
+        match served::open(root, Path::new(name)) {
+            Ok(_) => Ok(Some(name.to_owned())),
+            Err(served::Refused::Absent) => {
                 tracing::info!(
-                    firmware = firmware.name(), file = %root.join(name).display(),
+                    firmware = firmware.name(), file = %file.display(),
                     "no such iPXE binary: these clients get no ProxyDHCP answer"
                 );
                 Ok(None)
             }
-            _ => Ok(Some(name.to_owned())),
+            Err(why) => {
+                tracing::info!(
+                    firmware = firmware.name(), file = %file.display(), %why,
+                    "iPXE binary not served: these clients get no ProxyDHCP answer"
+                );
+                Ok(None)
+            }
         }
     };
     Ok(dhcp::Binaries {

@@ -1,18 +1,24 @@
-//! `flint-boot render DIR`: every script `serve` can answer, as static files, byte for byte.
+//! `flint-boot render DIR`: every script `serve` can answer, as static files, byte for byte,
+//! and a `boot.ipxe` that finds them by file name, so that any web server serving files will
+//! do (README: what such a server must do, and an nginx example).
 //!
-//! Layout (what a web server maps `/ipxe?mac=&uuid=&buildarch=&platform=` onto; README has an
-//! nginx example):
+//! Layout:
 //!
 //! ```text
 //! DIR/boot.ipxe
-//! DIR/ipxe/mac/<52-54-00-12-34-56>/<arch>.ipxe    one folder per node
-//! DIR/ipxe/uuid/<uuid>/<arch>.ipxe                 nodes that have a UUID
-//! DIR/ipxe/unknown/<arch>.ipxe                     the unknown-machine policy
+//! DIR/mac-<52-54-00-12-34-56>.<arch>.ipxe         what the static boot.ipxe fetches
+//! DIR/uuid-<uuid>.<arch>.ipxe
+//! DIR/unknown.<arch>.ipxe
+//! DIR/ipxe/mac/<52-54-00-12-34-56>/<arch>.ipxe    the same, for a server mapping /ipxe?...
+//! DIR/ipxe/uuid/<uuid>/<arch>.ipxe
+//! DIR/ipxe/unknown/<arch>.ipxe
 //! DIR/ipxe/.flint-render                           every path render wrote
 //! ```
 //! Everything else in DIR (images, a site's pages) is the operator's and never touched.
 //! `<arch>` is `default`, `i386`, `x86_64` or `arm64`, as `serve` derives it from `buildarch` and
-//! `platform`.
+//! `platform` (and the static `boot.ipxe` with iPXE's `iseq`). The scripts the static
+//! `boot.ipxe` fetches sit beside it because iPXE resolves a script's relative image URLs
+//! (`images/...`) against the script's own URL: from there they reach `DIR/images/`.
 
 use std::collections::HashSet;
 use std::fs;
@@ -23,7 +29,7 @@ use flint_ipxe::{Arch, Inventory};
 
 use crate::ExitError;
 
-/// The folder render owns under DIR, and the one file beside it.
+/// The folder render owns under DIR, and the file beside it that fetches the scripts.
 const SCRIPTS: &str = "ipxe";
 const BOOT: &str = "boot.ipxe";
 /// In `DIR/ipxe`: every path render wrote (relative to DIR), so the next render knows what is
@@ -38,31 +44,42 @@ pub const ARCHES: [(Option<Arch>, &str); 4] = [
     (Some(Arch::Arm64), "arm64"),
 ];
 
-/// Every (relative path, content) `serve` can answer for this inventory.
+/// `boot_script` as `boot.ipxe`, and every script `serve` can answer for this inventory under
+/// both names of the layout above.
 pub fn files(inventory: &Inventory, boot_script: &str) -> Vec<(PathBuf, String)> {
     let mut out = vec![(PathBuf::from("boot.ipxe"), boot_script.to_owned())];
     for &(arch, arch_name) in &ARCHES {
-        let file = format!("{arch_name}.ipxe");
+        let mut add = |by: &str, key: &str, script: &str| {
+            let nested = Path::new("ipxe").join(by).join(key);
+            out.push((nested.join(format!("{arch_name}.ipxe")), script.to_owned()));
+            out.push((
+                PathBuf::from(format!("{by}-{key}.{arch_name}.ipxe")),
+                script.to_owned(),
+            ));
+        };
         for node in inventory.nodes() {
             let script = inventory.render(&inventory.select(Some(&node.mac), None, arch), arch);
-            let by_mac = Path::new("ipxe/mac").join(node.mac.hyphenated());
-            out.push((by_mac.join(&file), script.clone()));
+            add("mac", &node.mac.hyphenated(), &script);
             if let Some(uuid) = &node.uuid {
-                let by_uuid = Path::new("ipxe/uuid").join(uuid.to_string());
-                out.push((by_uuid.join(&file), script));
+                add("uuid", &uuid.to_string(), &script);
             }
         }
         let unknown = inventory.render(&inventory.select(None, None, arch), arch);
-        out.push((Path::new("ipxe/unknown").join(&file), unknown));
+        out.push((
+            Path::new("ipxe/unknown").join(format!("{arch_name}.ipxe")),
+            unknown.clone(),
+        ));
+        out.push((PathBuf::from(format!("unknown.{arch_name}.ipxe")), unknown));
     }
     out
 }
 
-/// Writes the files under DIR, which stays the operator's: render owns only `DIR/boot.ipxe` and
-/// `DIR/ipxe/`, so images, firmware or a site's own pages can live beside them in one web root.
-/// The scripts are written into a fresh folder, then swapped with `DIR/ipxe` in one rename, so
-/// a web server sees the old set or the new one, never a mix or a half-written file. Anything in
-/// those two places that render did not write stops it before it changes a thing.
+/// Writes the files under DIR, which stays the operator's: render owns `DIR/boot.ipxe`,
+/// `DIR/ipxe/` and the scripts it lists beside `boot.ipxe`, so images, firmware or a site's own
+/// pages can live beside them in one web root. `DIR/ipxe` is written into a fresh folder and
+/// swapped in with one rename, so a web server sees the old set or the new one there; each
+/// script beside `boot.ipxe` is renamed into place whole, and `boot.ipxe`, which fetches them,
+/// last. Anything render did not write where it would write stops it before it changes a thing.
 pub fn write(dir: &Path, files: &[(PathBuf, String)]) -> Result<(), ExitError> {
     let cant = |what: &str, path: &Path, e: io::Error| {
         ExitError::CantCreate(format!("{what} {}: {e}", path.display()))
@@ -70,7 +87,12 @@ pub fn write(dir: &Path, files: &[(PathBuf, String)]) -> Result<(), ExitError> {
     fs::create_dir_all(dir).map_err(|e| cant("create", dir, e))?;
     let scripts = dir.join(SCRIPTS);
     let boot = dir.join(BOOT);
-    let foreign = not_ours(dir).map_err(|e| cant("inspect", &scripts, e))?;
+    let beside: Vec<&(PathBuf, String)> = files
+        .iter()
+        .filter(|(rel, _)| rel.parent() == Some(Path::new("")) && rel != Path::new(BOOT))
+        .collect();
+    let wanted: HashSet<&Path> = beside.iter().map(|(rel, _)| rel.as_path()).collect();
+    let (owned, foreign) = ownership(dir, &wanted).map_err(|e| cant("inspect", &scripts, e))?;
     if !foreign.is_empty() {
         const SHOWN: usize = 10;
         let mut list: Vec<String> = foreign
@@ -82,18 +104,20 @@ pub fn write(dir: &Path, files: &[(PathBuf, String)]) -> Result<(), ExitError> {
             list.push(format!("and {} more", foreign.len() - SHOWN));
         }
         return Err(ExitError::CantCreate(format!(
-            "{}: render owns {BOOT} and {SCRIPTS}/ and would replace them, but they hold what it \
-             did not write; move it elsewhere (images belong in {}) and render again:\n  {}",
+            "{}: render owns {BOOT}, {SCRIPTS}/ and the scripts beside {BOOT} and would replace \
+             them, but they hold what it did not write; move it elsewhere (images belong in {}) \
+             and render again:\n  {}",
             dir.display(),
             dir.join("images").display(),
             list.join("\n  ")
         )));
     }
     let pid = std::process::id();
+    let temporary = |rel: &Path| dir.join(format!(".{}.render-{pid}", rel.display()));
     let staging = dir.join(format!(".{SCRIPTS}.render-{pid}"));
-    let boot_tmp = dir.join(format!(".{BOOT}.render-{pid}"));
+    let boot_tmp = temporary(Path::new(BOOT));
     let existing = scripts.exists();
-    let result = stage(&staging, &boot_tmp, files).and_then(|()| {
+    let result = stage(&staging, &boot_tmp, files, &temporary).and_then(|()| {
         if existing {
             // rustix, not nix: nix offers renameat2 only with glibc, and flint-boot is built
             // static against musl.
@@ -108,20 +132,38 @@ pub fn write(dir: &Path, files: &[(PathBuf, String)]) -> Result<(), ExitError> {
         } else {
             fs::rename(&staging, &scripts)
         }?;
-        // boot.ipxe only chains to /ipxe, so it may change a moment after the scripts do.
+        for (rel, _) in &beside {
+            fs::rename(temporary(rel), dir.join(rel))?;
+        }
+        // Only now may boot.ipxe send machines to the scripts beside it.
         fs::rename(&boot_tmp, &boot)?;
+        // What the previous render wrote beside boot.ipxe and this one did not: a node gone.
+        for rel in owned
+            .iter()
+            .filter(|rel| rel.parent() == Some(Path::new("")) && rel.as_path() != Path::new(BOOT))
+            .filter(|rel| !wanted.contains(rel.as_path()))
+        {
+            match fs::remove_file(dir.join(rel)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         sync_dir(dir)
     });
     // After an exchange the staging path holds the previous set; after a failure, our partial
     // one. Either way it goes, and only what render wrote is in it.
     let _ = fs::remove_dir_all(&staging);
     let _ = fs::remove_file(&boot_tmp);
+    for (rel, _) in &beside {
+        let _ = fs::remove_file(temporary(rel));
+    }
     result.map_err(|e| cant("write", dir, e))
 }
 
-/// What is in `DIR/boot.ipxe` and `DIR/ipxe/` that the previous render's manifest does not
-/// list, relative to DIR. A folder no listed file is in is named once, not walked.
-fn not_ours(dir: &Path) -> io::Result<Vec<PathBuf>> {
+/// What the previous render's manifest lists (relative to DIR), and what is where render would
+/// write that it does not list: in `DIR/boot.ipxe`, `DIR/ipxe/`, and at the names of `wanted`
+/// beside `boot.ipxe`. A folder no listed file is in is named once, not walked.
+fn ownership(dir: &Path, wanted: &HashSet<&Path>) -> io::Result<(HashSet<PathBuf>, Vec<PathBuf>)> {
     let scripts = Path::new(SCRIPTS);
     let mut owned = HashSet::new();
     match fs::read_to_string(dir.join(scripts).join(MANIFEST)) {
@@ -139,11 +181,15 @@ fn not_ours(dir: &Path) -> io::Result<Vec<PathBuf>> {
     }
     let folders: HashSet<&Path> = owned.iter().flat_map(|p| p.ancestors().skip(1)).collect();
     let mut foreign = Vec::new();
-    match fs::symlink_metadata(dir.join(BOOT)) {
-        Ok(_) if !owned.contains(Path::new(BOOT)) => foreign.push(PathBuf::from(BOOT)),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    let mut beside: Vec<&Path> = wanted.iter().copied().collect();
+    beside.sort();
+    for rel in std::iter::once(Path::new(BOOT)).chain(beside) {
+        match fs::symlink_metadata(dir.join(rel)) {
+            Ok(_) if !owned.contains(rel) => foreign.push(rel.to_owned()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     match fs::symlink_metadata(dir.join(scripts)) {
         Ok(m) if m.is_dir() => walk(dir, scripts, &owned, &folders, &mut foreign)?,
@@ -151,7 +197,7 @@ fn not_ours(dir: &Path) -> io::Result<Vec<PathBuf>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    Ok(foreign)
+    Ok((owned, foreign))
 }
 
 fn walk(
@@ -177,7 +223,12 @@ fn walk(
     Ok(())
 }
 
-fn stage(staging: &Path, boot_tmp: &Path, files: &[(PathBuf, String)]) -> io::Result<()> {
+fn stage(
+    staging: &Path,
+    boot_tmp: &Path,
+    files: &[(PathBuf, String)],
+    temporary: &dyn Fn(&Path) -> PathBuf,
+) -> io::Result<()> {
     fs::create_dir(staging)?;
     let mut manifest =
         String::from("# written by flint-boot render: every file it owns under DIR\n");
@@ -190,6 +241,8 @@ fn stage(staging: &Path, boot_tmp: &Path, files: &[(PathBuf, String)]) -> io::Re
     for (rel, content) in order {
         let path = if rel == Path::new(BOOT) {
             boot_tmp.to_owned()
+        } else if rel.parent() == Some(Path::new("")) {
+            temporary(rel)
         } else {
             let inside = rel
                 .strip_prefix(SCRIPTS)

@@ -227,25 +227,9 @@ impl Transfer<'_> {
             }
             _ => return Outcome::Refused(packet::ERR_ILLEGAL_OP, "unknown transfer mode".into()),
         }
-        let path = match path::resolve(&self.config.root, &req.filename) {
-            Ok(p) => p,
+        let (file, size) = match path::open(&self.config.root, &req.filename) {
+            Ok(opened) => opened,
             Err((code, msg)) => return Outcome::Refused(code, msg),
-        };
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Outcome::Refused(packet::ERR_ACCESS, "permission denied".into());
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Outcome::Refused(packet::ERR_NOT_FOUND, "file not found".into());
-            }
-            // Anything else (out of file descriptors, say) may pass: ERROR 0, which a ROM
-            // retries, not ERROR 1, after which it gives up on the file.
-            Err(e) => return Outcome::Refused(packet::ERR_UNDEFINED, e.to_string()),
-        };
-        let size = match file.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => return Outcome::Io(e),
         };
         self.negotiate(&req.options, size);
         if !self.accepted.is_empty() {

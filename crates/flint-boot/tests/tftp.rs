@@ -424,12 +424,15 @@ fn refusals_carry_the_right_error_codes() {
     let server = Server::start(8);
     server.write("ok", b"fine");
     std::fs::write(server.dir.path().join("secret"), b"outside").unwrap();
-    std::os::unix::fs::symlink(server.dir.path().join("secret"), server.root().join("link"))
-        .unwrap();
+    // A link out of the root in a folder anyone may write: anyone could have planted it.
+    let drop = server.root().join("drop");
+    std::fs::create_dir(&drop).unwrap();
+    std::fs::set_permissions(&drop, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(server.dir.path().join("secret"), drop.join("link")).unwrap();
     assert_eq!(expect_error(&server, &rrq("../etc/passwd", &[])).0, 2);
     assert_eq!(expect_error(&server, &rrq("a/../../secret", &[])).0, 2);
     assert_eq!(expect_error(&server, &rrq("//etc/passwd", &[])).0, 2);
-    assert_eq!(expect_error(&server, &rrq("link", &[])).0, 2);
+    assert_eq!(expect_error(&server, &rrq("drop/link", &[])).0, 2);
     // A single leading '/' means root-relative: this is the root's etc/passwd, which is absent.
     assert_eq!(expect_error(&server, &rrq("/etc/passwd", &[])).0, 1);
     assert_eq!(expect_error(&server, &rrq("missing.efi", &[])).0, 1);

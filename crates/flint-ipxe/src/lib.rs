@@ -2,7 +2,8 @@
 //!
 //! The inventory format is described in this crate's README. [`Inventory::from_json`] validates
 //! it so that no value can add a command to a script; [`Inventory::select`] picks what a
-//! machine boots; [`render_boot_ipxe`] and [`Inventory::render`] write the scripts.
+//! machine boots; [`render_boot_ipxe`], [`render_static_boot_ipxe`] and [`Inventory::render`]
+//! write the scripts.
 
 mod inventory;
 mod render;
@@ -12,4 +13,6 @@ pub use inventory::{
     Arch, Images, Inventory, InventoryError, InventoryErrors, Mac, Node, Profile, Selection,
     UnknownPolicy, Uuid,
 };
-pub use render::{COMMANDS, UrlError, check_script, render_boot_ipxe, render_refuse};
+pub use render::{
+    COMMANDS, UrlError, check_script, render_boot_ipxe, render_refuse, render_static_boot_ipxe,
+};

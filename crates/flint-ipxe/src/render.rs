@@ -128,20 +128,54 @@ impl Script {
 /// script from, so one file works from any address the server is reached at. On failure it
 /// exits so the firmware tries its next boot device, instead of looping.
 pub fn render_boot_ipxe(base_url: Option<&str>) -> Result<String, UrlError> {
-    let prefix = match base_url {
+    let prefix = base_prefix(base_url)?;
+    Ok(format!(
+        "#!ipxe\nchain --autofree {prefix}ipxe?mac=${{netX/mac:hexhyp}}&uuid=${{uuid}}\
+         &platform=${{platform}}&buildarch=${{buildarch}} || exit 1\n"
+    ))
+}
+
+/// `boot.ipxe` of a static set (`flint-boot render`), for any web server that serves files.
+///
+/// Each machine's script is a file whose name iPXE builds from its own settings, never a query
+/// string: a plain server answers `ipxe?mac=...` with whatever `ipxe` is to it (Python's
+/// http.server: a redirect to a folder listing), and iPXE runs what it fetched. It probes its
+/// image types in turn and, on BIOS, the last one (a PXE boot program) takes any file: an HTML
+/// page is jumped into as code and the machine hangs. So the arch is derived here as
+/// [`Arch::from_ipxe`] does (`iseq` ... `||`: a comparison that fails is not an error), the
+/// script is only fetched (`imgfetch`: a missing file fails, and the next name is tried: by
+/// MAC, by UUID, the unknown policy), and run once one was found; a machine none is found for
+/// exits, so the firmware moves on. The scripts sit beside this one, not in a folder: iPXE
+/// resolves a script's relative image URLs (`images/...`) against the script's own URL.
+pub fn render_static_boot_ipxe(base_url: Option<&str>) -> Result<String, UrlError> {
+    let prefix = base_prefix(base_url)?;
+    let fetch = |name: &str| format!("imgfetch --name flint {prefix}{name}.${{flint-arch}}.ipxe");
+    Ok(format!(
+        "#!ipxe\n\
+         set flint-arch default\n\
+         iseq ${{buildarch}} x86_64 && set flint-arch x86_64 ||\n\
+         iseq ${{buildarch}} arm64 && set flint-arch arm64 ||\n\
+         iseq ${{buildarch}} i386 && set flint-arch x86_64 ||\n\
+         iseq ${{buildarch}}-${{platform}} i386-efi && set flint-arch i386 ||\n\
+         {} || {} || {} || exit 1\n\
+         chain --autofree flint || exit 1\n",
+        fetch("mac-${netX/mac:hexhyp}"),
+        fetch("uuid-${uuid}"),
+        fetch("unknown")
+    ))
+}
+
+fn base_prefix(base_url: Option<&str>) -> Result<String, UrlError> {
+    match base_url {
         Some(url) => {
             safe::base_url(url).map_err(|expected| UrlError {
                 url: url.into(),
                 expected,
             })?;
-            format!("{}/", url.trim_end_matches('/'))
+            Ok(format!("{}/", url.trim_end_matches('/')))
         }
-        None => String::new(),
-    };
-    Ok(format!(
-        "#!ipxe\nchain --autofree {prefix}ipxe?mac=${{netX/mac:hexhyp}}&uuid=${{uuid}}\
-         &platform=${{platform}}&buildarch=${{buildarch}} || exit 1\n"
-    ))
+        None => Ok(String::new()),
+    }
 }
 
 impl Inventory {

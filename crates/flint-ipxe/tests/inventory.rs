@@ -379,6 +379,34 @@ fn golden_boot_ipxe() {
 }
 
 #[test]
+fn golden_static_boot_ipxe() {
+    let fetch =
+        |base: &str, name: &str| format!("imgfetch --name flint {base}{name}.${{flint-arch}}.ipxe");
+    for (url, base) in [
+        (None, ""),
+        (Some("http://10.0.200.2/www/"), "http://10.0.200.2/www/"),
+    ] {
+        assert_eq!(
+            flint_ipxe::render_static_boot_ipxe(url).unwrap(),
+            format!(
+                "#!ipxe\n\
+                 set flint-arch default\n\
+                 iseq ${{buildarch}} x86_64 && set flint-arch x86_64 ||\n\
+                 iseq ${{buildarch}} arm64 && set flint-arch arm64 ||\n\
+                 iseq ${{buildarch}} i386 && set flint-arch x86_64 ||\n\
+                 iseq ${{buildarch}}-${{platform}} i386-efi && set flint-arch i386 ||\n\
+                 {} || {} || {} || exit 1\n\
+                 chain --autofree flint || exit 1\n",
+                fetch(base, "mac-${netX/mac:hexhyp}"),
+                fetch(base, "uuid-${uuid}"),
+                fetch(base, "unknown")
+            )
+        );
+    }
+    assert!(flint_ipxe::render_static_boot_ipxe(Some("http://x/ y")).is_err());
+}
+
+#[test]
 fn mac_forms() {
     let m = mac("52-54-00-AB-cd-EF");
     assert_eq!(m.to_string(), "52:54:00:ab:cd:ef");

@@ -1,12 +1,11 @@
-//! A folder served read-only over GET and HEAD: `Range` (one range: 206, or 416),
-//! `ETag` / `Last-Modified` with `If-None-Match` / `If-Modified-Since` (304) and
-//! `If-Match` / `If-Unmodified-Since` (412). Nothing outside the folder is reachable, however
+//! A folder served read-only over GET and HEAD, held to RFC 9110's conditional and range rules:
+//! `ETag` / `Last-Modified` with `If-None-Match` / `If-Modified-Since` (304),
+//! `If-Match` / `If-Unmodified-Since` (412), and on GET one `Range` (206, or 416 past the end)
+//! under `If-Range`. Nothing outside the folder is reachable, however
 //! the path is spelled; a folder is never listed and never redirected to (UEFI HTTP Boot does
 //! not follow redirects): it is a 404 like a missing file.
 
 use std::fs::{File, Metadata};
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::file_body::{Buffers, FileBody};
+use crate::served::{self, Refused};
 
 pub struct Folder {
     root: PathBuf,
@@ -31,17 +31,24 @@ impl Folder {
 
 /// The handler of every GET and HEAD below the folder's mount point.
 pub async fn serve(State(folder): State<Arc<Folder>>, req: Request) -> Response {
-    let Some(path) = resolve(&folder.root, req.uri().path()) else {
+    let Some(name) = resolve(req.uri().path()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let content_type = mime(&path);
-    let opened = tokio::task::spawn_blocking(move || open(path)).await;
+    let content_type = mime(&name);
+    let root = folder.root.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        served::open(&root, &name).map(|(file, meta)| (file, root.join(name), meta))
+    })
+    .await;
     let (file, path, meta) = match opened {
-        Ok(Ok(Some(opened))) => opened,
-        Ok(Ok(None)) => return StatusCode::NOT_FOUND.into_response(),
-        Ok(Err(e)) => {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(Refused::Io(e))) => {
             tracing::warn!(path = req.uri().path(), error = %e, "images: cannot open");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        Ok(Err(refused)) => {
+            tracing::debug!(path = req.uri().path(), why = %refused, "images: not served");
+            return StatusCode::NOT_FOUND.into_response();
         }
         Err(e) => {
             tracing::warn!(path = req.uri().path(), error = %e, "images: open did not finish");
@@ -57,9 +64,10 @@ pub async fn serve(State(folder): State<Arc<Folder>>, req: Request) -> Response 
     )
 }
 
-/// The file a request path names inside `root`, or None for anything that could leave it or
-/// names a folder. The path is percent-decoded first, so `%2e%2e` and `%2f` are caught too.
-fn resolve(root: &Path, uri_path: &str) -> Option<PathBuf> {
+/// The name a request path gives inside the folder, or None for one that names a folder or
+/// could leave it (`crate::served` holds the rule). The path is percent-decoded first, so
+/// `%2e%2e` and `%2f` are caught too.
+fn resolve(uri_path: &str) -> Option<PathBuf> {
     if uri_path.ends_with('/') {
         return None;
     }
@@ -71,46 +79,15 @@ fn resolve(root: &Path, uri_path: &str) -> Option<PathBuf> {
     if decoded.contains('\0') {
         return None;
     }
-    let mut path = root.to_path_buf();
+    let mut name = PathBuf::new();
     for component in Path::new(decoded.as_ref()).components() {
         match component {
-            Component::Normal(name) => path.push(name),
+            Component::Normal(part) => name.push(part),
             Component::CurDir => {}
             Component::RootDir | Component::ParentDir | Component::Prefix(_) => return None,
         }
     }
-    Some(path)
-}
-
-/// The open file and its metadata; None when there is no regular file to serve there.
-fn open(path: PathBuf) -> io::Result<Option<(File, PathBuf, Metadata)>> {
-    // Non-blocking, so that a FIFO dropped in the folder does not hold a thread until some
-    // writer opens it; it is refused below. Reads of a regular file ignore the flag.
-    let opened = File::options()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(&path);
-    let file = match opened {
-        Ok(file) => file,
-        Err(e) if is_absent(&e) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let meta = file.metadata()?;
-    Ok(meta.is_file().then_some((file, path, meta)))
-}
-
-/// Errors that mean "no such file" to a client: a missing file, a path through something that
-/// is not a folder, a file the server may not read, a name longer than the filesystem allows
-/// (a part of it, or the whole), a link that loops.
-fn is_absent(e: &io::Error) -> bool {
-    use nix::errno::Errno;
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::PermissionDenied
-    ) || matches!(
-        e.raw_os_error().map(Errno::from_raw),
-        Some(Errno::ENAMETOOLONG | Errno::ELOOP)
-    )
+    Some(name)
 }
 
 fn mime(path: &Path) -> HeaderValue {
@@ -146,24 +123,30 @@ fn respond(
         None => {}
     }
     validators.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let (status, start, len) = match headers.get(header::RANGE) {
-        None => (StatusCode::OK, 0, size),
-        Some(value) => match value.to_str().ok().and_then(|v| byte_range(v, size)) {
-            Some((start, end)) => {
-                validators.insert(
-                    header::CONTENT_RANGE,
-                    header_value(format!("bytes {start}-{end}/{size}")),
-                );
-                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-            }
-            None => {
-                validators.insert(
-                    header::CONTENT_RANGE,
-                    header_value(format!("bytes */{size}")),
-                );
-                return (StatusCode::RANGE_NOT_SATISFIABLE, validators).into_response();
-            }
-        },
+    // RFC 9110 §14.2: range handling is defined for GET only; a HEAD is answered as if it had
+    // no Range. §13.1.5: a Range for another version of the file than If-Range names is
+    // ignored, so a resumed download gets the whole new file, not its tail on the old head.
+    let range = headers
+        .get(header::RANGE)
+        .filter(|_| *method == Method::GET && if_range(headers, etag.as_ref(), modified))
+        .and_then(|v| v.to_str().ok())
+        .map_or(Ranged::Whole, |v| byte_range(v, size));
+    let (status, start, len) = match range {
+        Ranged::Whole => (StatusCode::OK, 0, size),
+        Ranged::Part(start, end) => {
+            validators.insert(
+                header::CONTENT_RANGE,
+                header_value(format!("bytes {start}-{end}/{size}")),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        Ranged::Unsatisfiable => {
+            validators.insert(
+                header::CONTENT_RANGE,
+                header_value(format!("bytes */{size}")),
+            );
+            return (StatusCode::RANGE_NOT_SATISFIABLE, validators).into_response();
+        }
     };
     validators.insert(header::CONTENT_TYPE, content_type);
     validators.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -202,35 +185,70 @@ fn precondition(
     etag: Option<&HeaderValue>,
     modified: Option<SystemTime>,
 ) -> Option<StatusCode> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let date = |name| text(name).and_then(|v| httpdate::parse_http_date(v).ok());
-    // HTTP dates have whole seconds: the file's time is compared at that precision.
-    let modified = modified.map(|t| {
-        UNIX_EPOCH + Duration::from_secs(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
-    });
-    if let Some(list) = text(header::IF_MATCH) {
-        if !etag.is_some_and(|tag| matches_any(list, tag, false)) {
+    let modified = modified.map(whole_seconds);
+    if let Some(list) = list(headers, header::IF_MATCH) {
+        if !etag.is_some_and(|tag| matches_any(&list, tag, false)) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
-    } else if let (Some(since), Some(m)) = (date(header::IF_UNMODIFIED_SINCE), modified)
+    } else if let (Some(since), Some(m)) = (date(headers, header::IF_UNMODIFIED_SINCE), modified)
         && m > since
     {
         return Some(StatusCode::PRECONDITION_FAILED);
     }
-    if let Some(list) = text(header::IF_NONE_MATCH) {
-        if etag.is_some_and(|tag| matches_any(list, tag, true)) {
+    if let Some(list) = list(headers, header::IF_NONE_MATCH) {
+        if etag.is_some_and(|tag| matches_any(&list, tag, true)) {
             return Some(StatusCode::NOT_MODIFIED);
         }
-    } else if let (Some(since), Some(m)) = (date(header::IF_MODIFIED_SINCE), modified)
+    } else if let (Some(since), Some(m)) = (date(headers, header::IF_MODIFIED_SINCE), modified)
         && m <= since
     {
         return Some(StatusCode::NOT_MODIFIED);
     }
     None
+}
+
+/// HTTP dates have whole seconds: the file's time is compared at that precision.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+}
+
+/// A list header, all its lines joined: a list may be split over several lines (RFC 9110
+/// §5.3).
+fn list(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let lines: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(","))
+}
+
+/// A date header; one that does not parse, or comes more than once, is ignored (§13.1.3,
+/// §13.1.4).
+fn date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => httpdate::parse_http_date(v.to_str().ok()?).ok(),
+        _ => None,
+    }
+}
+
+/// Whether a Range may be served (RFC 9110 §13.1.5): no If-Range, or one naming this very
+/// file, by its strong ETag or its exact Last-Modified date. A weak tag never matches.
+fn if_range(headers: &HeaderMap, etag: Option<&HeaderValue>, modified: Option<SystemTime>) -> bool {
+    let Some(value) = headers.get(header::IF_RANGE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let value = value.trim();
+    if value.starts_with('"') {
+        etag.is_some_and(|tag| tag.as_bytes() == value.as_bytes())
+    } else {
+        let date = httpdate::parse_http_date(value).ok();
+        date.is_some() && date == modified.map(whole_seconds)
+    }
 }
 
 /// Whether a list of entity tags (`"a", W/"b"`, or `*`) names `tag`. The weak comparison
@@ -250,37 +268,64 @@ fn matches_any(list: &str, tag: &HeaderValue, weak: bool) -> bool {
         })
 }
 
-/// The first and last byte of a `Range: bytes=...` header with one range, clamped to the
-/// file; None when it cannot be served (unsatisfiable, several ranges, another unit, not
-/// readable), which is a 416.
-fn byte_range(value: &str, size: u64) -> Option<(u64, u64)> {
-    let (unit, spec) = value.trim().split_once('=')?;
-    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') || size == 0 {
-        return None;
+/// What a Range header asks of a file of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Ranged {
+    /// The whole file: another unit (§14.2: MUST be ignored), a specifier that does not
+    /// parse, or several ranges (§14.2: a server MAY ignore Range; no multipart answers).
+    Whole,
+    /// The first and last byte of one range, clamped to the file (§14.1.2).
+    Part(u64, u64),
+    /// One range that starts at or past the end, or an empty suffix (§14.1.1): 416.
+    Unsatisfiable,
+}
+
+fn byte_range(value: &str, size: u64) -> Ranged {
+    let Some((unit, set)) = value.trim().split_once('=') else {
+        return Ranged::Whole;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Ranged::Whole;
     }
-    let (first, last) = spec.trim().split_once('-')?;
+    // A list may hold empty elements (§5.6.1): `bytes=0-1,` is one range.
+    let mut specs = set.split(',').map(str::trim).filter(|s| !s.is_empty());
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        return Ranged::Whole;
+    };
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ranged::Whole;
+    };
+    // Positions too large for u64 are still positions: past any file's end.
     let number = |s: &str| {
         let s = s.trim();
         (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse::<u64>().ok())
-            .flatten()
+            .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
     };
-    let end = size - 1;
     match (first.trim().is_empty(), last.trim().is_empty()) {
         // `-N`: the last N bytes.
-        (true, false) => {
-            let n = number(last).filter(|n| *n > 0)?;
-            Some((size.saturating_sub(n), end))
-        }
-        (false, true) => {
-            let start = number(first).filter(|s| *s <= end)?;
-            Some((start, end))
-        }
-        (false, false) => {
-            let (start, last) = (number(first)?, number(last)?);
-            (start <= last && start <= end).then_some((start, last.min(end)))
-        }
-        (true, true) => None,
+        (true, false) => match number(last) {
+            None => Ranged::Whole,
+            Some(0) => Ranged::Unsatisfiable,
+            Some(_) if size == 0 => Ranged::Unsatisfiable,
+            Some(n) => Ranged::Part(size.saturating_sub(n), size - 1),
+        },
+        (false, true) => match number(first) {
+            None => Ranged::Whole,
+            Some(start) if start >= size => Ranged::Unsatisfiable,
+            Some(start) => Ranged::Part(start, size - 1),
+        },
+        (false, false) => match (number(first), number(last)) {
+            (Some(start), Some(last)) if start <= last => {
+                if start >= size {
+                    Ranged::Unsatisfiable
+                } else {
+                    Ranged::Part(start, last.min(size - 1))
+                }
+            }
+            // §14.1.1: a last position before the first makes the range invalid.
+            _ => Ranged::Whole,
+        },
+        (true, true) => Ranged::Whole,
     }
 }
 
@@ -290,12 +335,9 @@ mod tests {
 
     #[test]
     fn paths_stay_inside_the_folder() {
-        let root = Path::new("/srv/images");
-        assert_eq!(
-            resolve(root, "/debian/vmlinuz"),
-            Some(root.join("debian/vmlinuz"))
-        );
-        assert_eq!(resolve(root, "/./a%20b"), Some(root.join("a b")));
+        let name = |p: &str| Some(PathBuf::from(p));
+        assert_eq!(resolve("/debian/vmlinuz"), name("debian/vmlinuz"));
+        assert_eq!(resolve("/./a%20b"), name("a b"));
         for escape in [
             "/../secret",
             "/%2e%2e/secret",
@@ -308,34 +350,47 @@ mod tests {
             "/a%00b",
             "/%ff",
         ] {
-            assert_eq!(resolve(root, escape), None, "{escape}");
+            assert_eq!(resolve(escape), None, "{escape}");
         }
-        assert_eq!(resolve(root, "/100%"), Some(root.join("100%")));
-        assert_eq!(resolve(root, "//etc/passwd"), Some(root.join("etc/passwd")));
+        assert_eq!(resolve("/100%"), name("100%"));
+        assert_eq!(resolve("//etc/passwd"), name("etc/passwd"));
     }
 
     #[test]
-    fn one_byte_range_or_none() {
-        assert_eq!(byte_range("bytes=0-99", 1000), Some((0, 99)));
-        assert_eq!(byte_range("bytes=900-", 1000), Some((900, 999)));
-        assert_eq!(byte_range("bytes=-10", 1000), Some((990, 999)));
-        assert_eq!(byte_range("bytes=-5000", 1000), Some((0, 999)));
-        assert_eq!(byte_range("bytes=500-5000", 1000), Some((500, 999)));
-        assert_eq!(byte_range("Bytes = 1-1", 1000), Some((1, 1)));
-        for bad in [
-            "bytes=1000-",
+    fn one_byte_range_whole_or_unsatisfiable() {
+        use Ranged::*;
+        assert_eq!(byte_range("bytes=0-99", 1000), Part(0, 99));
+        assert_eq!(byte_range("bytes=900-", 1000), Part(900, 999));
+        assert_eq!(byte_range("bytes=-10", 1000), Part(990, 999));
+        assert_eq!(byte_range("bytes=-5000", 1000), Part(0, 999));
+        assert_eq!(byte_range("bytes=500-5000", 1000), Part(500, 999));
+        assert_eq!(byte_range("Bytes = 1-1", 1000), Part(1, 1));
+        assert_eq!(byte_range("bytes=0-1,", 1000), Part(0, 1));
+        assert_eq!(
+            byte_range("bytes=0-99999999999999999999999", 1000),
+            Part(0, 999)
+        );
+        for unsatisfiable in ["bytes=1000-", "bytes=-0", "bytes=99999999999999999999999-"] {
+            assert_eq!(
+                byte_range(unsatisfiable, 1000),
+                Unsatisfiable,
+                "{unsatisfiable}"
+            );
+        }
+        for ignored in [
             "bytes=5-4",
-            "bytes=-0",
             "bytes=0-1,5-6",
             "bytes=+1-2",
             "bytes=-",
             "bytes=a-b",
+            "bytes=",
             "items=0-1",
             "bytes 0-1",
         ] {
-            assert_eq!(byte_range(bad, 1000), None, "{bad}");
+            assert_eq!(byte_range(ignored, 1000), Whole, "{ignored}");
         }
-        assert_eq!(byte_range("bytes=0-0", 0), None);
+        assert_eq!(byte_range("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(byte_range("bytes=-1", 0), Unsatisfiable);
     }
 
     #[test]

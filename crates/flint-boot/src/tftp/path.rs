@@ -1,41 +1,26 @@
-//! Mapping a requested file name to a file inside the TFTP root, refusing every escape.
+//! Mapping a requested file name to a file inside the TFTP root, by the rule of
+//! `crate::served`, with the TFTP error each refusal gets.
 
-use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 
 use super::packet;
+use crate::served::{self, Refused};
 
-/// Maps a request path to a file under `root`, or the TFTP error to answer.
-pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, (u16, String)> {
-    let access = |why: &str| (packet::ERR_ACCESS, format!("access violation: {why}"));
+/// The file a request names under `root`, open, with its size; or the TFTP error to answer.
+pub fn open(root: &Path, name: &str) -> Result<(File, u64), (u16, String)> {
     // PXE ROMs and pxelinux configs commonly write "/ipxe.efi" meaning root-relative.
-    let rel = Path::new(name.strip_prefix('/').unwrap_or(name));
-    if name.is_empty() || rel.as_os_str().is_empty() {
-        return Err((packet::ERR_NOT_FOUND, "file not found".into()));
-    }
-    for c in rel.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err(access("'..' in path")),
-            Component::RootDir | Component::Prefix(_) => return Err(access("absolute path")),
+    let rel = name.strip_prefix('/').unwrap_or(name);
+    match served::open(root, Path::new(rel)) {
+        Ok((file, meta)) => Ok((file, meta.len())),
+        Err(refused @ (Refused::Escape(_) | Refused::Link | Refused::Denied)) => {
+            Err((packet::ERR_ACCESS, format!("access violation: {refused}")))
         }
+        Err(Refused::Absent) => Err((packet::ERR_NOT_FOUND, "file not found".into())),
+        // Anything else (out of file descriptors, say) may pass: ERROR 0, which a ROM retries,
+        // not ERROR 1, after which it gives up on the file.
+        Err(Refused::Io(e)) => Err((packet::ERR_UNDEFINED, e.to_string())),
     }
-    let full = root.join(rel);
-    // Canonicalising follows symlinks, so a link pointing outside the root is caught below.
-    let real = match full.canonicalize() {
-        Ok(p) => p,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err((packet::ERR_NOT_FOUND, "file not found".into()));
-        }
-        Err(_) => return Err(access("cannot resolve path")),
-    };
-    if !real.starts_with(root) {
-        return Err(access("outside the root"));
-    }
-    if !real.is_file() {
-        return Err((packet::ERR_NOT_FOUND, "not a regular file".into()));
-    }
-    Ok(real)
 }
 
 #[cfg(test)]
@@ -43,22 +28,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolve_rejects_escapes() {
+    fn refusals_get_their_tftp_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
+        let root = dir.path();
         std::fs::write(root.join("ipxe.efi"), b"x").unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
-        assert!(resolve(&root, "ipxe.efi").is_ok());
-        assert!(resolve(&root, "/ipxe.efi").is_ok());
-        assert_eq!(resolve(&root, "../x").unwrap_err().0, packet::ERR_ACCESS);
-        assert_eq!(
-            resolve(&root, "//etc/passwd").unwrap_err().0,
-            packet::ERR_ACCESS
-        );
-        assert_eq!(
-            resolve(&root, "etc/passwd").unwrap_err().0,
-            packet::ERR_ACCESS
-        );
-        assert_eq!(resolve(&root, "nope").unwrap_err().0, packet::ERR_NOT_FOUND);
+        std::fs::create_dir(root.join("efi")).unwrap();
+        assert_eq!(open(root, "ipxe.efi").unwrap().1, 1);
+        assert_eq!(open(root, "/ipxe.efi").unwrap().1, 1);
+        let code = |name| open(root, name).unwrap_err().0;
+        assert_eq!(code("../x"), packet::ERR_ACCESS);
+        assert_eq!(code("//etc/passwd"), packet::ERR_ACCESS);
+        assert_eq!(code("nope"), packet::ERR_NOT_FOUND);
+        assert_eq!(code("efi"), packet::ERR_NOT_FOUND);
+        assert_eq!(code(""), packet::ERR_NOT_FOUND);
     }
 }
