@@ -40,7 +40,20 @@ fuzz_target!(|data: &[u8]| {
         body: bytes::Bytes::copy_from_slice(body),
     };
 
-    let _ = etcd::interpret::<etcd::MemberList>(&url, &answer);
+    // What a member list may put into etcd.env: one value each, no line break, no separator of
+    // `ETCD_INITIAL_CLUSTER`'s `name=url,...`.
+    if let Ok(list) = etcd::interpret::<etcd::MemberList>(&url, &answer) {
+        for member in &list.members {
+            if flint::config::env_member_name(&member.name) {
+                assert!(!member.name.contains(['\n', '=', ',']), "{:?}", member.name);
+            }
+            for peer in &member.peer_urls {
+                if let Some(bare) = flint::config::env_peer_url(peer) {
+                    assert!(!bare.contains(['\n', '\r', '=', ',', ' ']), "{bare:?}");
+                }
+            }
+        }
+    }
     let _ = etcd::interpret::<etcd::Status>(&url, &answer);
     let _ = etcd::interpret::<etcd::AddAnswer>(&url, &answer);
 
