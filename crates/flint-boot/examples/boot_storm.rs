@@ -115,7 +115,10 @@ const IPXE_MAX_TIMEOUT: Duration = Duration::from_secs(10);
 /// PXEBC_MTFTP_RETRIES 6, handed to Mtftp4 as its timeout and try count.
 const EDK2_TFTP_TIMEOUT: Duration = Duration::from_secs(4);
 const EDK2_TFTP_TRIES: u32 = 6;
-const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+/// An HTTP connection that stays silent this long has failed (iPXE's TCP gives up on a peer
+/// that stops answering); a download that keeps moving has no time limit, as in iPXE, however
+/// long 10,000 machines sharing one link make it.
+const HTTP_IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Counters {
@@ -866,6 +869,18 @@ fn resolve(base: &str, rel: &str) -> String {
     format!("http://{auth}{dir}{rel}")
 }
 
+/// `io`, or TimedOut once it has waited HTTP_IDLE.
+async fn idle<T>(io: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    tokio::time::timeout(HTTP_IDLE, io)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing for {} s", HTTP_IDLE.as_secs()),
+            ))
+        })
+}
+
 /// One keep-alive HTTP/1.1 connection, as iPXE keeps one per server.
 struct Http {
     auth: String,
@@ -885,22 +900,20 @@ impl Http {
             .http_requests
             .fetch_add(1, Ordering::Relaxed);
         let reused = self.conn.is_some();
-        let result = match tokio::time::timeout(HTTP_TIMEOUT, self.get_once(path, keep)).await {
-            Ok(Ok(r)) => Ok(r),
+        let result = match self.get_once(path, keep).await {
+            Ok(r) => Ok(r),
             // A pooled connection the server closed meanwhile: iPXE opens a new one.
-            Ok(Err((false, _))) if reused => {
+            Err((false, _)) if reused => {
                 shared
                     .counters
                     .http_reconnects
                     .fetch_add(1, Ordering::Relaxed);
                 self.conn = None;
-                tokio::time::timeout(HTTP_TIMEOUT, self.get_once(path, keep))
+                self.get_once(path, keep)
                     .await
-                    .map_err(|_| format!("GET {path}: no answer in {HTTP_TIMEOUT:?}"))?
                     .map_err(|(_, e)| format!("GET {path}: {e}"))
             }
-            Ok(Err((_, e))) => Err(format!("GET {path}: {e}")),
-            Err(_) => Err(format!("GET {path}: no answer in {HTTP_TIMEOUT:?}")),
+            Err((_, e)) => Err(format!("GET {path}: {e}")),
         };
         if let Ok((_, _, length)) = &result {
             shared
@@ -918,7 +931,7 @@ impl Http {
         keep: bool,
     ) -> Result<(u16, Vec<u8>, u64), (bool, String)> {
         if self.conn.is_none() {
-            let s = TcpStream::connect(&self.auth)
+            let s = idle(TcpStream::connect(&self.auth))
                 .await
                 .map_err(|e| (true, format!("connect {}: {e}", self.auth)))?;
             s.set_nodelay(true).map_err(|e| (true, e.to_string()))?;
@@ -929,13 +942,11 @@ impl Http {
             "GET {path} HTTP/1.1\r\nConnection: keep-alive\r\nUser-Agent: iPXE/1.21.1+ (storm)\r\nHost: {}\r\n\r\n",
             self.auth
         );
-        conn.get_mut()
-            .write_all(req.as_bytes())
+        idle(conn.get_mut().write_all(req.as_bytes()))
             .await
             .map_err(|e| (false, format!("send: {e}")))?;
         let mut line = String::new();
-        let n = conn
-            .read_line(&mut line)
+        let n = idle(conn.read_line(&mut line))
             .await
             .map_err(|e| (false, format!("read: {e}")))?;
         if n == 0 {
@@ -950,7 +961,7 @@ impl Http {
         let mut close = false;
         loop {
             line.clear();
-            conn.read_line(&mut line)
+            idle(conn.read_line(&mut line))
                 .await
                 .map_err(|e| (true, format!("read head: {e}")))?;
             let l = line.trim_end();
@@ -972,7 +983,7 @@ impl Http {
         let mut body = Vec::new();
         if keep {
             body.resize(length as usize, 0);
-            conn.read_exact(&mut body)
+            idle(conn.read_exact(&mut body))
                 .await
                 .map_err(|e| (true, format!("body: {e}")))?;
         } else {
@@ -980,8 +991,7 @@ impl Http {
             let mut left = length;
             while left > 0 {
                 let want = chunk.len().min(left as usize);
-                let got = conn
-                    .read(&mut chunk[..want])
+                let got = idle(conn.read(&mut chunk[..want]))
                     .await
                     .map_err(|e| (true, format!("body: {e}")))?;
                 if got == 0 {
