@@ -245,19 +245,27 @@ impl Machine {
         self.dhcp_request(xid, ipxe, None)
     }
 
-    /// With `boot_item` (type, from `ciaddr`), the boot server discovery REQUEST for port
-    /// 4011 instead: the same options and PXE_BOOT_ITEM (43.71, layer 0).
-    fn dhcp_request(&self, xid: u32, ipxe: bool, boot_item: Option<(u16, Ipv4Addr)>) -> Vec<u8> {
+    /// With `port_4011` (a boot item type or none, from `ciaddr`), the REQUEST for a boot
+    /// server's port 4011 instead: the same options, and PXE_BOOT_ITEM (43.71, layer 0) when
+    /// an item was chosen from a menu.
+    fn dhcp_request(
+        &self,
+        xid: u32,
+        ipxe: bool,
+        port_4011: Option<(Option<u16>, Ipv4Addr)>,
+    ) -> Vec<u8> {
         let z = Ipv4Addr::UNSPECIFIED;
-        let ciaddr = boot_item.map_or(z, |(_, ip)| ip);
+        let ciaddr = port_4011.map_or(z, |(_, ip)| ip);
         let mut m = Message::new_with_id(xid, ciaddr, z, z, z, &self.mac);
         let o = m.opts_mut();
-        if let Some((item, _)) = boot_item {
+        if let Some((item, _)) = port_4011 {
             o.insert(DhcpOption::MessageType(MessageType::Request));
-            let t = item.to_be_bytes();
-            o.insert(DhcpOption::VendorExtensions(vec![
-                71, 4, t[0], t[1], 0, 0, 255,
-            ]));
+            if let Some(item) = item {
+                let t = item.to_be_bytes();
+                o.insert(DhcpOption::VendorExtensions(vec![
+                    71, 4, t[0], t[1], 0, 0, 255,
+                ]));
+            }
         } else {
             m.set_flags(Flags::default().set_broadcast());
             m.opts_mut()
@@ -375,16 +383,22 @@ async fn dhcp_dispatch(shared: Arc<Shared>) {
     }
 }
 
-/// The boot menu of a ProxyDHCP offer that names no file (PXE 2.1 specification: option 43's
-/// PXE_BOOT_MENU, 9, and PXE_BOOT_SERVERS, 8): the first item's type and the server to ask
-/// for it, that item's boot server or else the offer's server identifier.
-fn boot_menu(offer: &Message) -> Option<(u16, Ipv4Addr)> {
+/// Where a ProxyDHCP offer that names no file sends the machine: with a boot menu (PXE 2.1
+/// specification: option 43's PXE_BOOT_MENU, 9, and PXE_BOOT_SERVERS, 8), the first item's type
+/// and that item's boot server, or else the offer's server identifier; without one (dnsmasq's
+/// offers to EFI clients), the server identifier's port 4011 with no item, which EDK2 asks
+/// (`PxeBcRetryBinlOffer` in NetworkPkg/UefiPxeBcDxe/PxeBcDhcp4.c).
+fn boot_server(offer: &Message) -> Option<(Option<u16>, Ipv4Addr)> {
     if !field(offer.fname()).is_empty() {
         return None;
     }
+    let server = match offer.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => *ip,
+        _ => offer.siaddr(),
+    };
     let Some(DhcpOption::VendorExtensions(v)) = offer.opts().get(OptionCode::VendorExtensions)
     else {
-        return None;
+        return Some((None, server));
     };
     let mut sub = HashMap::new();
     let mut rest = &v[..];
@@ -395,9 +409,9 @@ fn boot_menu(offer: &Message) -> Option<(u16, Ipv4Addr)> {
         sub.insert(*code, &tail[..usize::from(*len)]);
         rest = &tail[usize::from(*len)..];
     }
-    let item = match sub.get(&9)? {
-        [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
-        _ => return None,
+    let item = match sub.get(&9) {
+        Some([hi, lo, ..]) => u16::from_be_bytes([*hi, *lo]),
+        _ => return Some((None, server)),
     };
     let mut servers = sub.get(&8).copied().unwrap_or_default();
     while let [hi, lo, n, tail @ ..] = servers {
@@ -406,18 +420,16 @@ fn boot_menu(offer: &Message) -> Option<(u16, Ipv4Addr)> {
             break;
         }
         if u16::from_be_bytes([*hi, *lo]) == item && *n > 0 {
-            return Some((item, Ipv4Addr::new(tail[0], tail[1], tail[2], tail[3])));
+            let ip = Ipv4Addr::new(tail[0], tail[1], tail[2], tail[3]);
+            return Some((Some(item), ip));
         }
         servers = &tail[ips..];
     }
-    match offer.opts().get(OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(ip)) => Some((item, *ip)),
-        _ => Some((item, offer.siaddr())),
-    }
+    Some((Some(item), server))
 }
 
-/// The ProxyDHCP step: DISCOVER, then, for an offer with a boot menu instead of a file, boot
-/// server discovery as the firmware does it; the answer that names the file.
+/// The ProxyDHCP step: DISCOVER, then, for an offer that names no file, boot server discovery
+/// as the firmware does it; the answer that names the file.
 async fn proxy_offer(shared: &Shared, m: &mut Machine, ipxe: bool) -> Result<Message, String> {
     let c = &shared.counters;
     let (waits, retx): (&[u64], _) = if ipxe {
@@ -436,7 +448,7 @@ async fn proxy_offer(shared: &Shared, m: &mut Machine, ipxe: bool) -> Result<Mes
         retx,
     )
     .await?;
-    let Some((item, server)) = boot_menu(&offer) else {
+    let Some((item, server)) = boot_server(&offer) else {
         return Ok(offer);
     };
     c.boot_server_requests.fetch_add(1, Ordering::Relaxed);
