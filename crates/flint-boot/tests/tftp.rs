@@ -445,8 +445,13 @@ fn refusals_carry_the_right_error_codes() {
 
 /// One client as firmware behaves: RRQ from its own port, resent on iPXE's schedule (retry.c:
 /// 250 ms, doubling) until the first answer; any ERROR is the end of its boot. `stall` delays
-/// the first ACK (under the server's 1 s timeout), holding its slot that long.
-fn firmware_fetch(addr: SocketAddr, name: &str, stall: Duration) -> Result<(Vec<u8>, u32), String> {
+/// the first ACK (under the server's 1 s timeout), holding its slot that long. Returns the file,
+/// the RRQs sent and when the first answer came.
+fn firmware_fetch(
+    addr: SocketAddr,
+    name: &str,
+    stall: Duration,
+) -> Result<(Vec<u8>, u32, Instant), String> {
     let c = Client::new(Duration::from_millis(250));
     let req = rrq(name, &[]);
     let mut wait = Duration::from_millis(250);
@@ -463,6 +468,7 @@ fn firmware_fetch(addr: SocketAddr, name: &str, stall: Duration) -> Result<(Vec<
             return Err(format!("no answer to {sent} RRQs"));
         }
     };
+    let answered = Instant::now();
     if opcode(&first.0) == ERROR {
         return Err(format!(
             "ERROR {}: {}",
@@ -487,7 +493,7 @@ fn firmware_fetch(addr: SocketAddr, name: &str, stall: Duration) -> Result<(Vec<
                 c.send_to(&ack(expect), tid);
                 expect = expect.wrapping_add(1);
                 if pkt.len() - 4 < 512 {
-                    return Ok((data, sent));
+                    return Ok((data, sent, answered));
                 }
             }
             DATA => {}
@@ -510,6 +516,7 @@ fn requests_beyond_max_transfers_wait_instead_of_error() {
     let data = server.write("f", &pattern(100 * 1024));
     let addr = server.addr;
     let stall = Duration::from_millis(700);
+    let started = Instant::now();
     let mut clients: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(move || firmware_fetch(addr, "f", stall)))
         .collect();
@@ -518,14 +525,22 @@ fn requests_beyond_max_transfers_wait_instead_of_error() {
         (0..22).map(|_| std::thread::spawn(move || firmware_fetch(addr, "f", Duration::ZERO))),
     );
     let mut retransmitted = 0;
-    for c in clients {
-        let (got, sent) = c
+    for (i, c) in clients.into_iter().enumerate() {
+        let (got, sent, answered) = c
             .join()
             .unwrap()
             .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
         assert!(got == data, "a client got {} bytes", got.len());
         if sent > 1 {
             retransmitted += 1;
+        }
+        // Two transfers at most: the others got nothing while the two holders stalled.
+        if i >= 2 {
+            let after = answered - started;
+            assert!(
+                after >= Duration::from_millis(600),
+                "client {i} answered after {after:?}"
+            );
         }
     }
     // The queue was used, and its retransmitted RRQs started no second transfer.
