@@ -21,7 +21,8 @@ setup_main() {
         nix-bin                   # nix-instantiate --parse on the NixOS modules
         debootstrap systemd-container  # a Debian root booted with systemd as PID 1 (tests/systemd)
         tftp-hpa                  # a real TFTP client against flint-boot's TFTP server
-        dnsmasq-base              # the site's ordinary DHCP server in the PXE boot test (tests/pxe)
+        dnsmasq-base              # the site's ordinary DHCP server in the PXE boot test (tests/pxe); ProxyDHCP and TFTP beside flint-boot in bench/storm
+        nginx                     # bench/storm: HTTP beside flint-boot (its service is not started, as for every package here)
         nftables ethtool          # tests/chaos: loss and partitions (nft), checksum offload off at the delay lines
         prometheus-node-exporter  # node_exporter reading flint health's textfile as its own user (tests/textfile_collector.rs)
         ipxe                      # Debian's iPXE files as installed (ipxe.efi is a link into /boot), served in tests/links.rs

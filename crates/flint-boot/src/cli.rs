@@ -66,7 +66,8 @@ pub struct TftpArgs {
     /// over HTTP (with --http, for UEFI HTTP Boot).
     #[arg(long, value_name = "DIR")]
     pub tftp_root: Option<PathBuf>,
-    /// Concurrent transfers; further requests get ERROR 0 "too many transfers".
+    /// Concurrent transfers; further read requests wait for a slot (up to 16384, then they go
+    /// unanswered until the client retransmits), never an ERROR, on which firmware gives up.
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub tftp_max_transfers: u32,

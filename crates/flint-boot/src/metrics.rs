@@ -81,6 +81,7 @@ pub struct Metrics {
     pub scripts: Family,
     pub tftp_transfers: Family,
     pub tftp_bytes: AtomicU64,
+    pub tftp_waiting: Family,
     pub dhcp_answers: Family,
     pub dhcp_ignored: Family,
     pub inventory_reloads: Family,
@@ -117,6 +118,12 @@ impl Metrics {
                 &["outcome"],
             ),
             tftp_bytes: AtomicU64::new(0),
+            tftp_waiting: Family::new(
+                "flint_boot_tftp_waiting_total",
+                "TFTP read requests not started at once: queued (every slot taken), duplicate (a retransmission of a queued or running one), queue-full (left unanswered), abandoned (its client silent too long when its turn came).",
+                "counter",
+                &["event"],
+            ),
             dhcp_answers: Family::new(
                 "flint_boot_dhcp_answers_total",
                 "ProxyDHCP offers (port 67) and acks (port 4011), by client arch and what was handed out.",
@@ -162,6 +169,7 @@ impl Metrics {
             "TFTP file bytes acknowledged by clients.",
             &self.tftp_bytes,
         );
+        self.tftp_waiting.render(&mut out);
         self.dhcp_answers.render(&mut out);
         self.dhcp_ignored.render(&mut out);
         self.inventory_reloads.render(&mut out);

@@ -3,17 +3,17 @@
 pub mod packet;
 pub mod path;
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 
 use packet::{Packet, Request};
 
@@ -57,6 +57,57 @@ pub enum Error {
     Socket(#[source] io::Error),
 }
 
+/// Read requests that wait for a transfer slot, at most this many. Each holds its peer and the
+/// RRQ's bytes (well under 200 bytes with the map entry), so a full queue is about 3 MiB; beyond
+/// it a request goes unanswered and the client's own retransmission brings it back.
+pub const MAX_WAITING: usize = 16384;
+
+/// A waiting client that has sent nothing for this long has given up: iPXE's longest wait
+/// between retransmissions is 10 s (retry.c's DEFAULT_MAX_TIMEOUT), EDK2's 4 s
+/// (UefiPxeBcDxe's PXEBC_MTFTP_TIMEOUT). Serving it would hold a slot for nothing.
+const WAITING_STALE: Duration = Duration::from_secs(10);
+
+/// Who holds the transfer slots and who waits for one. Firmware takes any TFTP ERROR as the end
+/// of that boot (OVMF: PXE-E23, PXE ROMs: PXE-E36), so a request that finds every slot taken
+/// waits here instead of being refused.
+struct Slots {
+    free: usize,
+    /// (peer, RRQ bytes) of the transfers running: a retransmitted RRQ must not start a second.
+    active: Vec<(SocketAddr, Box<[u8]>)>,
+    order: VecDeque<SocketAddr>,
+    /// The latest RRQ of each waiting peer and when it came: a retransmission only refreshes it.
+    waiting: HashMap<SocketAddr, (Box<[u8]>, Instant)>,
+}
+
+impl Slots {
+    /// Takes the next waiting request that is still fresh, or frees the slot.
+    fn next(&mut self, metrics: &Metrics) -> Option<(SocketAddr, Box<[u8]>)> {
+        while let Some(peer) = self.order.pop_front() {
+            let Some((raw, heard)) = self.waiting.remove(&peer) else {
+                continue;
+            };
+            if heard.elapsed() > WAITING_STALE {
+                metrics.tftp_waiting.inc(&["abandoned"]);
+                continue;
+            }
+            self.active.push((peer, raw.clone()));
+            return Some((peer, raw));
+        }
+        self.free += 1;
+        None
+    }
+
+    fn finished(&mut self, peer: SocketAddr, raw: &[u8]) {
+        if let Some(i) = self
+            .active
+            .iter()
+            .position(|(p, r)| *p == peer && **r == *raw)
+        {
+            self.active.swap_remove(i);
+        }
+    }
+}
+
 /// Serves requests arriving on `socket` until the future is dropped.
 pub async fn serve(socket: UdpSocket, config: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
     // Canonical once, so every request compares against the same resolved root.
@@ -66,7 +117,12 @@ pub async fn serve(socket: UdpSocket, config: Config, metrics: Arc<Metrics>) -> 
         .map_err(|e| Error::Root(config.root.clone(), e))?;
     let config = Arc::new(Config { root, ..config });
     let local = socket.local_addr().map_err(Error::Socket)?;
-    let slots = Arc::new(Semaphore::new(config.max_transfers));
+    let slots = Arc::new(Mutex::new(Slots {
+        free: config.max_transfers,
+        active: Vec::with_capacity(config.max_transfers),
+        order: VecDeque::new(),
+        waiting: HashMap::new(),
+    }));
     let mut buf = vec![0u8; 65536];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -77,32 +133,57 @@ pub async fn serve(socket: UdpSocket, config: Config, metrics: Arc<Metrics>) -> 
                 continue;
             }
         };
-        let req = match packet::parse(&buf[..len]) {
-            Ok(Packet::Request(req)) => req,
+        match packet::parse(&buf[..len]) {
+            Ok(Packet::Request(_)) => {}
             Ok(_) => continue,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "malformed tftp packet");
                 continue;
             }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics.tftp_transfers.inc(&["busy"]);
-            tracing::warn!(%peer, file = %req.filename, "too many transfers, refusing");
-            let _ = socket
-                .send_to(
-                    &packet::error(packet::ERR_UNDEFINED, "too many transfers"),
-                    peer,
-                )
-                .await;
-            continue;
-        };
-        let (config, metrics) = (config.clone(), metrics.clone());
+        }
+        let raw: Box<[u8]> = buf[..len].into();
+        {
+            let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+            if s.active.iter().any(|(p, r)| *p == peer && *r == raw) {
+                metrics.tftp_waiting.inc(&["duplicate"]);
+                continue;
+            }
+            if let Some(entry) = s.waiting.get_mut(&peer) {
+                *entry = (raw, Instant::now());
+                metrics.tftp_waiting.inc(&["duplicate"]);
+                continue;
+            }
+            if s.free == 0 {
+                if s.waiting.len() < MAX_WAITING {
+                    s.order.push_back(peer);
+                    s.waiting.insert(peer, (raw, Instant::now()));
+                    metrics.tftp_waiting.inc(&["queued"]);
+                } else {
+                    metrics.tftp_waiting.inc(&["queue-full"]);
+                }
+                continue;
+            }
+            s.free -= 1;
+            s.active.push((peer, raw.clone()));
+        }
+        let (config, metrics, slots) = (config.clone(), metrics.clone(), slots.clone());
         // Lockstep TFTP is bound by the time from an ACK's arrival to the next DATA: a thread
         // blocked in recv answers it sooner than an async task woken through the reactor, and
-        // the bounded number of transfers bounds the threads.
+        // the bounded number of slots bounds the threads. A slot's thread serves the waiting
+        // requests in turn before it gives the slot back.
         tokio::task::spawn_blocking(move || {
-            handle(&config, &metrics, local, peer, req);
-            drop(permit);
+            let (mut peer, mut raw) = (peer, raw);
+            loop {
+                if let Ok(Packet::Request(req)) = packet::parse(&raw) {
+                    handle(&config, &metrics, local, peer, req);
+                }
+                let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+                s.finished(peer, &raw);
+                match s.next(&metrics) {
+                    Some(next) => (peer, raw) = next,
+                    None => break,
+                }
+            }
         });
     }
 }
