@@ -59,6 +59,7 @@ fn world() -> &'static World {
         let config = Config {
             images,
             max_downloads: 4,
+            stall_timeout: std::time::Duration::from_secs(30),
             firmware: Some(firmware),
             boot_script: flint_ipxe::render_boot_ipxe(None).unwrap(),
         };

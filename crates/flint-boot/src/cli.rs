@@ -50,6 +50,11 @@ pub struct HttpArgs {
     #[arg(long, value_name = "N", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_downloads: u32,
+    /// Seconds a download may go without the client taking a byte; it then ends, its
+    /// connection is closed and its slot freed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_stall_timeout: u64,
     /// The URL machines reach this server at, e.g. http://10.0.200.2:8080. Used in DHCP answers
     /// to iPXE; boot.ipxe then chains to it too. Default: the --proxy-dhcp interface's address
     /// and the --http port, and a relative chain in boot.ipxe.

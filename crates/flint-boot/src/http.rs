@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -32,6 +33,8 @@ pub struct Config {
     pub images: PathBuf,
     /// Image downloads streaming at once; more wait for a slot before their first byte.
     pub max_downloads: usize,
+    /// A download whose client takes no byte for this long ends, and frees its slot.
+    pub stall_timeout: Duration,
     /// Served at `/firmware/` so UEFI HTTP Boot clients can fetch the iPXE binaries.
     pub firmware: Option<PathBuf>,
     /// `boot.ipxe`, rendered once: it only depends on the public URL.
@@ -62,17 +65,24 @@ pub fn router(config: Config, inventory: Arc<SharedInventory>, metrics: Arc<Metr
         .route("/ipxe", get(ipxe))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render_metrics))
-        .nest_service("/images", folder(config.images, &buffers));
+        .nest_service(
+            "/images",
+            folder(config.images, &buffers, config.stall_timeout),
+        );
     if let Some(dir) = config.firmware {
-        app = app.nest_service("/firmware", folder(dir, &buffers));
+        app = app.nest_service("/firmware", folder(dir, &buffers, config.stall_timeout));
     }
     app.with_state(state)
         .layer(middleware::from_fn_with_state(gate, count))
 }
 
 /// A folder served read-only: GET and HEAD, anything else is a 405.
-fn folder(dir: PathBuf, buffers: &Arc<file_body::Buffers>) -> axum::routing::MethodRouter {
-    get(files::serve).with_state(files::Folder::new(dir, buffers.clone()))
+fn folder(
+    dir: PathBuf,
+    buffers: &Arc<file_body::Buffers>,
+    stall: Duration,
+) -> axum::routing::MethodRouter {
+    get(files::serve).with_state(files::Folder::new(dir, buffers.clone(), stall))
 }
 
 async fn boot_ipxe(State(state): State<AppState>) -> Response {

@@ -122,6 +122,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             http::Config {
                 images: images.clone(),
                 max_downloads: http.http_max_downloads as usize,
+                stall_timeout: std::time::Duration::from_secs(http.http_stall_timeout),
                 firmware: tftp.tftp_root.clone(),
                 boot_script: boot,
             },

@@ -600,6 +600,47 @@ fn image_downloads_beyond_the_bound_wait_for_a_slot_and_scripts_do_not() {
     assert_eq!(s.get("/images/debian/initrd.img"), "initrd");
 }
 
+#[test]
+fn a_download_whose_client_stops_reading_ends_and_frees_its_slot() {
+    let s = Server::start(&["--http-max-downloads", "1", "--http-stall-timeout", "2"]);
+    std::fs::write(s.dir.path().join("images/big"), vec![7u8; 40_000_000]).unwrap();
+    use std::io::{Read as _, Write as _};
+    let mut hog = std::net::TcpStream::connect(s.addr).unwrap();
+    hog.write_all(b"GET /images/big HTTP/1.1\r\nHost: flint\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    hog.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    // The hog does nothing more; the only slot comes free once its download has stalled 2 s.
+    let started = Instant::now();
+    let second = s.curl(&["--fail", "--max-time", "10", "/images/debian/initrd.img"]);
+    assert!(
+        second.status.success(),
+        "the second download never got the slot: {}\n{}",
+        String::from_utf8_lossy(&second.stderr),
+        s.log()
+    );
+    assert_eq!(second.stdout, b"initrd");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Its connection was closed: what the socket buffers held, then the end, well short of 40 MB.
+    hog.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    hog.read_to_end(&mut rest)
+        .expect("the stalled download's connection was not closed");
+    assert!(rest.len() < 40_000_000, "{}", rest.len());
+    assert!(
+        s.log().contains("the client took no byte for 2s"),
+        "{}",
+        s.log()
+    );
+}
+
 /// Bytes that differ from one offset to the next over many of the server's read buffers, so a
 /// chunk sent twice, skipped or out of order shows.
 fn image_bytes(len: usize) -> Vec<u8> {

@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
 
 /// The size of a download's buffer, so at most this times `--http-max-downloads` in all
 /// (8 MiB at the default 128). With reads from the page cache done in place, 64, 128 and
@@ -59,6 +61,11 @@ pub struct FileBody {
     /// Bytes still to send: what the headers promised, less what has been handed to hyper.
     remaining: u64,
     buffer: Buffer,
+    /// How long a chunk may stay with hyper, unsent: a client that stops reading would
+    /// otherwise hold its download slot, and its buffer, for as long as it keeps the connection.
+    stall: Duration,
+    /// Runs out `stall` after the last chunk was lent.
+    stalled: Pin<Box<Sleep>>,
 }
 
 enum Buffer {
@@ -74,7 +81,13 @@ enum Buffer {
 }
 
 impl FileBody {
-    pub fn new(file: File, path: PathBuf, offset: u64, len: u64, buffers: Arc<Buffers>) -> Self {
+    pub fn new(
+        (file, path): (File, PathBuf),
+        offset: u64,
+        len: u64,
+        buffers: Arc<Buffers>,
+        stall: Duration,
+    ) -> Self {
         Self {
             file: Arc::new(file),
             buffer: Buffer::Home(buffers.take()),
@@ -82,6 +95,8 @@ impl FileBody {
             path: path.into_boxed_path(),
             offset,
             remaining: len,
+            stall,
+            stalled: Box::pin(tokio::time::sleep(stall)),
         }
     }
 }
@@ -152,10 +167,20 @@ impl http_body::Body for FileBody {
                     Ok((buffer, read)) => return this.lend(buffer, read),
                     Err(e) => return this.fail(io::Error::other(e)),
                 },
-                Buffer::Lent(back) => match ready!(Pin::new(back).poll(cx)) {
-                    Ok(buffer) => this.buffer = Buffer::Home(buffer),
+                Buffer::Lent(back) => match Pin::new(back).poll(cx) {
+                    Poll::Ready(Ok(buffer)) => this.buffer = Buffer::Home(buffer),
                     // Only a `Loan` dropped without running its destructor gets here.
-                    Err(e) => return this.fail(io::Error::other(e)),
+                    Poll::Ready(Err(e)) => return this.fail(io::Error::other(e)),
+                    Poll::Pending => {
+                        // hyper asks for the next chunk while the last one is still queued, and
+                        // again when this timer wakes the connection, so the error reaches it.
+                        ready!(this.stalled.as_mut().poll(cx));
+                        let stall = this.stall;
+                        return this.fail(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the client took no byte for {stall:?}"),
+                        ));
+                    }
                 },
             }
         }
@@ -211,6 +236,7 @@ impl FileBody {
         };
         self.offset += len as u64;
         self.remaining -= len as u64;
+        self.stalled.as_mut().reset(Instant::now() + self.stall);
         let (home, back) = oneshot::channel();
         self.buffer = Buffer::Lent(back);
         let chunk = Bytes::from_owner(Loan {
@@ -249,7 +275,7 @@ mod tests {
         let path = dir.path().join("vmlinuz");
         std::fs::write(&path, b"0123456789").unwrap();
         let file = File::open(&path).unwrap();
-        let mut body = FileBody::new(file, path, 2, 5, Arc::default());
+        let mut body = FileBody::new((file, path), 2, 5, Arc::default(), Duration::from_secs(30));
         let mut kept = Vec::new();
         let all = async {
             while let Some(frame) =

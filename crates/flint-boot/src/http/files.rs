@@ -21,11 +21,17 @@ use crate::served::{self, Refused};
 pub struct Folder {
     root: PathBuf,
     buffers: Arc<Buffers>,
+    /// How long a download may go without the client taking a byte.
+    stall: Duration,
 }
 
 impl Folder {
-    pub fn new(root: PathBuf, buffers: Arc<Buffers>) -> Arc<Self> {
-        Arc::new(Self { root, buffers })
+    pub fn new(root: PathBuf, buffers: Arc<Buffers>, stall: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            root,
+            buffers,
+            stall,
+        })
     }
 }
 
@@ -58,7 +64,8 @@ pub async fn serve(State(folder): State<Arc<Folder>>, req: Request) -> Response 
     respond(
         req.method(),
         req.headers(),
-        (file, path, folder.buffers.clone()),
+        (file, path),
+        &folder,
         &meta,
         content_type,
     )
@@ -101,7 +108,8 @@ fn mime(path: &Path) -> HeaderValue {
 fn respond(
     method: &Method,
     headers: &HeaderMap,
-    (file, path, buffers): (File, PathBuf, Arc<Buffers>),
+    opened: (File, PathBuf),
+    folder: &Folder,
     meta: &Metadata,
     content_type: HeaderValue,
 ) -> Response {
@@ -153,7 +161,13 @@ fn respond(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        Body::new(FileBody::new(file, path, start, len, buffers))
+        Body::new(FileBody::new(
+            opened,
+            start,
+            len,
+            folder.buffers.clone(),
+            folder.stall,
+        ))
     };
     (status, validators, body).into_response()
 }
