@@ -55,6 +55,17 @@ pub struct HttpArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub http_stall_timeout: u64,
+    /// Seconds a connection may take to send a request's head, counted from when it starts
+    /// waiting for one (its accept, or the end of the previous response): the slowloris bound
+    /// and the keep-alive idle timeout in one.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout: u64,
+    /// HTTP connections open at once. At the bound the one idle in keep-alive the longest is
+    /// closed to make room; with none idle, new connections wait in the listen queue.
+    #[arg(long, value_name = "N", default_value_t = 16384,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
     /// The URL machines reach this server at, e.g. http://10.0.200.2:8080. Used in DHCP answers
     /// to iPXE; boot.ipxe then chains to it too. Default: the --proxy-dhcp interface's address
     /// and the --http port, and a relative chain in boot.ipxe.

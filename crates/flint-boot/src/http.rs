@@ -25,6 +25,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod file_body;
 mod files;
+mod server;
+
+pub use server::{Limits, serve};
 
 use crate::inventory::SharedInventory;
 use crate::metrics::Metrics;
@@ -246,13 +249,4 @@ impl http_body::Body for Counted {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// Serves until the future is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
 }

@@ -132,7 +132,11 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         http_port = Some(addr.port());
         serving.push(format!("HTTP on {addr}"));
         tracing::info!(%addr, inventory = %inv_path.display(), images = %images.display(), "http listening");
-        services.spawn(async move { ("http", http::serve(listener, app).await) });
+        let limits = http::Limits {
+            header_timeout: std::time::Duration::from_secs(http.http_header_timeout),
+            max_connections: http.http_max_connections as usize,
+        };
+        services.spawn(async move { ("http", http::serve(listener, app, limits).await) });
         services.spawn(async move { ("inventory watch", inventory::watch(shared).await) });
     }
 

@@ -641,6 +641,110 @@ fn a_download_whose_client_stops_reading_ends_and_frees_its_slot() {
     );
 }
 
+/// Sends a request for `/healthz` on `conn` and reads its answer, leaving the connection open.
+fn healthz_on(conn: &mut std::net::TcpStream) {
+    use std::io::{Read as _, Write as _};
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: flint\r\n\r\n")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        let n = conn.read(&mut buf).expect("an answer to /healthz");
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// How long until the server closes `conn` (reads return 0 or an error), at most `limit`.
+fn closed_within(conn: &mut std::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use std::io::Read as _;
+    let started = Instant::now();
+    conn.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    while started.elapsed() < limit {
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
+    let s = Server::start(&["--http-header-timeout", "2"]);
+    use std::io::Write as _;
+    let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let started = Instant::now();
+    let mut closed = None;
+    // A header line's byte every 200 ms, for up to 10 s: the head never ends.
+    for i in 0..50 {
+        if slow.write_all(b"X").is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        if let Some(after) = closed_within(&mut slow, Duration::from_millis(200)) {
+            closed = Some(started.elapsed().max(after));
+            break;
+        }
+        assert!(i < 49, "still open after 10 s");
+    }
+    let closed = closed.expect("the slow head was never cut off");
+    assert!(
+        closed >= Duration::from_millis(1500),
+        "closed too soon: {closed:?}"
+    );
+    assert!(closed < Duration::from_secs(6), "closed late: {closed:?}");
+}
+
+#[test]
+fn a_keep_alive_connection_left_idle_is_closed_at_the_header_timeout() {
+    let s = Server::start(&["--http-header-timeout", "2"]);
+    let mut idle = std::net::TcpStream::connect(s.addr).unwrap();
+    healthz_on(&mut idle);
+    let closed = closed_within(&mut idle, Duration::from_secs(10))
+        .expect("the idle connection was still open after 10 s");
+    assert!(
+        closed >= Duration::from_millis(1500),
+        "closed too soon: {closed:?}"
+    );
+}
+
+#[test]
+fn at_the_connection_bound_the_oldest_idle_connection_makes_room_for_a_new_machine() {
+    let s = Server::start(&["--http-max-connections", "4"]);
+    let mut idle: Vec<_> = (0..4)
+        .map(|_| {
+            let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+            healthz_on(&mut conn);
+            conn
+        })
+        .collect();
+    let script = s.curl(&["--fail", "--max-time", "5", "/ipxe?mac=52-54-00-00-00-01"]);
+    assert!(
+        String::from_utf8_lossy(&script.stdout).contains("node01"),
+        "a new machine was not answered at the bound: {}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    assert!(
+        closed_within(&mut idle[0], Duration::from_secs(2)).is_some(),
+        "the oldest idle connection was not the one closed"
+    );
+    for conn in &mut idle[1..] {
+        healthz_on(conn);
+    }
+}
+
 /// Bytes that differ from one offset to the next over many of the server's read buffers, so a
 /// chunk sent twice, skipped or out of order shows.
 fn image_bytes(len: usize) -> Vec<u8> {
