@@ -312,7 +312,10 @@ impl Transfer<'_> {
             Ok(opened) => opened,
             Err((code, msg)) => return Outcome::Refused(code, msg),
         };
-        self.negotiate(&req.options, size);
+        if let Err(name) = self.negotiate(&req.options, size) {
+            // A second value would be used while the OACK names the first.
+            return Outcome::Refused(packet::ERR_OPTIONS, format!("option {name} given twice"));
+        }
         if !self.accepted.is_empty() {
             // Block 0 is the OACK's acknowledgement.
             let oack = packet::oack(&self.accepted);
@@ -325,8 +328,17 @@ impl Transfer<'_> {
     }
 
     /// Keeps only options we understand and accept, so the OACK never lists unasked ones.
-    fn negotiate(&mut self, options: &[(String, String)], size: u64) {
-        for (name, value) in options {
+    /// Fails with the name of an option we understand given twice (names are case-insensitive):
+    /// unknown ones are ignored anyway, twice or not.
+    fn negotiate(&mut self, options: &[(String, String)], size: u64) -> Result<(), String> {
+        for (i, (name, value)) in options.iter().enumerate() {
+            let known = matches!(
+                name.as_str(),
+                "blksize" | "tsize" | "windowsize" | "timeout"
+            );
+            if known && options[..i].iter().any(|(k, _)| k == name) {
+                return Err(name.clone());
+            }
             let Ok(n) = value.parse::<u64>() else {
                 continue;
             };
@@ -346,10 +358,9 @@ impl Transfer<'_> {
                 }
                 _ => continue,
             };
-            if !self.accepted.iter().any(|(k, _)| k == name) {
-                self.accepted.push((name.clone(), accepted));
-            }
+            self.accepted.push((name.clone(), accepted));
         }
+        Ok(())
     }
 
     /// Waits until `deadline`, which the caller fixes at send time so that a client

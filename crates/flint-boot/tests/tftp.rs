@@ -583,3 +583,22 @@ fn sigterm_exits_zero() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_duplicate_option_is_error_8_not_an_oack_that_lies() {
+    let server = Server::start(8);
+    server.write("f", &pattern(5000));
+    let c = Client::new(Duration::from_secs(5));
+    // Option names are case-insensitive (RFC 2347): these are one option given twice.
+    c.send_to(
+        &rrq("f", &[("BLKSIZE", "1024"), ("blksize", "512")]),
+        server.addr,
+    );
+    let (p, _) = c.recv();
+    assert_eq!(
+        (opcode(&p), block(&p)),
+        (ERROR, 8),
+        "expected ERROR 8, got {p:?}"
+    );
+    assert!(String::from_utf8_lossy(&p).contains("blksize"), "{p:?}");
+}
