@@ -72,9 +72,23 @@ impl SharedInventory {
     }
 
     /// Reads the file again; on success the new inventory serves from the next request on.
-    pub fn reload(&self, why: &str) {
+    pub async fn reload(&self, why: &str) {
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Stamp::of(&self.path);
-        match Inventory::load(&self.path) {
+        let path = self.path.clone();
+        // Up to 64 MiB of JSON takes seconds to parse: on a runtime worker it would stall the
+        // requests that worker serves.
+        let loaded = match tokio::task::spawn_blocking(move || Inventory::load(&path)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.metrics.inventory_reloads.inc(&["rejected"]);
+                tracing::error!(
+                    file = %self.path.display(), why, error = %e,
+                    "inventory reload failed, still serving the previous one"
+                );
+                return;
+            }
+        };
+        match loaded {
             Ok(inventory) => {
                 let (nodes, profiles) = (inventory.nodes().len(), inventory.profiles().len());
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(inventory);
@@ -114,10 +128,10 @@ pub async fn watch(shared: Arc<SharedInventory>) -> std::io::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = hup.recv() => shared.reload("SIGHUP"),
+            _ = hup.recv() => shared.reload("SIGHUP").await,
             _ = tick.tick() => {
                 if shared.changed() {
-                    shared.reload("file changed");
+                    shared.reload("file changed").await;
                 }
             }
         }

@@ -24,6 +24,20 @@ const BLKSIZE_MAX_RFC: u16 = 65464;
 /// DATA header: opcode and block number.
 const DATA_HEADER: usize = 4;
 
+/// The longest `timeout` option honoured. RFC 2349 lets a server echo the client's value or
+/// leave the option out, never change it; at 255 s with the retries, 64 never-acknowledged
+/// (spoofable) requests held every slot for 25 minutes. Longer ones are left out of the OACK
+/// and the server's own timeout applies.
+const MAX_CLIENT_TIMEOUT: u64 = 5;
+
+/// A transfer's whole life is bounded, not only each wait: a client that acknowledges every
+/// block just inside the timeout would otherwise hold its slot for blocks × timeout (30 minutes
+/// for a 1 MB `ipxe.efi`). It gets this much, plus `LIFE_PER_ROUND_TRIP` for each window of the
+/// file: far more than a LAN needs, even in a storm (bench/storm's 10,000 machines went through
+/// the 64 slots in 48.8 s, about 0.3 s a transfer), and room for a few lost packets at 1 s each.
+const LIFE_BASE: Duration = Duration::from_secs(10);
+const LIFE_PER_ROUND_TRIP: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub root: PathBuf,
@@ -194,6 +208,7 @@ enum Outcome {
     Refused(u16, String),
     ClientError(u16, String),
     TimedOut,
+    TooSlow,
     Io(io::Error),
 }
 
@@ -220,6 +235,7 @@ fn handle(config: &Config, metrics: &Metrics, local: SocketAddr, peer: SocketAdd
         blksize: 512,
         windowsize: 1,
         timeout: config.timeout,
+        ends: started + LIFE_BASE,
         sent_bytes: 0,
         accepted: Vec::new(),
     };
@@ -253,6 +269,12 @@ fn handle(config: &Config, metrics: &Metrics, local: SocketAddr, peer: SocketAdd
         Outcome::TimedOut => {
             tracing::warn!(%peer, file, options = %opts, bytes, ms, "tftp transfer timed out")
         }
+        Outcome::TooSlow => {
+            tracing::warn!(%peer, file, options = %opts, bytes, ms, "tftp transfer too slow, ended");
+            let _ = transfer
+                .sock
+                .send(&packet::error(packet::ERR_UNDEFINED, "transfer too slow"));
+        }
         Outcome::Io(e) => {
             metrics.errors.inc(&["tftp-io"]);
             tracing::error!(%peer, file, bytes, ms, error = %e, "tftp transfer failed")
@@ -268,6 +290,7 @@ impl Outcome {
             Outcome::ClientError(packet::ERR_OPTIONS, _) => "options-declined",
             Outcome::ClientError(..) => "aborted",
             Outcome::TimedOut => "timed-out",
+            Outcome::TooSlow => "too-slow",
             Outcome::Io(_) => "failed",
         }
     }
@@ -281,6 +304,8 @@ struct Transfer<'a> {
     blksize: u16,
     windowsize: u16,
     timeout: Duration,
+    /// When the transfer is cut off, whatever the client does.
+    ends: Instant,
     sent_bytes: u64,
     accepted: Vec<(String, String)>,
 }
@@ -312,7 +337,12 @@ impl Transfer<'_> {
             Ok(opened) => opened,
             Err((code, msg)) => return Outcome::Refused(code, msg),
         };
-        self.negotiate(&req.options, size);
+        if let Err(name) = self.negotiate(&req.options, size) {
+            // A second value would be used while the OACK names the first.
+            return Outcome::Refused(packet::ERR_OPTIONS, format!("option {name} given twice"));
+        }
+        let round_trips = (size / u64::from(self.blksize) + 1).div_ceil(u64::from(self.windowsize));
+        self.ends += LIFE_PER_ROUND_TRIP * u32::try_from(round_trips).unwrap_or(u32::MAX);
         if !self.accepted.is_empty() {
             // Block 0 is the OACK's acknowledgement.
             let oack = packet::oack(&self.accepted);
@@ -325,8 +355,17 @@ impl Transfer<'_> {
     }
 
     /// Keeps only options we understand and accept, so the OACK never lists unasked ones.
-    fn negotiate(&mut self, options: &[(String, String)], size: u64) {
-        for (name, value) in options {
+    /// Fails with the name of an option we understand given twice (names are case-insensitive):
+    /// unknown ones are ignored anyway, twice or not.
+    fn negotiate(&mut self, options: &[(String, String)], size: u64) -> Result<(), String> {
+        for (i, (name, value)) in options.iter().enumerate() {
+            let known = matches!(
+                name.as_str(),
+                "blksize" | "tsize" | "windowsize" | "timeout"
+            );
+            if known && options[..i].iter().any(|(k, _)| k == name) {
+                return Err(name.clone());
+            }
             let Ok(n) = value.parse::<u64>() else {
                 continue;
             };
@@ -340,22 +379,25 @@ impl Transfer<'_> {
                     self.windowsize = (n as u16).min(self.config.max_windowsize);
                     self.windowsize.to_string()
                 }
-                "timeout" if (1..=255).contains(&n) => {
+                "timeout" if (1..=MAX_CLIENT_TIMEOUT).contains(&n) => {
                     self.timeout = Duration::from_secs(n);
                     n.to_string()
                 }
                 _ => continue,
             };
-            if !self.accepted.iter().any(|(k, _)| k == name) {
-                self.accepted.push((name.clone(), accepted));
-            }
+            self.accepted.push((name.clone(), accepted));
         }
+        Ok(())
     }
 
     /// Waits until `deadline`, which the caller fixes at send time so that a client
     /// repeating old ACKs cannot postpone our retransmission forever.
     fn recv_reply(&self, buf: &mut [u8], deadline: Instant) -> Reply {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        if now >= self.ends {
+            return Reply::End(Outcome::TooSlow);
+        }
+        let left = deadline.min(self.ends).saturating_duration_since(now);
         if left.is_zero() {
             return Reply::Timeout;
         }
@@ -375,7 +417,11 @@ impl Transfer<'_> {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                Reply::Timeout
+                if Instant::now() >= self.ends {
+                    Reply::End(Outcome::TooSlow)
+                } else {
+                    Reply::Timeout
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Reply::Stray,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

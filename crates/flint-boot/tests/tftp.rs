@@ -583,3 +583,81 @@ fn sigterm_exits_zero() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_duplicate_option_is_error_8_not_an_oack_that_lies() {
+    let server = Server::start(8);
+    server.write("f", &pattern(5000));
+    let c = Client::new(Duration::from_secs(5));
+    // Option names are case-insensitive (RFC 2347): these are one option given twice.
+    c.send_to(
+        &rrq("f", &[("BLKSIZE", "1024"), ("blksize", "512")]),
+        server.addr,
+    );
+    let (p, _) = c.recv();
+    assert_eq!(
+        (opcode(&p), block(&p)),
+        (ERROR, 8),
+        "expected ERROR 8, got {p:?}"
+    );
+    assert!(String::from_utf8_lossy(&p).contains("blksize"), "{p:?}");
+}
+
+#[test]
+fn a_client_asking_timeout_255_that_never_acks_frees_its_slot_within_seconds() {
+    let server = Server::start(1);
+    let data = server.write("f", &pattern(5000));
+    let silent = Client::new(Duration::from_secs(5));
+    silent.send_to(&rrq("f", &[("timeout", "255")]), server.addr);
+    let (first, _) = silent.recv();
+    // The silent client holds the only slot; the next one waits for it, retransmitting.
+    let started = Instant::now();
+    let (got, _, answered) =
+        firmware_fetch(server.addr, "f", Duration::ZERO).unwrap_or_else(|e| panic!("{e}"));
+    assert!(got == data);
+    let waited = answered - started;
+    assert!(
+        waited < Duration::from_secs(12),
+        "the slot was held {waited:?}\n{}",
+        server.log()
+    );
+    // RFC 2349 lets the server only echo the client's timeout or leave it out.
+    if opcode(&first) == OACK {
+        assert!(
+            !oack_options(&first).iter().any(|(k, _)| k == "timeout"),
+            "timeout 255 accepted: {first:?}"
+        );
+    }
+}
+
+#[test]
+fn a_client_that_acks_just_before_each_timeout_is_cut_off() {
+    let server = Server::start(1);
+    // 100 blocks; one ACK every 900 ms, each inside the server's 1 s timeout, would hold the
+    // slot for 90 s.
+    server.write("f", &pattern(512 * 100));
+    let c = Client::new(Duration::from_secs(5));
+    c.send_to(&rrq("f", &[]), server.addr);
+    let started = Instant::now();
+    let ended = loop {
+        let (p, tid) = c.recv();
+        if opcode(&p) == ERROR {
+            break Instant::now();
+        }
+        assert_eq!(opcode(&p), DATA);
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "still sending after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(900));
+        c.send_to(&ack(block(&p)), tid);
+    };
+    let took = ended - started;
+    assert!(took < Duration::from_secs(30), "cut off after {took:?}");
+    assert!(
+        server.log().contains("tftp transfer too slow"),
+        "{}",
+        server.log()
+    );
+}

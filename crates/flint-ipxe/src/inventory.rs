@@ -9,12 +9,32 @@ use std::collections::{BTreeMap, HashMap};
 
 use flint_json::one_line;
 use std::fmt;
+use std::io::Read;
 use std::net::IpAddr;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::safe;
+
+/// The largest inventory read. A 50 MB one, tens of thousands of nodes, takes seconds to parse;
+/// anything larger is a mistake (a log, an image in its place), refused before it is read.
+pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "this kind of file"
+    }
+}
 
 /// One problem in an inventory file: which file, where in it, and what was expected there.
 /// Shown on one line whatever the file holds: a key or value with a line break in it is
@@ -263,17 +283,45 @@ impl Selection<'_> {
 }
 
 impl Inventory {
-    /// Reads and validates an inventory file.
+    /// Reads and validates an inventory file: a regular file of at most `MAX_BYTES`.
     pub fn load(path: &Path) -> Result<Inventory, InventoryErrors> {
-        let file = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => Inventory::from_json(&file, &text),
-            Err(e) => Err(InventoryErrors(vec![InventoryError {
-                file,
+        let name = path.display().to_string();
+        let refuse = |expected: String| {
+            InventoryErrors(vec![InventoryError {
+                file: name.clone(),
                 path: ".".into(),
-                expected: format!("a readable UTF-8 file ({e})"),
-            }])),
+                expected,
+            }])
+        };
+        // Non-blocking: opening a FIFO would otherwise wait for a writer, forever.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| refuse(format!("a readable file ({e})")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| refuse(format!("a readable file ({e})")))?;
+        if !meta.is_file() {
+            return Err(refuse(format!(
+                "a regular file, not {}",
+                file_kind(meta.file_type())
+            )));
         }
+        let too_big = || refuse(format!("at most {MAX_BYTES} bytes (64 MiB)"));
+        if meta.len() > MAX_BYTES {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        // The file may grow between the check and the read.
+        file.take(MAX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| refuse(format!("a readable file ({e})")))?;
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(too_big());
+        }
+        let text = String::from_utf8(bytes).map_err(|e| refuse(format!("UTF-8 text ({e})")))?;
+        Inventory::from_json(&name, &text)
     }
 
     /// Parses and validates inventory JSON; `file` only labels errors.
