@@ -1,3 +1,7 @@
 //! Harness shared by the integration tests.
 
+// Each test binary compiles this module but uses only part of it.
+#![allow(dead_code)]
+
 pub mod netns;
+pub mod server;
