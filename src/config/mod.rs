@@ -165,6 +165,16 @@ impl Endpoints {
     pub fn iter(&self) -> impl Iterator<Item = &Url> {
         self.0.iter()
     }
+
+    /// Each endpoint with the field that names it (`leader_url`, then `peers`), as reports and
+    /// error lines show it.
+    pub fn by_field(&self) -> Vec<(&'static str, Url)> {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, url)| (if i == 0 { "leader_url" } else { "peers" }, url.clone()))
+            .collect()
+    }
 }
 
 /// The validated configuration.

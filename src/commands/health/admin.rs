@@ -11,13 +11,7 @@ use crate::engines::iam::Iam;
 
 pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<ServiceReport> {
     let settings = ctx.config.admin(service)?;
-    let asked = settings
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, url)| (if i == 0 { "leader_url" } else { "peers" }, url.clone()))
-        .collect();
-    Ok(report(ctx, settings, asked).await)
+    Ok(report(ctx, settings, settings.endpoints.by_field()).await)
 }
 
 /// The cluster as `flint health` judges it, each of `asked` (named by its configuration field)

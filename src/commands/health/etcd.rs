@@ -18,12 +18,7 @@ struct Probe {
 
 pub(super) async fn check(ctx: &Context) -> crate::Result<ServiceReport> {
     let settings = ctx.config.etcd()?;
-    let mut asked: Vec<(&'static str, Url)> = settings
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, url)| (if i == 0 { "leader_url" } else { "peers" }, url.clone()))
-        .collect();
+    let mut asked = settings.endpoints.by_field();
     // The local member is asked last, when it is not already among the configured ones.
     if !asked.iter().any(|(_, url)| *url == settings.local_url) {
         asked.push(("local_url", settings.local_url.clone()));
