@@ -264,19 +264,11 @@ impl Join<'_> {
             if !env_member_name(&name) {
                 return Err(unsafe_answer(member, format!("name {name:?}")).into());
             }
-            for url in &member.peer_urls {
-                let url = env_peer_url(url)
-                    .ok_or_else(|| unsafe_answer(member, format!("peer URL {url:?}")))?;
+            for url in env_peer_urls(member)? {
                 cluster.push(format!("{name}={url}"));
             }
         }
-        let advertise = ours
-            .peer_urls
-            .iter()
-            .map(|url| {
-                env_peer_url(url).ok_or_else(|| unsafe_answer(ours, format!("peer URL {url:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let advertise = env_peer_urls(ours)?;
         self.write_env_file(
             &format!("member {}", hex_id(ours.id)),
             &cluster.join(","),
@@ -436,6 +428,17 @@ fn name_of(members: &[Member], id: u64) -> String {
         .iter()
         .find(|m| m.id == id && m.started())
         .map_or_else(|| hex_id(id), |m| m.name.clone())
+}
+
+/// `member`'s peer URLs in the bare form etcd.env holds, or 65 for one that is not one value.
+fn env_peer_urls(member: &Member) -> Result<Vec<String>, Error> {
+    member
+        .peer_urls
+        .iter()
+        .map(|url| {
+            env_peer_url(url).ok_or_else(|| unsafe_answer(member, format!("peer URL {url:?}")))
+        })
+        .collect()
 }
 
 fn unsafe_answer(member: &Member, what: String) -> Error {
