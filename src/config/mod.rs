@@ -33,8 +33,6 @@ const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 const MAX_TOTAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_REQUEST: Duration = Duration::from_secs(3600);
 const MAX_CONNECT: Duration = Duration::from_secs(600);
-/// The largest cluster-config.json flint reads: a real one is a few KiB.
-pub const MAX_FILE_SIZE: u64 = crate::files::MAX_TEXT;
 
 /// A configuration problem. Every variant names the file; the field is a JSON path such as
 /// `etcd.peer_url` or `tls`. Shown on one line whatever the file holds: a key or value with a
@@ -109,12 +107,8 @@ pub struct NodeId(String);
 
 impl NodeId {
     fn parse(value: &str) -> Result<Self, String> {
-        let well_formed = !value.is_empty()
-            && value.len() <= 63
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if well_formed {
+        // A member name etcd.env can hold, short enough for a host name's label.
+        if value.len() <= 63 && env_member_name(value) {
             Ok(NodeId(value.to_owned()))
         } else {
             Err(format!(
@@ -216,7 +210,7 @@ pub fn locate(credentials_dir: Option<&Path>, cli: Option<&Path>) -> PathBuf {
 
 /// The file's text, read as `crate::files` reads the node's files: regular, bounded, UTF-8.
 fn read_bounded(path: &Path) -> Result<String, Error> {
-    crate::files::read_text(path, MAX_FILE_SIZE).map_err(|source| Error::Read {
+    crate::files::read_text(path, crate::files::MAX_TEXT).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })
