@@ -119,6 +119,13 @@ const EDK2_TFTP_TRIES: u32 = 6;
 /// that stops answering); a download that keeps moving has no time limit, as in iPXE, however
 /// long 10,000 machines sharing one link make it.
 const HTTP_IDLE: Duration = Duration::from_secs(60);
+/// iPXE's SYN: its TCP retransmission timer (src/net/tcp.c `tcp_expired`, on src/net/retry.c's
+/// 1/4 s doubling to 10 s) resends at 0.25, 0.75, 1.75, 3.75 and 7.75 s and closes the
+/// connection with ETIMEDOUT at 15.75 s: a SYN the server's full accept queue drops is a failed
+/// fetch unless room opens by then. Linux resends this driver's SYN at 1, 3 and 7 s (its 1 s
+/// initial RTO); cut at 15 s, before its next at 15 s, it is never more patient than iPXE: its
+/// last SYN leaves earlier (7 s, not 7.75 s) and it gives up sooner.
+const IPXE_CONNECT: Duration = Duration::from_secs(15);
 
 #[derive(Default)]
 struct Counters {
@@ -981,8 +988,14 @@ impl Http {
         keep: bool,
     ) -> Result<(u16, Vec<u8>, u64), (bool, String)> {
         if self.conn.is_none() {
-            let s = idle(TcpStream::connect(&self.auth))
+            let s = tokio::time::timeout(IPXE_CONNECT, TcpStream::connect(&self.auth))
                 .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer to SYN for {} s", IPXE_CONNECT.as_secs()),
+                    ))
+                })
                 .map_err(|e| (true, format!("connect {}: {e}", self.auth)))?;
             s.set_nodelay(true).map_err(|e| (true, e.to_string()))?;
             self.conn = Some(BufReader::with_capacity(16 * 1024, s));

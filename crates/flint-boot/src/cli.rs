@@ -66,6 +66,12 @@ pub struct HttpArgs {
     #[arg(long, value_name = "N", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections: u32,
+    /// HTTP requests read or answered at once (downloads waiting for a slot count). A
+    /// connection whose request waits for its turn, or that waits for its next request, holds
+    /// only its socket; one served holds about 20 KiB.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_requests: u32,
     /// The URL machines reach this server at, e.g. http://10.0.200.2:8080. Used in DHCP answers
     /// to iPXE; boot.ipxe then chains to it too. Default: the --proxy-dhcp interface's address
     /// and the --http port, and a relative chain in boot.ipxe.

@@ -175,6 +175,11 @@ fn route(path: &str) -> &'static str {
     }
 }
 
+/// Whether a request for this path is a download, which waits for a download slot.
+pub(crate) fn is_download(path: &str) -> bool {
+    matches!(route(path), "/images" | "/firmware")
+}
+
 /// What every request passes through: the counters, and the slots of image downloads.
 #[derive(Clone)]
 struct Gate {
@@ -186,7 +191,7 @@ struct Gate {
 
 async fn count(State(gate): State<Gate>, req: Request, next: Next) -> Response {
     let route = route(req.uri().path());
-    let slot = if matches!(route, "/images" | "/firmware") {
+    let slot = if is_download(req.uri().path()) {
         // Never closed, so acquiring only waits.
         gate.downloads.clone().acquire_owned().await.ok()
     } else {

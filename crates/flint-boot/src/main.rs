@@ -115,9 +115,8 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     let mut http_port = None;
     if let (Some(addr), Some(inv_path), Some(images)) = (http.http, http.inventory, http.images) {
         let shared = Arc::new(load_inventory(&inv_path, metrics.clone())?);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| ExitError::socket(format!("bind HTTP {addr}"), &e))?;
+        let listener =
+            http_listener(addr).map_err(|e| ExitError::socket(format!("bind HTTP {addr}"), &e))?;
         let app = http::router(
             http::Config {
                 images: images.clone(),
@@ -135,6 +134,8 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         let limits = http::Limits {
             header_timeout: std::time::Duration::from_secs(http.http_header_timeout),
             max_connections: http.http_max_connections as usize,
+            max_requests: http.http_max_requests as usize,
+            max_downloads: http.http_max_downloads as usize,
         };
         services.spawn(async move { ("http", http::serve(listener, app, limits).await) });
         services.spawn(async move { ("inventory watch", inventory::watch(shared).await) });
@@ -232,6 +233,21 @@ fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
+}
+
+/// The HTTP listening socket. Connections past `--http-max-connections` wait in its accept
+/// queue, where the kernel holds them for a fraction of what an open connection costs here: the
+/// backlog asked for is the largest there is, and the kernel caps it at `net.core.somaxconn`
+/// (4,096 on Debian 12), the one knob for a larger storm (docs in the flint-boot README).
+fn http_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As tokio's own bind: a restarted server binds while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(u32::from(u16::MAX))
 }
 
 /// The TFTP listening socket, with room for a burst of requests (see `BURST_BUFFER`).

@@ -622,6 +622,155 @@ fn at_the_connection_bound_the_oldest_idle_connection_makes_room_for_a_new_machi
     }
 }
 
+#[test]
+fn requests_beyond_the_request_bound_wait_their_turn_and_are_then_answered() {
+    let s = Server::start(&["--http-max-requests", "1"]);
+    use std::io::{Read as _, Write as _};
+    // The only turn for requests other than downloads, held by a head that never ends.
+    let mut hog = std::net::TcpStream::connect(s.addr).unwrap();
+    hog.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    // Its turn is taken once its bytes are there: until then a probe may get it first.
+    wait_for("the unfinished head to hold the only turn", || {
+        s.curl(&["--max-time", "1", "/healthz"]).status.code() == Some(28)
+    });
+    // A download waits in a queue of its own.
+    assert_eq!(s.get("/images/debian/initrd.img"), "initrd");
+
+    // The next request is accepted, not refused, and waits unanswered.
+    let mut waiting = std::net::TcpStream::connect(s.addr).unwrap();
+    waiting
+        .write_all(b"GET /ipxe?mac=52-54-00-00-00-01 HTTP/1.1\r\nHost: flint\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let early = waiting.read(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "answered while the only turn was taken: {early:?}"
+    );
+    // Its turn comes when the hog's connection goes.
+    drop(hog);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("node01") {
+        let n = waiting
+            .read(&mut buf)
+            .expect("an answer once the turn was free");
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // And the connection goes on serving, parked between requests.
+    healthz_on(&mut waiting);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let s = Server::start(&["--http-max-requests", "1"]);
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    // Three requests in one write: hyper reads past the first, and what it read must survive
+    // the connection being parked between answers.
+    conn.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: flint\r\n\r\n\
+          GET /images/debian/initrd.img HTTP/1.1\r\nHost: flint\r\n\r\n\
+          GET /ipxe?mac=52-54-00-00-00-01 HTTP/1.1\r\nHost: flint\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got)
+        .expect("the connection closes after the third answer");
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 3, "{got}");
+    let ok = got.find("\r\n\r\nok\n").expect("/healthz answered");
+    let initrd = got.find("\r\n\r\ninitrd").expect("the image answered");
+    let script = got.find("node01").expect("the script answered");
+    assert!(ok < initrd && initrd < script, "{got}");
+
+    // Behind an answer larger than the socket buffers, read slowly: the second request waits in
+    // what hyper read ahead while the first answer drains, both answers arrive whole, and the
+    // connection then serves a third request.
+    let image = image_bytes(16 << 20);
+    std::fs::write(s.dir.path().join("images/big"), &image).unwrap();
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    conn.write_all(
+        b"GET /images/big HTTP/1.1\r\nHost: flint\r\n\r\n\
+          GET /healthz HTTP/1.1\r\nHost: flint\r\n\r\n",
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        let n = conn.read(&mut buf).expect("both answers");
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let body_at = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the image's head")
+        + 4;
+    assert_eq!(&got[body_at..body_at + image.len()], &image[..]);
+    healthz_on(&mut conn);
+}
+
+#[test]
+fn a_client_that_asks_for_close_has_its_connection_closed_after_the_answer() {
+    let s = Server::start(&[]);
+    // Larger than the socket buffers and read slowly, so the answer's end waits for the client:
+    // the server sees the answer over before it is all sent, and must send the rest and close.
+    let image = image_bytes(32 << 20);
+    std::fs::write(s.dir.path().join("images/big"), &image).unwrap();
+    use std::io::{Read as _, Write as _};
+    for (request, body) in [
+        (
+            "GET /healthz HTTP/1.1\r\nHost: flint\r\nConnection: keep-alive, close\r\n\r\n",
+            &b"ok\n"[..],
+        ),
+        ("GET /healthz HTTP/1.0\r\n\r\n", b"ok\n"),
+        (
+            "GET /images/big HTTP/1.1\r\nHost: flint\r\nConnection: close\r\n\r\n",
+            &image,
+        ),
+    ] {
+        let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("{request:?}: not closed after the answer: {e}"),
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(got.ends_with(body), "{request:?}: {} bytes", got.len());
+    }
+    // HTTP/1.0 asking for keep-alive keeps it.
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    healthz_on(&mut conn);
+}
+
 /// Bytes that differ from one offset to the next over many of the server's read buffers, so a
 /// chunk sent twice, skipped or out of order shows.
 fn image_bytes(len: usize) -> Vec<u8> {
