@@ -663,7 +663,14 @@ fn requests_beyond_the_request_bound_wait_their_turn_and_are_then_answered() {
         assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
     }
-    // And the connection goes on serving, parked between requests.
+    // And the connection goes on serving, parked between requests: idle, it holds no turn.
+    healthz_on(&mut waiting);
+    let next = s.curl(&["--fail", "--max-time", "5", "/healthz"]);
+    assert!(
+        next.status.success(),
+        "an idle keep-alive connection held the only turn: {}",
+        String::from_utf8_lossy(&next.stderr)
+    );
     healthz_on(&mut waiting);
 }
 

@@ -213,17 +213,28 @@ async fn connection(
     };
     loop {
         let waiting = Instant::now();
-        if io.read_ahead.is_empty() {
-            let readable = tokio::time::timeout(shared.header_timeout, io.stream.readable());
+        let download = if io.read_ahead.is_empty() {
+            let mut line = [0u8; 64];
+            // A peek, not a wait for readiness: readiness left over from hyper's last read
+            // would say there is a request when there is none.
+            let peeked = tokio::time::timeout(shared.header_timeout, io.stream.peek(&mut line));
             tokio::select! {
-                ready = readable => if !matches!(ready, Ok(Ok(()))) { return },
+                peeked = peeked => match peeked {
+                    Ok(Ok(n)) if n > 0 => wants_download(&line[..n]),
+                    // Closed by the client, failed, or silent for the header timeout.
+                    _ => return,
+                },
                 () = tracked.evict.notified() => return,
             }
-        }
+        } else {
+            wants_download(&io.read_ahead)
+        };
+        // The client's time ends here; the wait for a turn is the server's.
+        let waited = waiting.elapsed();
         if !shared.connections.unpark(tracked) {
             return;
         }
-        let turns = if wants_download(&io).await {
+        let turns = if download {
             &shared.downloads
         } else {
             &shared.requests
@@ -231,7 +242,7 @@ async fn connection(
         let Ok(turn) = turns.acquire().await else {
             return;
         };
-        let head_timeout = shared.header_timeout.saturating_sub(waiting.elapsed());
+        let head_timeout = shared.header_timeout.saturating_sub(waited);
         // Boxed: the task of a parked connection keeps only the socket, not hyper's state.
         match Box::pin(serve_one(shared, io, peer, head_timeout)).await {
             Ok(Some(parked)) => io = parked,
@@ -246,19 +257,10 @@ async fn connection(
     }
 }
 
-/// Whether the request waiting on the connection is a download, by its request line's target
-/// as far as it has arrived; one not yet far enough is taken for a script. Only a guess to pick
-/// a queue: what hyper parses decides what is served.
-async fn wants_download(io: &Parked) -> bool {
-    let mut line = [0u8; 64];
-    let head = if io.read_ahead.is_empty() {
-        match io.stream.peek(&mut line).await {
-            Ok(n) => &line[..n],
-            Err(_) => return false,
-        }
-    } else {
-        &io.read_ahead[..io.read_ahead.len().min(line.len())]
-    };
+/// Whether the request beginning with `head` is a download, by its request line's target as
+/// far as it has arrived; one not yet far enough is taken for a script. Only a guess to pick a
+/// queue: what hyper parses decides what is served.
+fn wants_download(head: &[u8]) -> bool {
     let target = head.split(|&b| b == b' ').nth(1).unwrap_or_default();
     std::str::from_utf8(target).is_ok_and(super::is_download)
 }
