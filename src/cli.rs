@@ -51,6 +51,11 @@ pub enum Command {
         /// Also write node_exporter textfile metrics to this file (atomically).
         #[arg(long, value_name = "PATH")]
         textfile: Option<PathBuf>,
+        /// How many members each cluster service should have; a missing or an extra member
+        /// makes it unhealthy. Overrides the configuration's `expected_members`.
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MEMBERS as u64))]
+        expect_members: Option<u64>,
     },
     /// Show this node's join state and what a join would do; with a flag, recover.
     NodeJoin(node_join::Args),
@@ -139,9 +144,14 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
             }
             Ok(ExitStatus::Success)
         }
-        Command::Health { json, textfile } => {
+        Command::Health {
+            json,
+            textfile,
+            expect_members,
+        } => {
             let ctx = Context::new(config_path(), state)?;
-            let healthy = commands::health::run(&ctx, json, textfile.as_deref()).await?;
+            let expect = expect_members.map(|n| n as usize);
+            let healthy = commands::health::run(&ctx, json, textfile.as_deref(), expect).await?;
             Ok(if healthy {
                 ExitStatus::Success
             } else {

@@ -146,6 +146,54 @@ fn healthy_cluster_reports_members_and_leader() {
 }
 
 #[test]
+fn the_expected_member_count_names_a_missing_or_an_extra_member() {
+    let cluster = EtcdCluster::start(3);
+    let mut node = checker(&cluster);
+
+    node.config["expected_members"] = json!(3);
+    let (out, json) = health_json(&node);
+    out.assert_code(0, "health with the 3 members the config expects");
+    assert_eq!(json["schema_version"], 1, "{json:#}");
+    assert_eq!(etcd_report(&json)["expected_members"], 3, "{json:#}");
+
+    // One short: the seed's phase 5 expects the node that joined later too.
+    node.config["expected_members"] = json!(4);
+    let (out, json) = health_json(&node);
+    out.assert_code(1, "health with a member missing");
+    let etcd = etcd_report(&json);
+    assert_eq!(etcd["healthy"], false, "{etcd:#}");
+    assert!(
+        etcd["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "1 member missing: 3 listed, 4 expected"),
+        "{etcd:#}"
+    );
+
+    // The flag overrides the file: one too many.
+    let out = node.run(&["health", "--expect-members", "2"]);
+    out.assert_code(1, "health with an extra member");
+    assert!(
+        out.stdout.contains("1 extra member: 3 listed, 2 expected"),
+        "{}",
+        out.describe()
+    );
+    node.run(&["health", "--expect-members", "3"])
+        .assert_code(0, "health with the count given on the command line");
+
+    // A count that cannot be a cluster's is refused, naming the field.
+    node.config["expected_members"] = json!(0);
+    let out = node.run(&["health"]);
+    out.assert_code(78, "expected_members 0");
+    assert!(
+        out.stderr.contains("expected_members") && out.stderr.contains("from 1 to 1000"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn member_loss_is_reported_and_quorum_loss_fails() {
     let mut cluster = EtcdCluster::start(3);
     let node = checker(&cluster);

@@ -171,6 +171,10 @@ impl Endpoints {
     }
 }
 
+/// The most members a cluster may be expected to have: far above any Raft cluster's (etcd
+/// advises at most 7 voting members), low enough that a typo is caught.
+pub const MAX_MEMBERS: usize = 1000;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -181,6 +185,8 @@ pub struct Config {
     pub join_token_file: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub allow_plaintext: bool,
+    /// How many members each cluster service should have, for `flint health`.
+    pub expected_members: Option<usize>,
     etcd: Option<EtcdSettings>,
     chainfire: Option<AdminSettings>,
     flaredb: Option<AdminSettings>,
@@ -391,6 +397,16 @@ impl Validator<'_> {
         let chainfire = admin(Service::Chainfire, raw.chainfire)?;
         let flaredb = admin(Service::Flaredb, raw.flaredb)?;
         let iam = self.iam(raw.iam.unwrap_or_default(), &top)?;
+        let expected_members = raw
+            .expected_members
+            .map(|n| match usize::try_from(n) {
+                Ok(n @ 1..=MAX_MEMBERS) => Ok(n),
+                _ => Err(self.invalid(
+                    "expected_members",
+                    format!("expected a member count from 1 to {MAX_MEMBERS}, got {n}"),
+                )),
+            })
+            .transpose()?;
 
         Ok(Config {
             file: self.path.to_owned(),
@@ -400,6 +416,7 @@ impl Validator<'_> {
             join_token_file,
             timeouts,
             allow_plaintext: raw.allow_plaintext,
+            expected_members,
             etcd,
             chainfire,
             flaredb,

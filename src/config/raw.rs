@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) allow_plaintext: bool,
     pub(super) join_token_file: Option<PathBuf>,
+    pub(super) expected_members: Option<u64>,
     pub(super) timeouts: Option<RawTimeouts>,
     pub(super) etcd: Option<RawEtcd>,
     pub(super) chainfire: Option<RawAdmin>,

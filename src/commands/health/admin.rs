@@ -98,6 +98,7 @@ pub(super) async fn check_iam(ctx: &Context) -> ServiceReport {
     ServiceReport {
         service: "iam",
         healthy: endpoint.answered,
+        expected_members: None,
         leader: None,
         members: vec![MemberReport {
             id: "-".into(),

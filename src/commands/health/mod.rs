@@ -15,8 +15,13 @@ use crate::config::{Service, one_line};
 pub(crate) mod admin;
 pub(crate) mod etcd;
 
+/// The version of `--json`'s shape (docs/commands.md): raised only when a field changes meaning
+/// or goes away; fields are added without raising it.
+pub const SCHEMA_VERSION: u32 = 1;
+
 #[derive(Debug, Serialize)]
 pub struct Report {
+    pub schema_version: u32,
     pub healthy: bool,
     pub services: Vec<ServiceReport>,
 }
@@ -27,6 +32,8 @@ pub struct ServiceReport {
     /// A leader that every reachable member agrees on, and a quorum of healthy voters.
     pub healthy: bool,
     pub leader: Option<String>,
+    /// How many members it should have (`expected_members` or `--expect-members`), if said.
+    pub expected_members: Option<usize>,
     pub members: Vec<MemberReport>,
     /// Every endpoint the configuration names for the member list, each asked: one that does not
     /// answer is reported even when another did.
@@ -114,7 +121,13 @@ where
     (first, reports)
 }
 
-pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> crate::Result<bool> {
+pub async fn run(
+    ctx: &Context,
+    json: bool,
+    textfile: Option<&Path>,
+    expect_members: Option<usize>,
+) -> crate::Result<bool> {
+    let expected = expect_members.or(ctx.config.expected_members);
     // The services are independent: checked at once, reported in the configured order.
     let mut checks = tokio::task::JoinSet::new();
     for (index, service) in ctx.config.configured_services().iter().copied().enumerate() {
@@ -134,8 +147,15 @@ pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> crate::R
         done.push((index, report?));
     }
     done.sort_by_key(|(index, _)| *index);
-    let services: Vec<ServiceReport> = done.into_iter().map(|(_, report)| report).collect();
+    let mut services: Vec<ServiceReport> = done.into_iter().map(|(_, report)| report).collect();
+    if let Some(expected) = expected {
+        // IAM is stateless: it has no members to count.
+        for service in services.iter_mut().filter(|s| s.service != "iam") {
+            service.expect_members(expected);
+        }
+    }
     let report = Report {
+        schema_version: SCHEMA_VERSION,
         healthy: services.iter().all(|s| s.healthy),
         services,
     };
@@ -152,12 +172,40 @@ pub async fn run(ctx: &Context, json: bool, textfile: Option<&Path>) -> crate::R
 }
 
 impl ServiceReport {
+    /// Compares the member list with the size the cluster should have: a member missing (one
+    /// that never joined, or was removed) or one too many (a node added twice, or one that
+    /// should have been removed) makes the service unhealthy. A service that did not answer
+    /// is unhealthy already and has no list to count.
+    fn expect_members(&mut self, expected: usize) {
+        self.expected_members = Some(expected);
+        if self.members.is_empty() && !self.healthy {
+            return;
+        }
+        let found = self.members.len();
+        let problem = match found.cmp(&expected) {
+            std::cmp::Ordering::Equal => return,
+            std::cmp::Ordering::Less => format!(
+                "{} member{} missing: {found} listed, {expected} expected",
+                expected - found,
+                if expected - found == 1 { "" } else { "s" }
+            ),
+            std::cmp::Ordering::Greater => format!(
+                "{} extra member{}: {found} listed, {expected} expected",
+                found - expected,
+                if found - expected == 1 { "" } else { "s" }
+            ),
+        };
+        self.problems.push(problem);
+        self.healthy = false;
+    }
+
     /// A service none of whose endpoints answered.
     fn unreachable(service: &'static str, endpoints: Vec<EndpointReport>) -> Self {
         ServiceReport {
             service,
             healthy: false,
             leader: None,
+            expected_members: None,
             members: Vec::new(),
             problems: endpoints
                 .iter()
@@ -197,6 +245,7 @@ impl ServiceReport {
             service,
             healthy,
             leader: (leaders.len() == 1).then(|| leaders[0].name.clone()),
+            expected_members: None,
             members,
             endpoints,
             problems,
@@ -408,11 +457,13 @@ mod tests {
     #[test]
     fn textfile_metrics_escape_names_from_the_cluster() {
         let report = Report {
+            schema_version: SCHEMA_VERSION,
             healthy: false,
             services: vec![ServiceReport {
                 service: "etcd",
                 healthy: false,
                 leader: None,
+                expected_members: None,
                 members: vec![MemberReport {
                     id: "8e9e05c52164694d".into(),
                     name: "odd\"name\\".into(),
