@@ -365,7 +365,9 @@ in
           serviceConfig = healthSandbox // {
             Type = "oneshot";
             RemainAfterExit = true;
-            ExecStart = "${cfg.package}/bin/flint health --textfile ${textfile}";
+            # The seed's validation writes and reads back once, at first boot; the periodic
+            # check below writes nothing.
+            ExecStart = "${cfg.package}/bin/flint health --write-check --textfile ${textfile}";
             Restart = "on-failure";
             RestartSec = "30s";
             RestartPreventExitStatus = "64 65 77 78 238 243";

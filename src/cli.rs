@@ -56,6 +56,10 @@ pub enum Command {
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MEMBERS as u64))]
         expect_members: Option<u64>,
+        /// Also write a key through each cluster's leader, read it back from every member's
+        /// own store (waiting up to `timeouts.request` for each), and remove it. etcd only.
+        #[arg(long)]
+        write_check: bool,
     },
     /// Show this node's join state and what a join would do; with a flag, recover.
     NodeJoin(node_join::Args),
@@ -148,10 +152,12 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
             json,
             textfile,
             expect_members,
+            write_check,
         } => {
             let ctx = Context::new(config_path(), state)?;
             let expect = expect_members.map(|n| n as usize);
-            let healthy = commands::health::run(&ctx, json, textfile.as_deref(), expect).await?;
+            let healthy =
+                commands::health::run(&ctx, json, textfile.as_deref(), expect, write_check).await?;
             Ok(if healthy {
                 ExitStatus::Success
             } else {

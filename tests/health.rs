@@ -194,6 +194,47 @@ fn the_expected_member_count_names_a_missing_or_an_extra_member() {
 }
 
 #[test]
+fn the_write_check_reads_the_value_back_from_every_member_and_names_one_that_does_not() {
+    let cluster = EtcdCluster::start(3);
+    let node = checker(&cluster);
+
+    let out = node.run(&["health", "--write-check", "--json"]);
+    out.assert_code(0, "the write check on a healthy cluster");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let check = &etcd_report(&json)["write_check"];
+    assert_eq!(check["written"], true, "{json:#}");
+    let key = check["key"].as_str().expect("the key written");
+    assert!(key.starts_with("/flint/health/node01/"), "{key}");
+    let members = check["members"].as_array().expect("read-backs");
+    assert_eq!(members.len(), 3, "{json:#}");
+    for m in members {
+        assert_eq!(m["seen"], true, "{m:#}");
+        assert!(m["after_ms"].is_u64(), "{m:#}");
+    }
+    // Removed afterwards, as etcdctl sees it.
+    let left = cluster.etcdctl(&["get", "--prefix", "/flint/health/"]);
+    assert!(left.status.success() && left.stdout.is_empty(), "{left:?}");
+    // Without the flag, nothing is written.
+    let (_, json) = health_json(&node);
+    assert!(etcd_report(&json)["write_check"].is_null(), "{json:#}");
+
+    // A member that hangs: the cluster keeps its quorum and the write goes through, but the
+    // member never shows the value and is named.
+    cluster.pause(2);
+    let out = node.run(&["health", "--write-check"]);
+    cluster.resume(2);
+    out.assert_code(1, "the write check with a member that does not answer");
+    assert!(
+        out.stdout
+            .contains("write check: member node03 did not return the value written through"),
+        "{}",
+        out.describe()
+    );
+    let left = cluster.etcdctl(&["get", "--prefix", "/flint/health/"]);
+    assert!(left.status.success() && left.stdout.is_empty(), "{left:?}");
+}
+
+#[test]
 fn member_loss_is_reported_and_quorum_loss_fails() {
     let mut cluster = EtcdCluster::start(3);
     let node = checker(&cluster);

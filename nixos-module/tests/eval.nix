@@ -84,10 +84,11 @@ let
   noHealth = evalModule ../node.nix "flint" (nodeSettings // { healthCheck.enable = false; });
   units = node.systemd.services;
   healthUnits = services: [ services.cluster-health-check services.flint-health ];
-  writesTextfileIn = dir: services: all (u:
-    u.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint health --textfile ${dir}/cluster-health.prom"
-    && u.serviceConfig.ReadWritePaths == [ "-${dir}" ]
-    && !(u.serviceConfig ? StateDirectory)) (healthUnits services);
+  writesTextfileIn = dir: services:
+    services.cluster-health-check.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint health --write-check --textfile ${dir}/cluster-health.prom"
+    && services.flint-health.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint health --textfile ${dir}/cluster-health.prom"
+    && all (u: u.serviceConfig.ReadWritePaths == [ "-${dir}" ]
+      && !(u.serviceConfig ? StateDirectory)) (healthUnits services);
   join = units.chainfire-cluster-join;
   credentials = join.serviceConfig.LoadCredential;
   boot = evalModule ../boot-server.nix "flint-boot" {

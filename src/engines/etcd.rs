@@ -4,6 +4,8 @@
 //! Shapes as measured against etcd 3.4: 64-bit numbers are JSON strings, and zero, false and
 //! empty fields are left out (no `isLearner` means a voter; an unstarted member has no name).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
@@ -284,6 +286,61 @@ impl Etcd {
             endpoint,
             "/v3/kv/range",
             json!({"key": "L2ZsaW50L3JlYWQtaW5kZXg=", "count_only": true}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes `value` at `key` (a write goes through the leader, whichever member is asked).
+    pub async fn put(&self, endpoint: &Url, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        self.call::<serde_json::Value>(
+            endpoint,
+            "/v3/kv/put",
+            json!({"key": BASE64.encode(key), "value": BASE64.encode(value)}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The value at `key` as this member holds it now: a serializable read, answered from the
+    /// member's own store without asking the leader, so a member behind the others shows it.
+    pub async fn local_value(&self, endpoint: &Url, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        // The gateway leaves out empty fields: no `kvs` for no key, no `value` for an empty one.
+        #[derive(Deserialize)]
+        struct Range {
+            #[serde(default)]
+            kvs: Vec<Kv>,
+        }
+        #[derive(Deserialize)]
+        struct Kv {
+            #[serde(default)]
+            value: String,
+        }
+        let url = join_path(endpoint, "/v3/kv/range");
+        let range: Range = self
+            .call(
+                endpoint,
+                "/v3/kv/range",
+                json!({"key": BASE64.encode(key), "serializable": true}),
+            )
+            .await?;
+        range
+            .kvs
+            .into_iter()
+            .next()
+            .map(|kv| {
+                BASE64
+                    .decode(kv.value.as_bytes())
+                    .map_err(|e| Error::Unsafe(format!("{url}: a value that is not base64: {e}")))
+            })
+            .transpose()
+    }
+
+    pub async fn delete(&self, endpoint: &Url, key: &[u8]) -> Result<(), Error> {
+        self.call::<serde_json::Value>(
+            endpoint,
+            "/v3/kv/deleterange",
+            json!({"key": BASE64.encode(key)}),
         )
         .await
         .map(drop)

@@ -160,6 +160,23 @@ impl EtcdCluster {
         drop(process);
     }
 
+    /// Freezes member `i` (SIGSTOP, by PID): its connections stay open and nothing answers, as
+    /// on a member that hangs; `resume` undoes it. A frozen member left at the end is killed
+    /// with the others (SIGKILL needs no SIGCONT).
+    pub fn pause(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let process = self.members[i].as_ref().expect("member is running");
+        let pid = nix::unistd::Pid::from_raw(process.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal an etcd member");
+    }
+
     /// Starts member `i` again on its data dir and waits until it is healthy.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].is_none(), "member {i} is still running");

@@ -99,6 +99,7 @@ pub(super) async fn check_iam(ctx: &Context) -> ServiceReport {
         service: "iam",
         healthy: endpoint.answered,
         expected_members: None,
+        write_check: None,
         leader: None,
         members: vec![MemberReport {
             id: "-".into(),

@@ -34,6 +34,8 @@ pub struct ServiceReport {
     pub leader: Option<String>,
     /// How many members it should have (`expected_members` or `--expect-members`), if said.
     pub expected_members: Option<usize>,
+    /// The write read back from every member, with `--write-check`.
+    pub write_check: Option<WriteCheck>,
     pub members: Vec<MemberReport>,
     /// Every endpoint the configuration names for the member list, each asked: one that does not
     /// answer is reported even when another did.
@@ -50,6 +52,28 @@ pub struct MemberReport {
     pub client_urls: Vec<String>,
     pub role: &'static str,
     pub healthy: bool,
+    pub error: Option<String>,
+}
+
+/// A value written through the leader and read back from each member's own store.
+#[derive(Debug, Serialize)]
+pub struct WriteCheck {
+    pub key: String,
+    /// Whether the leader took the write.
+    pub written: bool,
+    /// Why the write, or the removal of the key afterwards, failed.
+    pub error: Option<String>,
+    pub members: Vec<ReadBack>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadBack {
+    pub name: String,
+    /// Whether the member returned the value within the wait.
+    pub seen: bool,
+    /// When, from the write.
+    pub after_ms: Option<u64>,
+    /// What it returned last when it never showed the value.
     pub error: Option<String>,
 }
 
@@ -126,6 +150,7 @@ pub async fn run(
     json: bool,
     textfile: Option<&Path>,
     expect_members: Option<usize>,
+    write_check: bool,
 ) -> crate::Result<bool> {
     let expected = expect_members.or(ctx.config.expected_members);
     // The services are independent: checked at once, reported in the configured order.
@@ -134,7 +159,14 @@ pub async fn run(
         let ctx = ctx.clone();
         checks.spawn(async move {
             let report = match service {
-                Service::Etcd => etcd::check(&ctx).await,
+                Service::Etcd => match etcd::check(&ctx).await {
+                    // After the verdict: the members are read back from the list just taken.
+                    Ok(mut report) if write_check => {
+                        etcd::write_check(&ctx, &mut report).await;
+                        Ok(report)
+                    }
+                    other => other,
+                },
                 Service::Chainfire | Service::Flaredb => admin::check(&ctx, service).await,
                 Service::Iam => Ok(admin::check_iam(&ctx).await),
             };
@@ -206,6 +238,7 @@ impl ServiceReport {
             healthy: false,
             leader: None,
             expected_members: None,
+            write_check: None,
             members: Vec::new(),
             problems: endpoints
                 .iter()
@@ -246,6 +279,7 @@ impl ServiceReport {
             healthy,
             leader: (leaders.len() == 1).then(|| leaders[0].name.clone()),
             expected_members: None,
+            write_check: None,
             members,
             endpoints,
             problems,
@@ -464,6 +498,7 @@ mod tests {
                 healthy: false,
                 leader: None,
                 expected_members: None,
+                write_check: None,
                 members: vec![MemberReport {
                     id: "8e9e05c52164694d".into(),
                     name: "odd\"name\\".into(),
