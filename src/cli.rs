@@ -56,8 +56,9 @@ pub enum Command {
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MEMBERS as u64))]
         expect_members: Option<u64>,
-        /// Also write a key through each cluster's leader, read it back from every member's
-        /// own store (waiting up to `timeouts.request` for each), and remove it. etcd only.
+        /// Also write a key through each cluster's leader, read it back from every member's own
+        /// store (waiting up to `timeouts.request` for each), and remove it: etcd through its
+        /// gateway, chainfire and flaredb through /v1/kv/.
         #[arg(long)]
         write_check: bool,
     },

@@ -267,6 +267,103 @@ fn member_loss_is_reported_and_quorum_loss_fails() {
 }
 
 #[test]
+fn the_write_check_waits_for_a_lagging_member_and_names_one_that_never_catches_up() {
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let chainfire = TestServer::cluster(&lab, CHAINFIRE_PORT, 3, 3, secrets.cluster_options(&lab));
+    let mut node = chain_node(&lab, 0, &secrets, false);
+    let config = node.config.as_object_mut().expect("an object");
+    config.remove("flaredb");
+    config.remove("iam");
+    node.config["timeouts"] = json!({"total": "15s", "request": "3s", "connect": "2s"});
+
+    // node02 shows writes 700 ms late: waited for, not a failure.
+    chainfire.kv_lag("node02", Some(700));
+    let out = node.run(&["health", "--write-check", "--json"]);
+    out.assert_code(0, "the write check with a lagging member");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let check = &json["services"][0]["write_check"];
+    assert_eq!(check["written"], true, "{json:#}");
+    let read_backs = check["members"].as_array().expect("read-backs");
+    assert_eq!(read_backs.len(), 3, "{json:#}");
+    let lagging = read_backs
+        .iter()
+        .find(|m| m["name"] == "node02")
+        .expect("node02's read-back");
+    assert_eq!(lagging["seen"], true, "{json:#}");
+    assert!(lagging["after_ms"].as_u64().unwrap() >= 700, "{json:#}");
+    // Removed afterwards: the leader's own view has no such key.
+    let key = check["key"]
+        .as_str()
+        .expect("the key")
+        .trim_start_matches('/');
+    assert_eq!(
+        curl_status(&node, &format!("{}/v1/kv/{key}", chainfire.url(0))),
+        "404"
+    );
+
+    // node03 never catches up: named, unhealthy, after the request timeout.
+    chainfire.kv_lag("node03", None);
+    let out = node.run(&["health", "--write-check"]);
+    out.assert_code(1, "the write check with a member that never catches up");
+    assert!(
+        out.stdout.contains(
+            "write check: member node03 did not return the value written through node01 within 3s: no such key yet"
+        ),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stdout.contains("member node02 did not"),
+        "{}",
+        out.describe()
+    );
+
+    // A write the leader refuses: the check fails without reading.
+    chainfire.kv_lag("node03", Some(0));
+    chainfire.arm(json!({"route": "kv-put", "kind": "status", "code": 500}));
+    let out = node.run(&["health", "--write-check"]);
+    out.assert_code(1, "the write check with the write refused");
+    assert!(
+        out.stdout
+            .contains("write check: the write through the leader node01 failed:"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// The HTTP status curl gets for `url` with the node's client certificate.
+fn curl_status(node: &Node, url: &str) -> String {
+    let tls = &node.config["tls"];
+    let file = |k: &str| {
+        let p = tls[k].as_str().expect("a tls path");
+        node.dir.join(p).to_string_lossy().into_owned()
+    };
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args([
+            "--cacert",
+            &file("ca"),
+            "--cert",
+            &file("cert"),
+            "--key",
+            &file("key"),
+        ])
+        .arg(url)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
 fn each_configured_endpoint_says_whether_it_answered_and_why_not() {
     let lab = Lab::new();
     let secrets = Secrets::generate(&lab);

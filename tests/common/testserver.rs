@@ -308,6 +308,13 @@ impl TestServer {
         body
     }
 
+    /// Writes reach member `id` `ms` after the leader took them; `None`: never.
+    pub fn kv_lag(&self, id: &str, ms: Option<u64>) -> Value {
+        let (status, body) = self.call("POST", "/kv/lag", Some(&json!({"member": id, "ms": ms})));
+        assert_eq!(status, 200, "POST /kv/lag {id} {ms:?}: {body}");
+        body
+    }
+
     /// A member as if an earlier run had added it.
     pub fn plant_member(&self, id: &str, raft_addr: &str) -> Value {
         let (status, body) = self.call(

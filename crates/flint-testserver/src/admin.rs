@@ -120,6 +120,19 @@ async fn answer(
 }
 
 fn route(cluster: bool, method: &Method, path: &str) -> Result<Route, Reply> {
+    if cluster && let Some(key) = path.strip_prefix("/v1/kv/") {
+        return match *method {
+            _ if key.is_empty() => Err(Reply::error(StatusCode::NOT_FOUND, "no key")),
+            Method::PUT => Ok(Route::KvPut),
+            Method::GET => Ok(Route::KvGet),
+            Method::DELETE => Ok(Route::KvDelete),
+            _ => Err(Reply::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} takes GET, PUT or DELETE, not {method}"),
+            )
+            .with_header(header::ALLOW, "GET, PUT, DELETE")),
+        };
+    }
     let (route, allowed) = match (cluster, path) {
         (true, "/health") => (Route::Health, Method::GET),
         (true, "/admin/member/list") => (Route::List, Method::GET),
@@ -141,6 +154,12 @@ fn route(cluster: bool, method: &Method, path: &str) -> Result<Route, Reply> {
         .with_header(header::ALLOW, allowed.as_str()));
     }
     Ok(route)
+}
+
+/// The key of a `/v1/kv/{key}` target, its query left out.
+fn kv_key(target: &str) -> String {
+    let path = target.split('?').next().unwrap_or(target);
+    path.strip_prefix("/v1/kv/").unwrap_or(path).to_owned()
 }
 
 /// Whether the request carries the configured bearer token (always true without one).
@@ -235,6 +254,33 @@ fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
     let now = Instant::now();
     match (call.route, service) {
         (Route::Health | Route::IamHealth, _) => healthy(),
+        // The data API is not the admin API: the bearer token is not asked for (the client
+        // certificate still is, when the server asks for one).
+        (Route::KvPut | Route::KvDelete, Service::Cluster(c)) => {
+            if c.electing(now) {
+                return Reply::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "no leader elected yet", "leader": null}),
+                );
+            }
+            if c.leader() != call.listener {
+                let leader = c.leader().to_string();
+                return leader_hint(shared, &leader, 307, &call.target, Form::Url);
+            }
+            let key = kv_key(&call.target);
+            if call.route == Route::KvPut {
+                c.put(&key, call.body.clone(), now);
+            } else {
+                c.delete(&key);
+            }
+            Reply::raw(StatusCode::NO_CONTENT, "", Bytes::new())
+        }
+        (Route::KvGet, Service::Cluster(c)) => {
+            match c.get(&call.listener, &kv_key(&call.target), now) {
+                Some(value) => Reply::raw(StatusCode::OK, "application/octet-stream", value),
+                None => Reply::error(StatusCode::NOT_FOUND, "no such key"),
+            }
+        }
         _ if !call.authorized => unauthorized(),
         (Route::List, Service::Cluster(c)) => {
             let mut list = json!(c.list(now));
@@ -348,6 +394,8 @@ async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> R
                 Route::List => b"{\"leader\": \"node01\", \"members\": [",
                 Route::Add => b"{\"id\": \"node04\" \"raft_addr\": }",
                 Route::Bootstrap => b"{\"org\": [\"",
+                // The store's values are bytes, not JSON: a broken one is a truncated value.
+                Route::KvPut | Route::KvGet | Route::KvDelete => b"{\"error\": ",
             };
             Reply::raw(StatusCode::OK, "application/json", garbage)
         }

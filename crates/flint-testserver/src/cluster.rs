@@ -173,6 +173,10 @@ pub struct Cluster {
     learner_for: Duration,
     /// No leader until then: the election in progress.
     election_until: Option<Instant>,
+    /// The key-value store: each key's value and when the leader took it.
+    kv: std::collections::BTreeMap<String, (bytes::Bytes, Instant)>,
+    /// How long after a write each member shows it (`None`: never); the others at once.
+    lag: std::collections::HashMap<String, Option<Duration>>,
 }
 
 impl Cluster {
@@ -191,7 +195,38 @@ impl Cluster {
             leader: leader.to_string(),
             learner_for,
             election_until: None,
+            kv: Default::default(),
+            lag: Default::default(),
         }
+    }
+
+    pub fn put(&mut self, key: &str, value: bytes::Bytes, now: Instant) {
+        self.kv.insert(key.to_owned(), (value, now));
+    }
+
+    pub fn delete(&mut self, key: &str) {
+        self.kv.remove(key);
+    }
+
+    /// `key` as `member` holds it: a write reaches a member once its lag has passed since the
+    /// leader took it, never for a member set to never catch up. Only the latest value is
+    /// kept, so a lagging member shows no value, not an older one, until it catches up.
+    pub fn get(&self, member: &str, key: &str, now: Instant) -> Option<bytes::Bytes> {
+        let (value, written) = self.kv.get(key)?;
+        let lag = if member == self.leader {
+            Some(Duration::ZERO)
+        } else {
+            self.lag
+                .get(member)
+                .copied()
+                .unwrap_or(Some(Duration::ZERO))
+        };
+        lag.filter(|lag| now >= *written + *lag)
+            .map(|_| value.clone())
+    }
+
+    pub fn set_lag(&mut self, member: &str, lag: Option<Duration>) {
+        self.lag.insert(member.to_owned(), lag);
     }
 
     /// The leader, or the member that wins the election in progress.

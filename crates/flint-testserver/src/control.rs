@@ -47,6 +47,14 @@ struct Election {
     ms: u64,
 }
 
+/// `{"member": ID, "ms": N}` shows writes N ms late on that member; `"ms": null`, never.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Lag {
+    member: String,
+    ms: Option<u64>,
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, Reply> {
     serde_json::from_slice(body)
         .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, format!("expected {shape}: {e}")))
@@ -58,7 +66,7 @@ fn answer(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> (Reply, 
     let allowed: &[Method] = match path {
         "/faults" => &[Method::GET, Method::POST, Method::DELETE],
         "/state" => &[Method::GET],
-        "/leader" | "/election" | "/members/add" | "/members/remove" => &[Method::POST],
+        "/leader" | "/election" | "/members/add" | "/members/remove" | "/kv/lag" => &[Method::POST],
         _ => {
             return ok(Reply::error(
                 StatusCode::NOT_FOUND,
@@ -110,6 +118,11 @@ fn answer(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> (Reply, 
         (_, "/election") => ok(change(shared, |c, now| {
             let election: Election = parse(body, r#"{"ms": MILLISECONDS}"#)?;
             c.start_election(now, Duration::from_millis(election.ms));
+            Ok(StatusCode::OK)
+        })),
+        (_, "/kv/lag") => ok(change(shared, |c, _| {
+            let lag: Lag = parse(body, r#"{"member": NODE_ID, "ms": MILLISECONDS or null}"#)?;
+            c.set_lag(&lag.member, lag.ms.map(Duration::from_millis));
             Ok(StatusCode::OK)
         })),
         (_, "/members/remove") => ok(change(shared, |c, _| {

@@ -18,15 +18,24 @@ pub enum Route {
     IamHealth,
     /// `POST /admin/bootstrap`.
     Bootstrap,
+    /// `PUT /v1/kv/{key}`.
+    KvPut,
+    /// `GET /v1/kv/{key}`.
+    KvGet,
+    /// `DELETE /v1/kv/{key}`.
+    KvDelete,
 }
 
 impl Route {
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 8] = [
         Route::Health,
         Route::List,
         Route::Add,
         Route::IamHealth,
         Route::Bootstrap,
+        Route::KvPut,
+        Route::KvGet,
+        Route::KvDelete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,16 +45,30 @@ impl Route {
             Route::Add => "add",
             Route::IamHealth => "iam-health",
             Route::Bootstrap => "bootstrap",
+            Route::KvPut => "kv-put",
+            Route::KvGet => "kv-get",
+            Route::KvDelete => "kv-delete",
         }
     }
 
     /// Routes whose real handling changes state, so `apply` means something there.
     pub fn writes(self) -> bool {
-        matches!(self, Route::Add | Route::Bootstrap)
+        matches!(
+            self,
+            Route::Add | Route::Bootstrap | Route::KvPut | Route::KvDelete
+        )
     }
 
     pub fn is_cluster(self) -> bool {
-        matches!(self, Route::Health | Route::List | Route::Add)
+        matches!(
+            self,
+            Route::Health
+                | Route::List
+                | Route::Add
+                | Route::KvPut
+                | Route::KvGet
+                | Route::KvDelete
+        )
     }
 }
 

@@ -113,3 +113,76 @@ pub(super) async fn check_iam(ctx: &Context) -> ServiceReport {
         problems,
     }
 }
+
+/// The write check for chainfire and flaredb (see `super::write_check`), through the seed's
+/// key-value API on each member's API URL: `PUT /v1/kv/{key}` on the leader, `GET` on each
+/// member (its own view: 200 with the value, 404 while it has none), `DELETE` on the leader.
+/// The join token is not sent: it is for the admin API.
+pub(super) async fn write_check(ctx: &Context, service: Service, report: &mut ServiceReport) {
+    let Ok(settings) = ctx.config.admin(service) else {
+        return;
+    };
+    let health_path = settings.paths.health.clone();
+    let kv_url =
+        |base: &Url, key: &str| join_path(base, &format!("/v1/kv/{}", key.trim_start_matches('/')));
+    let (put, get, delete) = (ctx.http.clone(), ctx.http.clone(), ctx.http.clone());
+    super::write_check(
+        ctx,
+        report,
+        // A member's API: its health URL (as the report lists it) without the health path.
+        |member| {
+            let mut url = Url::parse(member.client_urls.first()?).ok()?;
+            let base = url.path().strip_suffix(health_path.as_str())?.to_owned();
+            url.set_path(if base.is_empty() { "/" } else { &base });
+            Some(url)
+        },
+        |url, key, _value| async move {
+            let url = kv_url(&url, &key);
+            // The value the check compares is this body: the key as a JSON string.
+            let answer = put
+                .send(
+                    hyper::Method::PUT,
+                    &url,
+                    Some(&serde_json::json!(key)),
+                    None,
+                )
+                .await
+                .map_err(|e| one_line(&e.to_string()))?;
+            kv_status(&url, &answer).map(drop)
+        },
+        move |url, key| {
+            let (get, url) = (get.clone(), kv_url(&url, &key));
+            async move {
+                let answer = get.get(&url).await.map_err(|e| one_line(&e.to_string()))?;
+                if answer.status == hyper::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                kv_status(&url, &answer).map(|()| Some(answer.body.to_vec()))
+            }
+        },
+        |url, key| async move {
+            let url = kv_url(&url, &key);
+            let answer = delete
+                .send(hyper::Method::DELETE, &url, None, None)
+                .await
+                .map_err(|e| one_line(&e.to_string()))?;
+            kv_status(&url, &answer)
+        },
+    )
+    .await;
+}
+
+/// A 2xx, or the status and the start of the body on one line.
+fn kv_status(url: &Url, answer: &crate::http::Answer) -> Result<(), String> {
+    if answer.status.is_success() {
+        return Ok(());
+    }
+    let snippet: String = String::from_utf8_lossy(&answer.body)
+        .chars()
+        .take(120)
+        .collect();
+    Err(one_line(&format!(
+        "{url} answered HTTP {}: {snippet}",
+        answer.status.as_u16()
+    )))
+}

@@ -3,7 +3,7 @@
 use tokio::task::JoinSet;
 use url::Url;
 
-use super::{MemberReport, ReadBack, ServiceReport, WriteCheck, ask_each};
+use super::{MemberReport, ServiceReport, ask_each};
 use crate::commands::Context;
 use crate::config::{join_path, one_line};
 use crate::engines::etcd::{Etcd, hex_id};
@@ -124,116 +124,35 @@ pub(crate) async fn report(ctx: &Context, asked: Vec<(&'static str, Url)>) -> Se
     })
 }
 
-/// The seed's "test write/read" for etcd: a key unique to this check written through the
-/// leader, read back from every member's own store (a serializable range, which the member
-/// answers without the leader, so one that does not replicate is caught), each member waited
-/// for until `timeouts.request` has passed since the write, then removed. The report gets the
-/// outcome, and a problem naming each member that never returned the value.
+/// The write check for etcd (see `super::write_check`): `kv/put` through the leader, a
+/// serializable `kv/range` on each member (answered from the member's own store, without the
+/// leader), `kv/deleterange`.
 pub(super) async fn write_check(ctx: &Context, report: &mut ServiceReport) {
-    let Some(leader) = report
-        .members
-        .iter()
-        .find(|m| m.role == "leader")
-        .and_then(|m| Some((m.name.clone(), Url::parse(m.client_urls.first()?).ok()?)))
-    else {
-        // No leader to write through: the verdict already says so.
-        return;
-    };
-    let (leader_name, leader_url) = leader;
     let etcd = Etcd::new(ctx.http.clone());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let key = format!(
-        "/flint/health/{}/{nanos:x}-{}",
-        ctx.config.node_id.as_str(),
-        std::process::id()
-    );
-    let value = key.as_bytes().to_vec();
-    let written = std::time::Instant::now();
-    if let Err(e) = etcd.put(&leader_url, key.as_bytes(), &value).await {
-        let error = one_line(&e.to_string());
-        report.problems.push(format!(
-            "write check: the write through the leader {leader_name} failed: {error}"
-        ));
-        report.healthy = false;
-        report.write_check = Some(WriteCheck {
-            key,
-            written: false,
-            error: Some(error),
-            members: Vec::new(),
-        });
-        return;
-    }
-    let wait = ctx.config.timeouts.request;
-    let mut reads = JoinSet::new();
-    for (index, member) in report.members.iter().enumerate() {
-        let client = member.client_urls.first().and_then(|u| Url::parse(u).ok());
-        let (etcd, key, value) = (etcd.clone(), key.clone(), value.clone());
-        reads.spawn(async move {
-            let Some(client) = client else {
-                return (
-                    index,
-                    None,
-                    Some("no client URL (never started)".to_owned()),
-                );
-            };
-            loop {
-                let last = match etcd.local_value(&client, key.as_bytes()).await {
-                    Ok(Some(v)) if v == value => return (index, Some(written.elapsed()), None),
-                    Ok(Some(_)) => "a different value".to_owned(),
-                    Ok(None) => "no such key yet".to_owned(),
-                    Err(e) => one_line(&e.to_string()),
-                };
-                if written.elapsed() >= wait {
-                    return (index, None, Some(last));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (put, get, delete) = (etcd.clone(), etcd.clone(), etcd);
+    super::write_check(
+        ctx,
+        report,
+        |member| Url::parse(member.client_urls.first()?).ok(),
+        |url, key, value| async move {
+            put.put(&url, key.as_bytes(), &value)
+                .await
+                .map_err(|e| one_line(&e.to_string()))
+        },
+        move |url, key| {
+            let get = get.clone();
+            async move {
+                get.local_value(&url, key.as_bytes())
+                    .await
+                    .map_err(|e| one_line(&e.to_string()))
             }
-        });
-    }
-    let mut read_backs: Vec<Option<ReadBack>> = report.members.iter().map(|_| None).collect();
-    while let Some(done) = reads.join_next().await {
-        let (index, seen_after, error) = done.expect("read-backs do not panic");
-        read_backs[index] = Some(ReadBack {
-            name: report.members[index].name.clone(),
-            seen: seen_after.is_some(),
-            after_ms: seen_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            error,
-        });
-    }
-    let read_backs: Vec<ReadBack> = read_backs.into_iter().flatten().collect();
-    for r in read_backs.iter().filter(|r| !r.seen) {
-        report.problems.push(format!(
-            "write check: member {} did not return the value written through {leader_name} \
-             within {}: {}",
-            r.name,
-            seconds(wait),
-            r.error.as_deref().unwrap_or("")
-        ));
-        report.healthy = false;
-    }
-    let mut error = None;
-    if let Err(e) = etcd.delete(&leader_url, key.as_bytes()).await {
-        let e = one_line(&e.to_string());
-        report
-            .problems
-            .push(format!("write check: {key} was left behind: {e}"));
-        error = Some(e);
-    }
-    report.write_check = Some(WriteCheck {
-        key,
-        written: true,
-        error,
-        members: read_backs,
-    });
-}
-
-/// A duration as the configuration writes it: `10s`, or `1500ms` when not whole seconds.
-fn seconds(d: std::time::Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
+        },
+        |url, key| async move {
+            delete
+                .delete(&url, key.as_bytes())
+                .await
+                .map_err(|e| one_line(&e.to_string()))
+        },
+    )
+    .await;
 }

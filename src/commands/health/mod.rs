@@ -167,7 +167,13 @@ pub async fn run(
                     }
                     other => other,
                 },
-                Service::Chainfire | Service::Flaredb => admin::check(&ctx, service).await,
+                Service::Chainfire | Service::Flaredb => match admin::check(&ctx, service).await {
+                    Ok(mut report) if write_check => {
+                        admin::write_check(&ctx, service, &mut report).await;
+                        Ok(report)
+                    }
+                    other => other,
+                },
                 Service::Iam => Ok(admin::check_iam(&ctx).await),
             };
             (index, report)
@@ -284,6 +290,125 @@ impl ServiceReport {
             endpoints,
             problems,
         }
+    }
+}
+
+/// The seed's "test write/read": a key unique to this check written through the leader, read
+/// back from every member's own view (so a member that does not replicate is caught), each
+/// member waited for until `timeouts.request` has passed since the write, then removed. The
+/// report gets the outcome, and a problem naming each member that never returned the value.
+async fn write_check<P, PF, G, GF, D, DF>(
+    ctx: &Context,
+    report: &mut ServiceReport,
+    api: impl Fn(&MemberReport) -> Option<Url>,
+    put: P,
+    get: G,
+    delete: D,
+) where
+    P: FnOnce(Url, String, Vec<u8>) -> PF,
+    PF: Future<Output = Result<(), String>>,
+    G: Fn(Url, String) -> GF + Clone + Send + 'static,
+    GF: Future<Output = Result<Option<Vec<u8>>, String>> + Send,
+    D: FnOnce(Url, String) -> DF,
+    DF: Future<Output = Result<(), String>>,
+{
+    let Some((leader_name, leader_url)) = report
+        .members
+        .iter()
+        .find(|m| m.role == "leader")
+        .and_then(|m| Some((m.name.clone(), api(m)?)))
+    else {
+        // No leader to write through: the verdict already says so.
+        return;
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let key = format!(
+        "/flint/health/{}/{nanos:x}-{}",
+        ctx.config.node_id.as_str(),
+        std::process::id()
+    );
+    // A JSON string, so that a store that keeps JSON takes it as well as one that keeps bytes.
+    let value = serde_json::to_vec(&key).expect("a string always serializes");
+    let written = std::time::Instant::now();
+    if let Err(error) = put(leader_url.clone(), key.clone(), value.clone()).await {
+        report.problems.push(format!(
+            "write check: the write through the leader {leader_name} failed: {error}"
+        ));
+        report.healthy = false;
+        report.write_check = Some(WriteCheck {
+            key,
+            written: false,
+            error: Some(error),
+            members: Vec::new(),
+        });
+        return;
+    }
+    let wait = ctx.config.timeouts.request;
+    let mut reads = JoinSet::new();
+    for (index, member) in report.members.iter().enumerate() {
+        let client = api(member);
+        let (get, key, value) = (get.clone(), key.clone(), value.clone());
+        reads.spawn(async move {
+            let Some(client) = client else {
+                return (index, None, Some("no API URL".to_owned()));
+            };
+            loop {
+                let last = match get(client.clone(), key.clone()).await {
+                    Ok(Some(v)) if v == value => return (index, Some(written.elapsed()), None),
+                    Ok(Some(_)) => "a different value".to_owned(),
+                    Ok(None) => "no such key yet".to_owned(),
+                    Err(e) => e,
+                };
+                if written.elapsed() >= wait {
+                    return (index, None, Some(last));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+    }
+    let mut read_backs: Vec<Option<ReadBack>> = report.members.iter().map(|_| None).collect();
+    while let Some(done) = reads.join_next().await {
+        let (index, seen_after, error) = done.expect("read-backs do not panic");
+        read_backs[index] = Some(ReadBack {
+            name: report.members[index].name.clone(),
+            seen: seen_after.is_some(),
+            after_ms: seen_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            error,
+        });
+    }
+    let read_backs: Vec<ReadBack> = read_backs.into_iter().flatten().collect();
+    for r in read_backs.iter().filter(|r| !r.seen) {
+        report.problems.push(format!(
+            "write check: member {} did not return the value written through {leader_name} \
+             within {}: {}",
+            r.name,
+            seconds(wait),
+            r.error.as_deref().unwrap_or("")
+        ));
+        report.healthy = false;
+    }
+    let error = delete(leader_url, key.clone()).await.err();
+    if let Some(e) = &error {
+        report
+            .problems
+            .push(format!("write check: {key} was left behind: {e}"));
+    }
+    report.write_check = Some(WriteCheck {
+        key,
+        written: true,
+        error,
+        members: read_backs,
+    });
+}
+
+/// A duration as the configuration writes it: `10s`, or `1500ms` when not whole seconds.
+fn seconds(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 
