@@ -214,17 +214,11 @@ async fn connection(
     loop {
         let waiting = Instant::now();
         let download = if io.read_ahead.is_empty() {
-            let mut line = [0u8; 64];
-            // A peek, not a wait for readiness: readiness left over from hyper's last read
-            // would say there is a request when there is none.
-            let peeked = tokio::time::timeout(shared.header_timeout, io.stream.peek(&mut line));
-            tokio::select! {
-                peeked = peeked => match peeked {
-                    Ok(Ok(n)) if n > 0 => wants_download(&line[..n]),
-                    // Closed by the client, failed, or silent for the header timeout.
-                    _ => return,
-                },
-                () = tracked.evict.notified() => return,
+            // Boxed, as serving is: in a storm a connection waits for its turn far longer than
+            // for its request, and its task should hold only what that wait needs.
+            match Box::pin(next_request(shared, tracked, &io.stream)).await {
+                Some(download) => download,
+                None => return,
             }
         } else {
             wants_download(&io.read_ahead)
@@ -254,6 +248,23 @@ async fn connection(
         }
         drop(turn);
         shared.connections.park(tracked);
+    }
+}
+
+/// Waits for the first bytes of the connection's next request, and says whether it is a
+/// download; None when the connection is to end: closed by the client, failed, silent for the
+/// header timeout, or chosen to make room.
+async fn next_request(shared: &Shared, tracked: &Tracked, stream: &TcpStream) -> Option<bool> {
+    let mut line = [0u8; 64];
+    // A peek, not a wait for readiness: readiness left over from hyper's last read would say
+    // there is a request when there is none.
+    let peeked = tokio::time::timeout(shared.header_timeout, stream.peek(&mut line));
+    tokio::select! {
+        peeked = peeked => match peeked {
+            Ok(Ok(n)) if n > 0 => Some(wants_download(&line[..n])),
+            _ => None,
+        },
+        () = tracked.evict.notified() => None,
     }
 }
 
