@@ -6,7 +6,7 @@
 # Builds flint (static, x86_64-unknown-linux-musl), starts a 3-member etcd cluster with TLS on the client
 # and peer side on a free 127.A.B.0/24, runs `flint join etcd --phase add` (node04 becomes a learner),
 # starts etcd #4 from the environment file flint wrote, runs `flint join etcd --phase promote` (node04
-# becomes a voter), shows `flint health`, then stops everything it started and removes its files.
+# becomes a voter), validates it with `flint health --expect-members 4 --write-check`, then stops everything it started and removes its files.
 # Exits non-zero when a step fails. LAB_KEEP=1 keeps the temp dir; LAB_SCHEME=http runs without TLS.
 set -euo pipefail
 
@@ -94,15 +94,18 @@ total=$(wc -l <<<"$members")
 [[ -s $LAB_STATE/.etcd-joined ]] || lab_die "no marker at $LAB_STATE/.etcd-joined after the promote phase"
 ok "4 voting members; flint left its marker: $(jq -c . "$LAB_STATE/.etcd-joined")"
 
-step "flint health: quorum, one leader, every member healthy"
-show "${flint_cmd[@]}" health 2>&1 | indent
-health=$("${flint_cmd[@]}" health --json) || lab_die "flint health --json exited non-zero: $health"
+step "flint health, as the seed validates: 4 members expected, one leader, a write read back from each"
+show "${flint_cmd[@]}" health --expect-members 4 --write-check 2>&1 | indent
+health=$("${flint_cmd[@]}" health --json --expect-members 4 --write-check) \
+    || lab_die "flint health --json --expect-members 4 --write-check exited non-zero: $health"
 jq -e '.healthy == true and ([.services[] | select(.service == "etcd")][0]
         | (.members | length) == 4
           and ([.members[] | select(.role == "leader")] | length) == 1
-          and all(.members[]; .healthy))' <<<"$health" >/dev/null \
-    || lab_die "flint health --json does not show 4 healthy members and one leader: $health"
-ok "flint health --json: healthy, 4 members, leader $(jq -r '.services[] | select(.service == "etcd") | .leader' <<<"$health")"
+          and all(.members[]; .healthy)
+          and .write_check.written and ([.write_check.members[] | select(.seen)] | length) == 4)' \
+    <<<"$health" >/dev/null \
+    || lab_die "flint health --json does not show 4 healthy members, one leader and the write on each: $health"
+ok "flint health --json: healthy, 4 members, leader $(jq -r '.services[] | select(.service == "etcd") | .leader' <<<"$health"), the write read back from all 4"
 
 step "Run once: with the marker present, a second join exits at once"
 show "${flint_cmd[@]}" join etcd 2>&1 | indent
@@ -117,5 +120,5 @@ done
 [[ ! -e $LAB_DIR ]] || [[ ${LAB_KEEP:-0} == 1 ]] || lab_die "$LAB_DIR is still there"
 ok "stopped PIDs ${stopped[*]}; nothing left behind"
 
-printf '\n%sDemo done in %d s after the build:%s node04 joined as a learner, was promoted to a voter,\nand flint health saw 4 healthy members and one leader.\n' \
+printf '\n%sDemo done in %d s after the build:%s node04 joined as a learner, was promoted to a voter,\nand flint health saw 4 healthy members, one leader, and a write read back from each.\n' \
     "$bold" $((SECONDS - started)) "$off"

@@ -214,6 +214,15 @@ fn the_write_check_reads_the_value_back_from_every_member_and_names_one_that_doe
     // Removed afterwards, as etcdctl sees it.
     let left = cluster.etcdctl(&["get", "--prefix", "/flint/health/"]);
     assert!(left.status.success() && left.stdout.is_empty(), "{left:?}");
+    let table = node.run(&["health", "--write-check"]);
+    table.assert_code(0, "the write check, as a table");
+    assert!(
+        table
+            .stdout
+            .contains("write check: read back from 3 of 3 members, the last "),
+        "{}",
+        table.describe()
+    );
     // Without the flag, nothing is written.
     let (_, json) = health_json(&node);
     assert!(etcd_report(&json)["write_check"].is_null(), "{json:#}");

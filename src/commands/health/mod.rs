@@ -495,6 +495,18 @@ fn table(report: &Report) -> String {
                 service.leader.as_deref().unwrap_or("none"),
             );
         }
+        if let Some(check) = service.write_check.as_ref().filter(|c| c.written) {
+            let seen: Vec<u64> = check.members.iter().filter_map(|m| m.after_ms).collect();
+            let _ = writeln!(
+                out,
+                "  write check: read back from {} of {} members{}",
+                seen.len(),
+                check.members.len(),
+                seen.iter().max().map_or(String::new(), |ms| format!(
+                    ", the last {ms} ms after the write"
+                ))
+            );
+        }
         for problem in &service.problems {
             let _ = writeln!(out, "  - {problem}");
         }
