@@ -249,6 +249,25 @@ fn normal(shared: &Shared, call: &Call, real: bool) -> Reply {
     }
 }
 
+/// The answer to a change asked of a listener that cannot commit it: during an election, no
+/// member can (what openraft reports as `ForwardToLeader { leader_id: None }`); otherwise a
+/// follower sends the client to the leader. None on the leader's own listener.
+fn not_the_leader(
+    shared: &Shared,
+    c: &cluster::Cluster,
+    call: &Call,
+    now: Instant,
+) -> Option<Reply> {
+    if c.electing(now) {
+        return Some(Reply::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "no leader elected yet", "leader": null}),
+        ));
+    }
+    (c.leader() != call.listener)
+        .then(|| leader_hint(shared, c.leader(), 307, &call.target, Form::Url))
+}
+
 fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
     let healthy = || Reply::json(StatusCode::OK, &json!({"status": "healthy"}));
     let now = Instant::now();
@@ -257,15 +276,8 @@ fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
         // The data API is not the admin API: the bearer token is not asked for (the client
         // certificate still is, when the server asks for one).
         (Route::KvPut | Route::KvDelete, Service::Cluster(c)) => {
-            if c.electing(now) {
-                return Reply::json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"error": "no leader elected yet", "leader": null}),
-                );
-            }
-            if c.leader() != call.listener {
-                let leader = c.leader().to_string();
-                return leader_hint(shared, &leader, 307, &call.target, Form::Url);
+            if let Some(refusal) = not_the_leader(shared, c, call, now) {
+                return refusal;
             }
             let key = kv_key(&call.target);
             if call.route == Route::KvPut {
@@ -288,17 +300,8 @@ fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
             Reply::json(StatusCode::OK, &list)
         }
         (Route::Add, Service::Cluster(c)) => {
-            // No member can commit a change without a leader; what openraft reports as
-            // `ForwardToLeader { leader_id: None }`.
-            if c.electing(now) {
-                return Reply::json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"error": "no leader elected yet", "leader": null}),
-                );
-            }
-            if c.leader() != call.listener {
-                let leader = c.leader().to_string();
-                return leader_hint(shared, &leader, 307, &call.target, Form::Url);
+            if let Some(refusal) = not_the_leader(shared, c, call, now) {
+                return refusal;
             }
             let (id, raft_addr) = match cluster::parse_add(&call.body) {
                 Ok(req) => req,
