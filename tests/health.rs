@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    CHAINFIRE_PORT, EtcdCluster, FlintOutput, Lab, Node, Secrets, TestServer, chain_node, sample,
+    CHAINFIRE_PORT, EtcdCluster, FlintOutput, Lab, Node, Secrets, TestServer, chain_node,
+    run_bounded, sample,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -348,27 +349,26 @@ fn curl_status(node: &Node, url: &str) -> String {
         let p = tls[k].as_str().expect("a tls path");
         node.dir.join(p).to_string_lossy().into_owned()
     };
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .args([
-            "--cacert",
-            &file("ca"),
-            "--cert",
-            &file("cert"),
-            "--key",
-            &file("key"),
-        ])
-        .arg(url)
-        .output()
-        .expect("run curl");
+    let mut curl = std::process::Command::new("curl");
+    curl.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ])
+    .args([
+        "--cacert",
+        &file("ca"),
+        "--cert",
+        &file("cert"),
+        "--key",
+        &file("key"),
+    ])
+    .arg(url);
+    let out = run_bounded(&mut curl, Duration::from_secs(10));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
