@@ -158,24 +158,24 @@ pub async fn run(
     for (index, service) in ctx.config.configured_services().iter().copied().enumerate() {
         let ctx = ctx.clone();
         checks.spawn(async move {
-            let report = match service {
-                Service::Etcd => match etcd::check(&ctx).await {
-                    // After the verdict: the members are read back from the list just taken.
-                    Ok(mut report) if write_check => {
-                        etcd::write_check(&ctx, &mut report).await;
-                        Ok(report)
-                    }
-                    other => other,
-                },
-                Service::Chainfire | Service::Flaredb => match admin::check(&ctx, service).await {
-                    Ok(mut report) if write_check => {
-                        admin::write_check(&ctx, service, &mut report).await;
-                        Ok(report)
-                    }
-                    other => other,
-                },
+            let mut report = match service {
+                Service::Etcd => etcd::check(&ctx).await,
+                Service::Chainfire | Service::Flaredb => admin::check(&ctx, service).await,
                 Service::Iam => Ok(admin::check_iam(&ctx).await),
             };
+            // After the verdict: the members are read back from the list just taken.
+            if let Ok(report) = report.as_mut()
+                && write_check
+            {
+                match service {
+                    Service::Etcd => etcd::write_check(&ctx, report).await,
+                    Service::Chainfire | Service::Flaredb => {
+                        admin::write_check(&ctx, service, report).await;
+                    }
+                    // Stateless: nothing to write.
+                    Service::Iam => {}
+                }
+            }
             (index, report)
         });
     }
