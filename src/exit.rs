@@ -48,3 +48,18 @@ impl fmt::Display for ExitStatus {
 pub trait Classify {
     fn exit_status(&self) -> ExitStatus;
 }
+
+/// The configuration is read by its own crate (shared with `flint-boot prepare`); what its
+/// errors mean to the units is flint's to say.
+impl Classify for flint_config::Error {
+    fn exit_status(&self) -> ExitStatus {
+        match self {
+            flint_config::Error::Read { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                ExitStatus::Permission
+            }
+            _ => ExitStatus::Config,
+        }
+    }
+}

@@ -5,11 +5,9 @@
 
 pub mod cli;
 pub mod commands;
-pub mod config;
 pub mod engines;
 pub mod error;
 pub mod exit;
-pub mod files;
 pub mod http;
 pub mod logging;
 pub mod privileges;
@@ -20,3 +18,5 @@ pub mod systemd;
 pub mod tls;
 
 pub use error::{Error, Result};
+pub use flint_config as config;
+pub use flint_config::files;

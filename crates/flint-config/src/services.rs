@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use url::Url;
 
-use super::raw::{RawAdmin, RawEtcd, RawIam};
-use super::{Endpoints, Error, NodeId, UrlPolicy, Validator, bare_url, env_peer_url, join_path};
+use crate::raw::{RawAdmin, RawEtcd, RawIam};
+use crate::{Endpoints, Error, NodeId, UrlPolicy, Validator, bare_url, env_peer_url, join_path};
 
 /// The services flint knows, in the seed's start-up order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -119,13 +119,13 @@ pub struct IamAdmin {
 }
 
 /// The top-level fields every cluster section falls back to.
-pub(super) struct TopLevel<'a> {
-    pub(super) node_id: &'a str,
-    pub(super) bootstrap: bool,
-    pub(super) leader: Option<Url>,
-    pub(super) peers: Vec<Url>,
-    pub(super) raft: Option<String>,
-    pub(super) policy: UrlPolicy,
+pub(crate) struct TopLevel<'a> {
+    pub(crate) node_id: &'a str,
+    pub(crate) bootstrap: bool,
+    pub(crate) leader: Option<Url>,
+    pub(crate) peers: Vec<Url>,
+    pub(crate) raft: Option<String>,
+    pub(crate) policy: UrlPolicy,
 }
 
 impl TopLevel<'_> {
@@ -166,7 +166,7 @@ fn endpoints(leader: Url, peers: Vec<Url>) -> Endpoints {
 }
 
 impl Validator<'_> {
-    pub(super) fn etcd(&self, raw: RawEtcd, top: &TopLevel) -> Result<EtcdSettings, Error> {
+    pub(crate) fn etcd(&self, raw: RawEtcd, top: &TopLevel) -> Result<EtcdSettings, Error> {
         let (top_leader, top_peers, top_raft) = top.for_service(Service::Etcd);
         let policy = top.policy;
         let leader = match raw.leader_url.as_deref() {
@@ -284,7 +284,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn admin(
+    pub(crate) fn admin(
         &self,
         service: Service,
         raw: RawAdmin,
@@ -347,7 +347,7 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn iam(&self, raw: RawIam, top: &TopLevel) -> Result<IamSettings, Error> {
+    pub(crate) fn iam(&self, raw: RawIam, top: &TopLevel) -> Result<IamSettings, Error> {
         let policy = top.policy;
         let url = match raw.url.as_deref() {
             Some(u) => self.url("iam.url", u, policy)?,

@@ -1,8 +1,13 @@
 //! `cluster-config.json`: where it is found, its raw shape, and the validated settings built from it.
 //!
 //! Parsing goes in two stages: serde structs that mirror the file (every unknown field rejected),
-//! then typed settings (`Url`, `Duration`, `NodeId`, ...). Nothing past this module re-checks a
+//! then typed settings (`Url`, `Duration`, `NodeId`, ...). Nothing past this crate re-checks a
 //! value, and every error names the file and the field.
+//!
+//! A crate of its own so that `flint-boot prepare` writes configs checked by the very code the
+//! node runs on them, without linking the node's HTTP client.
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::net::IpAddr;
@@ -11,8 +16,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::exit::{Classify, ExitStatus};
-
+pub mod files;
 mod raw;
 mod services;
 
@@ -88,17 +92,6 @@ pub use flint_json::one_line;
 
 fn shown(path: &Path) -> String {
     one_line(&path.display().to_string())
-}
-
-impl Classify for Error {
-    fn exit_status(&self) -> ExitStatus {
-        match self {
-            Error::Read { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
-                ExitStatus::Permission
-            }
-            _ => ExitStatus::Config,
-        }
-    }
 }
 
 /// A node's name as the cluster knows it: etcd's member name, the admin API's member id.
@@ -214,9 +207,9 @@ pub fn locate(credentials_dir: Option<&Path>, cli: Option<&Path>) -> PathBuf {
     cli.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf)
 }
 
-/// The file's text, read as `crate::files` reads the node's files: regular, bounded, UTF-8.
+/// The file's text, read as `files` reads the node's files: regular, bounded, UTF-8.
 fn read_bounded(path: &Path) -> Result<String, Error> {
-    crate::files::read_text(path, crate::files::MAX_TEXT).map_err(|source| Error::Read {
+    files::read_text(path, files::MAX_TEXT).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })
@@ -324,7 +317,7 @@ impl Config {
     }
 }
 
-pub(super) struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     path: &'a Path,
 }
 
@@ -564,7 +557,7 @@ impl Validator<'_> {
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct UrlPolicy {
+pub(crate) struct UrlPolicy {
     has_ca: bool,
     allow_plaintext: bool,
 }
