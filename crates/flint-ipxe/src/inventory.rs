@@ -16,6 +16,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::cluster::{Cluster, ClusterNode, RawCluster, RawNodeCluster};
 use crate::safe;
 
 /// The largest inventory read. A 50 MB one, tens of thousands of nodes, takes seconds to parse;
@@ -226,6 +227,8 @@ pub struct Node {
     pub profile: String,
     pub uuid: Option<Uuid>,
     pub addresses: Vec<IpAddr>,
+    /// The node's part in the inventory's cluster, when it has one.
+    pub cluster: Option<ClusterNode>,
 }
 
 /// What to do with a machine that is in no node entry.
@@ -249,6 +252,7 @@ pub struct Inventory {
     profiles: BTreeMap<String, Profile>,
     nodes: Vec<Node>,
     unknown: UnknownPolicy,
+    cluster: Option<Cluster>,
     by_mac: HashMap<Mac, usize>,
     by_uuid: HashMap<Uuid, usize>,
 }
@@ -409,6 +413,11 @@ impl Inventory {
         &self.unknown
     }
 
+    /// The cluster the nodes form, for `flint-boot prepare`; every node has its part in it.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
     pub fn node_by_name(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }
@@ -423,6 +432,7 @@ struct RawInventory {
     #[serde(default)]
     nodes: Vec<RawNode>,
     unknown: Option<RawUnknown>,
+    cluster: Option<RawCluster>,
 }
 
 #[derive(Deserialize)]
@@ -454,6 +464,10 @@ struct RawNode {
     uuid: Option<String>,
     #[serde(default)]
     addresses: Vec<String>,
+    raft_addr: Option<String>,
+    #[serde(default)]
+    initial: bool,
+    services: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -463,7 +477,7 @@ struct RawUnknown {
     profile: Option<String>,
 }
 
-struct Validator<'f> {
+pub(crate) struct Validator<'f> {
     file: &'f str,
     errors: Vec<InventoryError>,
 }
@@ -478,12 +492,12 @@ fn serde_path(p: &str) -> String {
     if p == "?" { ".".into() } else { key(p) }
 }
 
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     format!("{:?}", s.chars().take(80).collect::<String>())
 }
 
 impl Validator<'_> {
-    fn err(&mut self, path: String, expected: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: String, expected: impl Into<String>) {
         self.errors.push(InventoryError {
             file: self.file.into(),
             path,
@@ -559,7 +573,13 @@ impl Validator<'_> {
         let mut by_mac = HashMap::new();
         let mut by_uuid = HashMap::new();
         let mut names: HashMap<String, usize> = HashMap::new();
+        let mut cluster_fields = Vec::new();
         for (i, n) in raw.nodes.into_iter().enumerate() {
+            cluster_fields.push(RawNodeCluster {
+                raft_addr: n.raft_addr,
+                initial: n.initial,
+                services: n.services,
+            });
             let path = format!("nodes[{i}]");
             self.check(format!("{path}.name"), &n.name, safe::name);
             if let Some(first) = names.insert(n.name.clone(), i) {
@@ -642,7 +662,12 @@ impl Validator<'_> {
                 profile: n.profile,
                 uuid,
                 addresses,
+                cluster: None,
             });
+        }
+        let (cluster, parts) = self.cluster(raw.cluster, cluster_fields);
+        for (node, part) in nodes.iter_mut().zip(parts) {
+            node.cluster = part;
         }
 
         let unknown = match raw.unknown {
@@ -656,6 +681,7 @@ impl Validator<'_> {
             profiles,
             nodes,
             unknown,
+            cluster,
             by_mac,
             by_uuid,
         }

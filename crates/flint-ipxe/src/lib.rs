@@ -5,10 +5,12 @@
 //! machine boots; [`render_boot_ipxe`], [`render_static_boot_ipxe`] and [`Inventory::render`]
 //! write the scripts.
 
+mod cluster;
 mod inventory;
 mod render;
 pub mod safe;
 
+pub use cluster::{Cluster, ClusterNode, ClusterService, DEFAULT_SERVICES, IamIdentity, Ports};
 pub use inventory::{
     Arch, Images, Inventory, InventoryError, InventoryErrors, Mac, Node, Profile, Selection,
     UnknownPolicy, Uuid,
