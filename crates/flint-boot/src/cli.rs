@@ -22,6 +22,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write boot.ipxe and every script `serve` can answer as static files under DIR.
     Render(RenderArgs),
+    /// Write every node's secrets folder (cluster-config.json, CA and node certificates,
+    /// tokens) from the inventory's cluster, under DIR/nodes/NAME; what stays with the operator
+    /// (the CA key, the tokens' originals) goes to DIR/cluster. Reruns change nothing.
+    Prepare(PrepareArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,5 +131,32 @@ pub struct RenderArgs {
     pub public_url: Option<String>,
     /// The web root to write into; render replaces only DIR/boot.ipxe and DIR/ipxe/ (swapped
     /// whole, so a web server never sees a mix of old and new scripts) and leaves the rest.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// The inventory (JSON), with a `cluster` section.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Sign with this CA certificate (PEM) instead of the one prepare makes in DIR/cluster.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The key of --ca-cert; refused when readable by group or others.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// The first admin's public key (PEM) for IAM's setup, instead of a key pair prepare makes
+    /// in DIR/cluster.
+    #[arg(long, value_name = "FILE")]
+    pub iam_admin_key: Option<PathBuf>,
+    /// Replace every node's private keys (and so its certificates). Without it a key is never
+    /// overwritten.
+    #[arg(long)]
+    pub rotate_keys: bool,
+    /// Days a node certificate is valid; a rerun reissues one with less than a third left.
+    #[arg(long, value_name = "DAYS", default_value_t = 365,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub cert_days: u32,
+    /// The folder to write.
     pub dir: PathBuf,
 }

@@ -6,6 +6,7 @@ mod exit;
 pub mod http;
 pub mod inventory;
 pub mod metrics;
+pub mod prepare;
 pub mod render;
 pub mod served;
 pub mod tftp;

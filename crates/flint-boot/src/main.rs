@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use flint_boot::inventory::{self, SharedInventory};
 use flint_boot::metrics::Metrics;
-use flint_boot::{ExitError, dhcp, http, render, served, tftp};
+use flint_boot::{ExitError, dhcp, http, prepare, render, served, tftp};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         cli::Command::Render(args) => render_command(&args),
+        cli::Command::Prepare(args) => prepare_command(args),
         cli::Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -70,6 +71,20 @@ fn load_inventory(path: &Path, metrics: Arc<Metrics>) -> Result<SharedInventory,
 fn boot_script(public_url: Option<&str>) -> Result<String, ExitError> {
     flint_ipxe::render_boot_ipxe(public_url)
         .map_err(|e| ExitError::Config(format!("--public-url: {e}")))
+}
+
+fn prepare_command(args: cli::PrepareArgs) -> Result<(), ExitError> {
+    let options = prepare::Options {
+        inventory: args.inventory,
+        dir: args.dir,
+        ca: args.ca_cert.zip(args.ca_key),
+        iam_admin_key: args.iam_admin_key,
+        rotate_keys: args.rotate_keys,
+        cert_validity: std::time::Duration::from_secs(u64::from(args.cert_days) * 24 * 3600),
+    };
+    let report = prepare::run(&options)?;
+    println!("{report}");
+    Ok(())
 }
 
 fn render_command(args: &cli::RenderArgs) -> Result<(), ExitError> {
