@@ -168,7 +168,7 @@ fn the_expected_member_count_names_a_missing_or_an_extra_member() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p == "1 member missing: 3 listed, 4 expected"),
+            .any(|p| p == "1 member missing: 3 listed (node01, node02, node03), 4 expected"),
         "{etcd:#}"
     );
 
@@ -176,7 +176,8 @@ fn the_expected_member_count_names_a_missing_or_an_extra_member() {
     let out = node.run(&["health", "--expect-members", "2"]);
     out.assert_code(1, "health with an extra member");
     assert!(
-        out.stdout.contains("1 extra member: 3 listed, 2 expected"),
+        out.stdout
+            .contains("1 extra member: 3 listed (node01, node02, node03), 2 expected"),
         "{}",
         out.describe()
     );

@@ -37,7 +37,12 @@ pub struct EtcdProcess {
 }
 
 impl EtcdProcess {
-    fn spawn(name: &str, client_url: String, mut command: Command, log: PathBuf) -> EtcdProcess {
+    pub fn spawn(
+        name: &str,
+        client_url: String,
+        mut command: Command,
+        log: PathBuf,
+    ) -> EtcdProcess {
         let out = File::create(&log).expect("create etcd log");
         let err = out.try_clone().expect("clone log handle");
         let child = command
@@ -52,6 +57,10 @@ impl EtcdProcess {
             log,
             child,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_tail(&self) -> String {

@@ -59,6 +59,9 @@ pub struct ServerOptions {
     pub leader: Option<String>,
     /// `--role-case` (cluster only): `lower` (default) or `title`.
     pub role_case: Option<&'static str>,
+    /// Each listener's certificate and key, in the listeners' order (each node its own, as
+    /// `flint-boot prepare` writes them); empty: the lab's server certificate for all.
+    pub identities: Vec<(PathBuf, PathBuf)>,
 }
 
 impl ServerOptions {
@@ -157,10 +160,18 @@ impl TestServer {
             args.push("--listen".into());
             args.push(format!("{ip}:{port}"));
         }
-        args.push("--cert".into());
-        args.push(lab.pki.path("server.pem").display().to_string());
-        args.push("--key".into());
-        args.push(lab.pki.path("server-key.pem").display().to_string());
+        let shared = [(lab.pki.path("server.pem"), lab.pki.path("server-key.pem"))];
+        let identities = if opts.identities.is_empty() {
+            &shared[..]
+        } else {
+            &opts.identities[..]
+        };
+        for (cert, key) in identities {
+            args.push("--cert".into());
+            args.push(cert.display().to_string());
+            args.push("--key".into());
+            args.push(key.display().to_string());
+        }
         if let Some(ca) = &opts.client_ca {
             args.push("--client-ca".into());
             args.push(ca.display().to_string());

@@ -33,12 +33,13 @@ pub struct Common {
     /// An address to serve HTTPS on (127.0.0.0/8 only); repeat it. The k-th is node0k.
     #[arg(long = "listen", value_name = "IP:PORT", required = true)]
     pub listen: Vec<SocketAddr>,
-    /// The server certificate chain (PEM).
-    #[arg(long, value_name = "PEM")]
-    pub cert: PathBuf,
-    /// The server's private key (PEM).
-    #[arg(long, value_name = "PEM")]
-    pub key: PathBuf,
+    /// The server certificate chain (PEM): once for every listener, or once per `--listen`, in
+    /// the same order (each node with its own certificate, as `flint-boot prepare` makes them).
+    #[arg(long, value_name = "PEM", required = true)]
+    pub cert: Vec<PathBuf>,
+    /// The server's private key (PEM), as many times as `--cert`.
+    #[arg(long, value_name = "PEM", required = true)]
+    pub key: Vec<PathBuf>,
     /// Require client certificates signed by this CA (mTLS).
     #[arg(long, value_name = "PEM")]
     pub client_ca: Option<PathBuf>,
@@ -90,8 +91,8 @@ pub struct IamArgs {
 pub struct Settings {
     pub mode: Mode,
     pub listeners: Vec<Listener>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// Each listener's certificate chain and key, in the listeners' order.
+    pub identities: Vec<(PathBuf, PathBuf)>,
     pub client_ca: Option<PathBuf>,
     pub token: Option<String>,
     pub faults: Vec<Fault>,
@@ -124,6 +125,15 @@ pub enum Error {
     Members { given: usize, listeners: usize },
     #[error("--leader {leader} is not one of the initial members ({members})")]
     Leader { leader: String, members: String },
+    #[error(
+        "{certs} --cert and {keys} --key for {listeners} --listen: give one pair for every \
+         listener, or one pair per listener"
+    )]
+    Identities {
+        certs: usize,
+        keys: usize,
+        listeners: usize,
+    },
     #[error("listener {0} has port 65535, so its raft port (port + 1) does not exist")]
     RaftPort(SocketAddr),
     #[error("cannot read {}: {source}", path.display())]
@@ -216,6 +226,19 @@ impl Cli {
                 addr,
             });
         }
+        let identities = match (common.cert.len(), common.key.len()) {
+            (1, 1) => vec![(common.cert[0].clone(), common.key[0].clone()); listeners.len()],
+            (c, k) if c == k && c == listeners.len() => {
+                common.cert.into_iter().zip(common.key).collect()
+            }
+            (certs, keys) => {
+                return Err(Error::Identities {
+                    certs,
+                    keys,
+                    listeners: listeners.len(),
+                });
+            }
+        };
         let control = loopback("--control", common.control)?;
         if !seen.insert(control) {
             return Err(Error::Duplicate(control));
@@ -243,8 +266,7 @@ impl Cli {
         Ok(Settings {
             mode,
             listeners,
-            cert: common.cert,
-            key: common.key,
+            identities,
             client_ca: common.client_ca,
             token,
             faults,
@@ -335,5 +357,84 @@ mod tests {
             base(&["--initial-members", "1", "--token-file", "/nonexistent/t"])
                 .contains("/nonexistent/t")
         );
+    }
+
+    #[test]
+    fn one_certificate_for_all_listeners_or_one_each() {
+        let listen = [
+            "iam",
+            "--token-file",
+            "/dev/null",
+            "--listen",
+            "127.1.2.11:8080",
+            "--listen",
+            "127.1.2.12:8080",
+            "--control",
+            "127.0.0.1:9000",
+        ];
+        let with = |pairs: &[&'static str]| {
+            let mut a = listen.to_vec();
+            a.extend_from_slice(pairs);
+            let mut argv = vec!["flint-testserver"];
+            argv.extend_from_slice(&a);
+            Cli::try_parse_from(argv).unwrap().into_settings()
+        };
+        let err = with(&["--cert", "a.pem", "--key", "a-key.pem", "--cert", "b.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2 --cert and 1 --key for 2 --listen"), "{err}");
+        let err = with(&[
+            "--cert",
+            "a.pem",
+            "--key",
+            "a-key.pem",
+            "--cert",
+            "b.pem",
+            "--key",
+            "b-key.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "c-key.pem",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("3 --cert and 3 --key for 2 --listen"), "{err}");
+    }
+
+    #[test]
+    fn each_listener_gets_its_own_identity() {
+        let mut args = vec![
+            "cluster",
+            "--listen",
+            "127.1.2.11:2379",
+            "--listen",
+            "127.1.2.12:2379",
+            "--initial-members",
+            "2",
+            "--cert",
+            "a.pem",
+            "--key",
+            "a-key.pem",
+            "--cert",
+            "b.pem",
+            "--key",
+            "b-key.pem",
+        ];
+        args.extend(["--control", "127.0.0.1:9000"]);
+        let s = settings(&args).unwrap();
+        assert_eq!(
+            s.identities,
+            vec![
+                (PathBuf::from("a.pem"), PathBuf::from("a-key.pem")),
+                (PathBuf::from("b.pem"), PathBuf::from("b-key.pem"))
+            ]
+        );
+        let mut shared = vec!["cluster", "--listen", "127.1.2.11:2379"];
+        shared.extend(["--listen", "127.1.2.12:2379", "--initial-members", "2"]);
+        shared.extend(TLS);
+        let s = settings(&shared).unwrap();
+        assert_eq!(s.identities.len(), 2);
+        assert_eq!(s.identities[0], s.identities[1]);
     }
 }

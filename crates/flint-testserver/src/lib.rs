@@ -39,8 +39,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let tls = tls::server_config(&settings.cert, &settings.key, settings.client_ca.as_deref())?;
-    let acceptor = TlsAcceptor::from(tls);
     let (service, role_case) = match settings.mode {
         Mode::Cluster {
             members,
@@ -63,17 +61,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     // Bind everything before serving anything, so a taken address fails the start cleanly.
     let mut bound = Vec::new();
-    for l in &settings.listeners {
+    for (l, (cert, key)) in settings.listeners.iter().zip(&settings.identities) {
+        let tls = tls::server_config(cert, key, settings.client_ca.as_deref())?;
         let tcp = TcpListener::bind(l.addr)
             .await
             .with_context(|| format!("cannot listen on {} ({})", l.addr, l.name))?;
-        bound.push((tcp, l.clone()));
+        bound.push((tcp, l.clone(), TlsAcceptor::from(tls)));
     }
     let control_tcp = TcpListener::bind(settings.control)
         .await
         .with_context(|| format!("cannot listen on {} (control API)", settings.control))?;
 
-    for (tcp, l) in bound {
+    for (tcp, l, acceptor) in bound {
         let shared = shared.clone();
         let conn = Conn {
             listener: l.name.clone(),
@@ -81,7 +80,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         };
         tokio::spawn(http::serve(
             tcp,
-            Some(acceptor.clone()),
+            Some(acceptor),
             conn,
             move |req, conn, cut| admin::handle(shared.clone(), req, conn, cut),
         ));

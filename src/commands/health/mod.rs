@@ -220,15 +220,23 @@ impl ServiceReport {
             return;
         }
         let found = self.members.len();
+        // Named, so the member that should not be there (a node added twice, one to remove) is
+        // found without a second command; one that never started has only its ID.
+        let listed = self
+            .members
+            .iter()
+            .map(|m| if m.name.is_empty() { &m.id } else { &m.name }.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let problem = match found.cmp(&expected) {
             std::cmp::Ordering::Equal => return,
             std::cmp::Ordering::Less => format!(
-                "{} member{} missing: {found} listed, {expected} expected",
+                "{} member{} missing: {found} listed ({listed}), {expected} expected",
                 expected - found,
                 if expected - found == 1 { "" } else { "s" }
             ),
             std::cmp::Ordering::Greater => format!(
-                "{} extra member{}: {found} listed, {expected} expected",
+                "{} extra member{}: {found} listed ({listed}), {expected} expected",
                 found - expected,
                 if found - expected == 1 { "" } else { "s" }
             ),

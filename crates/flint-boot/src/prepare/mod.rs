@@ -222,7 +222,7 @@ pub fn run(options: &Options) -> Result<Report, ExitError> {
             (SERVER_KEY, SERVER_CERT, Usage::Server, &names),
         ];
         if part.runs(ClusterService::Etcd) {
-            pairs.push((ETCD_PEER_KEY, ETCD_PEER_CERT, Usage::Peer, &names));
+            pairs.push((ETCD_PEER_KEY, ETCD_PEER_CERT, Usage::Server, &names));
         }
         for (key_file, cert_file, usage, names) in pairs {
             let wanted = Wanted {

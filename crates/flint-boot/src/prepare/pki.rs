@@ -81,23 +81,23 @@ impl Ca {
 /// What a node certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
-    /// The node's services' listeners.
+    /// A listener: the node's services, etcd's client and peer ports. Client auth too: etcd's
+    /// members dial each other with their peer certificate, and etcd's HTTP gateway dials its
+    /// own gRPC port with its server certificate, refused without it when client certificates
+    /// are required (etcd-io/etcd#9785, #16590; kubeadm's etcd certificates carry both).
     Server,
     /// The node as a client: flint's mTLS, the services' calls to each other.
     Client,
-    /// etcd's peer listener, which also dials the other members: both.
-    Peer,
 }
 
 impl Usage {
     fn purposes(self) -> Vec<ExtendedKeyUsagePurpose> {
         match self {
-            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Usage::Peer => vec![
+            Usage::Server => vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
         }
     }
 }
