@@ -182,59 +182,16 @@ pub fn run(options: &Options) -> Result<Report, ExitError> {
     };
 
     let nodes_dir = options.dir.join("nodes");
-    let mut folders = Vec::new();
-    for me in &members {
-        let name = &me.node.name;
-        let mut folder = Folder::open(&nodes_dir.join(name), &format!("nodes/{name}"))?;
-        let config = node_config::render(cluster, &members, me);
-        let text = format!(
-            "{}\n",
-            serde_json::to_string_pretty(&config).expect("a JSON value serializes")
-        );
-        check_config(folder.path(), &text)?;
-        folder.put(CONFIG, text, Secrecy::Public)?;
-        folder.put(CA, ca.pem.clone(), Secrecy::Public)?;
-        let part = me.part;
-        if let Some(token) = &join_token
-            && (part.runs(ClusterService::Chainfire) || part.runs(ClusterService::Flaredb))
-        {
-            folder.put(JOIN_TOKEN, token.clone(), Secrecy::Secret)?;
-        }
-        if let (Some(token), Some(public)) = (&iam_token, &admin_pub)
-            && part.runs(ClusterService::Iam)
-        {
-            folder.put(IAM_TOKEN, token.clone(), Secrecy::Secret)?;
-            folder.put(IAM_ADMIN_PUB, public.clone(), Secrecy::Public)?;
-        }
-        let validity = options.cert_validity;
-        let names = server_names(cluster.domain.as_deref(), me);
-        let client_names = Names {
-            dns: names
-                .dns
-                .iter()
-                .filter(|d| d.split('.').next() == Some(name.as_str()))
-                .cloned()
-                .collect(),
-            ips: BTreeSet::new(),
-        };
-        let mut pairs = vec![
-            (NODE_KEY, NODE_CERT, Usage::Client, &client_names),
-            (SERVER_KEY, SERVER_CERT, Usage::Server, &names),
-        ];
-        if part.runs(ClusterService::Etcd) {
-            pairs.push((ETCD_PEER_KEY, ETCD_PEER_CERT, Usage::Server, &names));
-        }
-        for (key_file, cert_file, usage, names) in pairs {
-            let wanted = Wanted {
-                common_name: name,
-                names,
-                usage,
-                validity,
-            };
-            key_and_certificate(&mut folder, key_file, cert_file, &ca, &wanted, options)?;
-        }
-        folders.push(folder);
-    }
+    let shared = Shared {
+        cluster,
+        members: &members,
+        nodes_dir: &nodes_dir,
+        ca: &ca,
+        join_token: join_token.as_deref(),
+        iam: iam_token.as_deref().zip(admin_pub.as_deref()),
+        options,
+    };
+    let folders = plan_nodes(&shared)?;
 
     let listed: BTreeSet<&str> = members.iter().map(|m| m.node.name.as_str()).collect();
     let not_in_inventory = files::subfolders(&nodes_dir)?
@@ -252,6 +209,101 @@ pub fn run(options: &Options) -> Result<Report, ExitError> {
         folders: reports,
         not_in_inventory,
     })
+}
+
+/// What every node's folder is planned from.
+struct Shared<'a> {
+    cluster: &'a flint_ipxe::Cluster,
+    members: &'a [Member<'a>],
+    nodes_dir: &'a Path,
+    ca: &'a Ca,
+    join_token: Option<&'a str>,
+    /// IAM's bootstrap token and the admin's public key.
+    iam: Option<(&'a str, &'a str)>,
+    options: &'a Options,
+}
+
+/// Every node's folder, planned on all cores: reading back and checking a thousand nodes'
+/// certificates (or making their keys) is CPU work, each node's its own. The first failure in the
+/// inventory's order is the one reported.
+fn plan_nodes(shared: &Shared<'_>) -> Result<Vec<Folder>, ExitError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = shared.members.len().div_ceil(threads).max(1);
+    let planned: Vec<Result<Vec<Folder>, ExitError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = shared
+            .members
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|me| plan_node(shared, me)).collect()))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("planning a node does not panic"))
+            .collect()
+    });
+    let mut folders = Vec::with_capacity(shared.members.len());
+    for part in planned {
+        folders.extend(part?);
+    }
+    Ok(folders)
+}
+
+fn plan_node(shared: &Shared<'_>, me: &Member<'_>) -> Result<Folder, ExitError> {
+    let name = &me.node.name;
+    let part = me.part;
+    let mut folder = Folder::open(&shared.nodes_dir.join(name), &format!("nodes/{name}"))?;
+    let config = node_config::render(shared.cluster, shared.members, me);
+    let text = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&config).expect("a JSON value serializes")
+    );
+    check_config(folder.path(), &text)?;
+    folder.put(CONFIG, text, Secrecy::Public)?;
+    folder.put(CA, shared.ca.pem.clone(), Secrecy::Public)?;
+    if let Some(token) = shared.join_token
+        && (part.runs(ClusterService::Chainfire) || part.runs(ClusterService::Flaredb))
+    {
+        folder.put(JOIN_TOKEN, token.to_owned(), Secrecy::Secret)?;
+    }
+    if let Some((token, public)) = shared.iam
+        && part.runs(ClusterService::Iam)
+    {
+        folder.put(IAM_TOKEN, token.to_owned(), Secrecy::Secret)?;
+        folder.put(IAM_ADMIN_PUB, public.to_owned(), Secrecy::Public)?;
+    }
+    let names = server_names(shared.cluster.domain.as_deref(), me);
+    let client_names = Names {
+        dns: names
+            .dns
+            .iter()
+            .filter(|d| d.split('.').next() == Some(name.as_str()))
+            .cloned()
+            .collect(),
+        ips: BTreeSet::new(),
+    };
+    let mut pairs = vec![
+        (NODE_KEY, NODE_CERT, Usage::Client, &client_names),
+        (SERVER_KEY, SERVER_CERT, Usage::Server, &names),
+    ];
+    if part.runs(ClusterService::Etcd) {
+        pairs.push((ETCD_PEER_KEY, ETCD_PEER_CERT, Usage::Server, &names));
+    }
+    for (key_file, cert_file, usage, names) in pairs {
+        let wanted = Wanted {
+            common_name: name,
+            names,
+            usage,
+            validity: shared.options.cert_validity,
+        };
+        key_and_certificate(
+            &mut folder,
+            key_file,
+            cert_file,
+            shared.ca,
+            &wanted,
+            shared.options,
+        )?;
+    }
+    Ok(folder)
 }
 
 /// The config as flint would load it from the node's folder: one it refuses is never written.
