@@ -6,8 +6,12 @@
 #   lab_init SECONDS            temp dir, EXIT trap that stops what we started, a watchdog after SECONDS
 #   lab_pick_net                a free 127.A.B.0/24: member i is 127.A.B.(10+i), ports 2379 and 2380
 #   lab_make_certs              CA, server certificate (SANs: the lab's IPs), client certificate
+#   lab_prepare N INITIAL       instead of lab_make_certs: an inventory of N etcd nodes (the first
+#                               INITIAL the initial members) and `flint-boot prepare`'s folders for
+#                               them (sets LAB_INVENTORY, LAB_PREPARED; needs FLINT_BOOT)
 #   lab_start_cluster N         N voting members, TLS on the client and peer side; exports ETCDCTL_*
 #   lab_write_flint_config I    node I's cluster-config.json and certificates; sets LAB_CONFIG, LAB_STATE
+#                               (after lab_prepare: the config and folder prepare wrote for node I)
 #   lab_start_joiner I LOADER ARG
 #                               etcd #I with its ETCD_* settings from `LOADER ARG`, run in the child:
 #                               lab_env_file FILE (flint's etcd.env) or lab_env_eval TEXT (etcdctl's lines)
@@ -52,6 +56,15 @@ lab_build_flint() {
         || lab_die "cargo build --release --target x86_64-unknown-linux-musl failed"
     FLINT=$repo/target/x86_64-unknown-linux-musl/release/flint
     [[ -x $FLINT ]] || lab_die "no binary at $FLINT after the build"
+}
+
+# Builds flint-boot the same way; FLINT_BOOT is its path.
+lab_build_flint_boot() {
+    local repo=$1
+    cargo build --release --target x86_64-unknown-linux-musl --manifest-path "$repo/Cargo.toml" -p flint-boot \
+        || lab_die "cargo build --release --target x86_64-unknown-linux-musl -p flint-boot failed"
+    FLINT_BOOT=$repo/target/x86_64-unknown-linux-musl/release/flint-boot
+    [[ -x $FLINT_BOOT ]] || lab_die "no binary at $FLINT_BOOT after the build"
 }
 
 lab_init() {
@@ -235,16 +248,57 @@ EOF
     lab_info "CA, server certificate (SANs 127.0.0.1, ${LAB_NET}.11-$((10 + LAB_MAX_MEMBERS))), client certificate in $pki"
 }
 
+# The seed's preparation phase for the lab: an inventory of N nodes that run etcd on its
+# registered ports (the first INITIAL the initial members, N members expected in all), and
+# `flint-boot prepare`'s folders: each node's certificates, its cluster-config.json, and the
+# operator's client certificate for etcdctl. The members and flint then take everything from them.
+lab_prepare() {
+    local n=$1 initial=$2 i nodes="" first
+    [[ $LAB_SCHEME == https ]] || lab_die "prepare makes TLS certificates: LAB_SCHEME must be https"
+    ((n <= LAB_MAX_MEMBERS)) || lab_die "the lab has room for $LAB_MAX_MEMBERS members"
+    for i in $(seq 1 "$n"); do
+        first=false
+        ((i <= initial)) && first=true
+        nodes+="${nodes:+,
+    }{\"name\": \"$(lab_name "$i")\", \"mac\": \"52:54:00:00:00:0$i\", \"profile\": \"node\",
+     \"raft_addr\": \"$(lab_ip "$i"):2380\", \"initial\": $first}"
+    done
+    LAB_INVENTORY=$LAB_DIR/inventory.json
+    LAB_PREPARED=$LAB_DIR/secrets
+    cat >"$LAB_INVENTORY" <<EOF
+{
+  "profiles": {"node": {"kernel": "node/vmlinuz", "initrds": ["node/initrd"]}},
+  "nodes": [
+    $nodes
+  ],
+  "cluster": {"services": ["etcd"], "ports": {"etcd": 2379, "etcd_peer": 2380}, "expected_members": $n}
+}
+EOF
+    "$FLINT_BOOT" prepare --inventory "$LAB_INVENTORY" "$LAB_PREPARED" >"$LAB_DIR/logs/prepare.log" 2>&1 || {
+        cat "$LAB_DIR/logs/prepare.log" >&2
+        lab_die "flint-boot prepare failed"
+    }
+}
+
 # LAB_ARGS: the flags member I always has (data dir, listen and advertise URLs, TLS).
 lab_member_args() {
-    local i=$1 pki=$LAB_DIR/pki
+    local i=$1 pki=$LAB_DIR/pki node
     LAB_ARGS=(
         --data-dir "$LAB_DIR/$(lab_name "$i")/etcd-data"
         --listen-client-urls "$(lab_client_url "$i")"
         --advertise-client-urls "$(lab_client_url "$i")"
         --listen-peer-urls "$(lab_peer_url "$i")"
     )
-    if [[ $LAB_SCHEME == https ]]; then
+    if [[ -n ${LAB_PREPARED:-} ]]; then
+        # The node's own folder, as etcd reads it from /etc/nixos/secrets on the node.
+        node=$LAB_PREPARED/nodes/$(lab_name "$i")
+        LAB_ARGS+=(
+            --cert-file "$node/server.pem" --key-file "$node/server-key.pem"
+            --trusted-ca-file "$node/ca.pem" --client-cert-auth
+            --peer-cert-file "$node/etcd-peer.pem" --peer-key-file "$node/etcd-peer-key.pem"
+            --peer-trusted-ca-file "$node/ca.pem" --peer-client-cert-auth
+        )
+    elif [[ $LAB_SCHEME == https ]]; then
         LAB_ARGS+=(
             --cert-file "$pki/server.pem" --key-file "$pki/server-key.pem"
             --trusted-ca-file "$pki/ca.pem" --client-cert-auth
@@ -273,7 +327,10 @@ lab_start_cluster() {
     LAB_VOTERS=$n
     # etcdctl reads these; a flag given as well would conflict, so the scripts never pass --endpoints.
     export ETCDCTL_API=3 ETCDCTL_ENDPOINTS=$endpoints ETCDCTL_DIAL_TIMEOUT=2s ETCDCTL_COMMAND_TIMEOUT=5s
-    if [[ $LAB_SCHEME == https ]]; then
+    if [[ -n ${LAB_PREPARED:-} ]]; then
+        export ETCDCTL_CACERT=$LAB_PREPARED/cluster/ca.pem ETCDCTL_CERT=$LAB_PREPARED/cluster/admin.pem \
+            ETCDCTL_KEY=$LAB_PREPARED/cluster/admin-key.pem
+    elif [[ $LAB_SCHEME == https ]]; then
         export ETCDCTL_CACERT=$LAB_DIR/pki/ca.pem ETCDCTL_CERT=$LAB_DIR/pki/client.pem \
             ETCDCTL_KEY=$LAB_DIR/pki/client-key.pem
     fi
@@ -313,6 +370,12 @@ lab_wait_healthy() {
 # certificate beside it. LAB_CONFIG is the file, LAB_STATE an empty state directory.
 lab_write_flint_config() {
     local i=$1 node secrets peers="" p tls=""
+    if [[ -n ${LAB_PREPARED:-} ]]; then
+        LAB_CONFIG=$LAB_PREPARED/nodes/$(lab_name "$i")/cluster-config.json
+        LAB_STATE=$LAB_DIR/$(lab_name "$i")/state
+        mkdir -p "$LAB_STATE"
+        return 0
+    fi
     node=$LAB_DIR/$(lab_name "$i")
     secrets=$node/secrets
     LAB_CONFIG=$secrets/cluster-config.json

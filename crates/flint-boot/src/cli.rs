@@ -149,8 +149,8 @@ pub struct PrepareArgs {
     /// in DIR/cluster.
     #[arg(long, value_name = "FILE")]
     pub iam_admin_key: Option<PathBuf>,
-    /// Replace every node's private keys (and so its certificates). Without it a key is never
-    /// overwritten.
+    /// Replace every node's private keys (and so its certificates), and the operator's
+    /// admin.pem's. Without it a key is never overwritten.
     #[arg(long)]
     pub rotate_keys: bool,
     /// Days a node certificate is valid; a rerun reissues one with less than a third left.

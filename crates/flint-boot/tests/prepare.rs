@@ -127,6 +127,7 @@ fn assert_no_secret_shown(out_dir: &Path, out: &Output) {
         "join-token",
         "iam-bootstrap-token",
         "ca-key.pem",
+        "admin-key.pem",
         "iam-admin-key.pem",
     ] {
         let Ok(text) = fs::read_to_string(out_dir.join("cluster").join(secret)) else {
@@ -181,6 +182,16 @@ fn the_seed_nodes_get_folders_openssl_and_flint_accept() {
     );
     let cluster = lab.out().join("cluster");
     assert_eq!(mode(&cluster.join("ca-key.pem")), 0o600);
+    assert_eq!(mode(&cluster.join("admin-key.pem")), 0o600);
+    let out = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&cluster.join("ca.pem")),
+        "-purpose",
+        "sslclient",
+        s(&cluster.join("admin.pem")),
+    ]);
+    assert!(out.contains(": OK"), "admin.pem: {out}");
     assert_eq!(mode(&cluster.join("iam-admin-key.pem")), 0o600);
     let join_token = fs::read_to_string(cluster.join("join-token")).unwrap();
     assert_eq!(join_token.trim().len(), 64, "32 random bytes as hex");

@@ -2,7 +2,7 @@
 //! the ports every node uses. `flint-boot prepare` writes each node's `cluster-config.json` and
 //! certificates from it; the boot server only validates it, so one file describes both.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -97,6 +97,19 @@ impl Ports {
             ("flaredb_raft", self.flaredb_raft),
             ("iam", self.iam),
         ]
+    }
+
+    /// The ports `service` takes on a node, by the field that sets each.
+    fn of(&self, service: ClusterService) -> Vec<(&'static str, u16)> {
+        match service {
+            ClusterService::Etcd => vec![("etcd", self.etcd), ("etcd_peer", self.etcd_peer)],
+            ClusterService::Chainfire => vec![("chainfire", self.chainfire)],
+            ClusterService::Flaredb => vec![
+                ("flaredb", self.flaredb),
+                ("flaredb_raft", self.flaredb_raft),
+            ],
+            ClusterService::Iam => vec![("iam", self.iam)],
+        }
     }
 }
 
@@ -334,6 +347,7 @@ impl Validator<'_> {
         });
 
         let mut hosts: HashMap<String, usize> = HashMap::new();
+        let mut clashes = BTreeSet::new();
         let mut members = Vec::new();
         for (i, node) in nodes.into_iter().enumerate() {
             let path = format!("nodes[{i}]");
@@ -376,15 +390,14 @@ impl Validator<'_> {
                     ),
                 );
             }
-            if let Some((name, _)) = ports.named().into_iter().find(|(_, p)| *p == raft_port) {
-                self.err(
-                    format!("{path}.raft_addr"),
-                    format!(
-                        "a port not already used by cluster.ports.{name}, found {}",
-                        shown(&raft_addr)
-                    ),
-                );
-            }
+            self.node_ports(
+                &path,
+                &ports,
+                &services,
+                raft_port,
+                &raft_addr,
+                &mut clashes,
+            );
             members.push(Some(ClusterNode {
                 host,
                 raft_port,
@@ -441,20 +454,58 @@ impl Validator<'_> {
             flaredb_raft: raw.flaredb_raft.unwrap_or(d.flaredb_raft),
             iam: raw.iam.unwrap_or(d.iam),
         };
-        let named = ports.named();
-        for (i, (name, port)) in named.iter().enumerate() {
-            if *port == 0 {
+        for (name, port) in ports.named() {
+            if port == 0 {
                 self.err(
                     format!("cluster.ports.{name}"),
                     "a port from 1 to 65535, found 0",
                 );
-            } else if let Some((first, _)) = named[..i].iter().find(|(_, p)| p == port) {
-                self.err(
-                    format!("cluster.ports.{name}"),
-                    format!("a port not already used by cluster.ports.{first}, found {port}"),
-                );
             }
         }
         ports
+    }
+
+    /// The ports of the services one node runs must differ: chainfire's Raft port (the node's
+    /// own) from every other, and the cluster's from each other where one node runs both. A
+    /// clash between two of the cluster's ports is named once, however many nodes it hits.
+    fn node_ports(
+        &mut self,
+        path: &str,
+        ports: &Ports,
+        services: &[ClusterService],
+        raft_port: u16,
+        raft_addr: &str,
+        clashes: &mut BTreeSet<(&'static str, &'static str)>,
+    ) {
+        let mut taken: Vec<(&'static str, u16)> = Vec::new();
+        for service in services {
+            for (name, port) in ports.of(*service) {
+                if let Some((first, _)) = taken.iter().find(|(_, p)| *p == port && port != 0) {
+                    if clashes.insert((first, name)) {
+                        self.err(
+                            format!("cluster.ports.{name}"),
+                            format!(
+                                "a port not already used by cluster.ports.{first} (nodes run \
+                                 both), found {port}"
+                            ),
+                        );
+                    }
+                } else {
+                    taken.push((name, port));
+                }
+            }
+        }
+        if services.contains(&ClusterService::Chainfire)
+            && let Some((name, _)) = taken.iter().find(|(_, p)| *p == raft_port)
+        {
+            self.err(
+                format!("{path}.raft_addr"),
+                format!(
+                    "a port not already used by cluster.ports.{name} (it is chainfire's Raft \
+                     port on this node), found {}",
+                    shown(raft_addr)
+                ),
+            );
+        }
     }
 }

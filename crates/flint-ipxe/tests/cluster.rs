@@ -157,6 +157,29 @@ fn ports_must_differ_and_keep_clear_of_raft() {
 }
 
 #[test]
+fn ports_clash_only_where_one_node_runs_both() {
+    // An etcd-only site on etcd's registered ports: chainfire's default (2379) and each node's
+    // Raft address (its etcd peer port) clash with nothing any node runs.
+    let mut v = seed();
+    v["cluster"]["services"] = json!(["etcd"]);
+    v["cluster"]["ports"] = json!({"etcd": 2379, "etcd_peer": 2380});
+    v["cluster"].as_object_mut().unwrap().remove("iam");
+    let inv = load(&v).expect("an etcd-only cluster on 2379/2380");
+    assert_eq!(inv.cluster().unwrap().ports.etcd, 2379);
+    // One node that also runs chainfire: the clash is named once, for the cluster's ports.
+    v["nodes"][1]["services"] = json!(["etcd", "chainfire"]);
+    v["nodes"][2]["services"] = json!(["etcd", "chainfire"]);
+    let errs = errors(&v);
+    assert_eq!(
+        errs.iter()
+            .filter(|(p, _)| p == "cluster.ports.chainfire")
+            .count(),
+        1,
+        "{errs:#?}"
+    );
+}
+
+#[test]
 fn every_member_service_needs_an_initial_member() {
     let mut v = seed();
     v["nodes"][3]["services"] = json!(["etcd"]);

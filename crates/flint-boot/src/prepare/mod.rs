@@ -3,7 +3,8 @@
 //! one folder of what stays with the operator (the CA key, the tokens' originals):
 //!
 //! ```text
-//! DIR/cluster/  ca.pem ca-key.pem join-token iam-bootstrap-token iam-admin-key.pem iam-admin.pub
+//! DIR/cluster/  ca.pem ca-key.pem admin.pem admin-key.pem join-token iam-bootstrap-token
+//!                iam-admin-key.pem iam-admin.pub
 //! DIR/nodes/NAME/  cluster-config.json ca.pem node.pem node-key.pem server.pem server-key.pem
 //!                  [etcd-peer.pem etcd-peer-key.pem] [join-token] [iam-bootstrap-token iam-admin.pub]
 //! ```
@@ -34,6 +35,9 @@ use pki::{Ca, Names, Usage, Wanted};
 
 /// The operator's folder's own files.
 const CA_KEY: &str = "ca-key.pem";
+/// The operator's own client certificate: etcdctl or curl against any node from outside.
+const ADMIN_CERT: &str = "admin.pem";
+const ADMIN_KEY: &str = "admin-key.pem";
 const IAM_ADMIN_KEY: &str = "iam-admin-key.pem";
 
 /// Tokens: 32 random bytes, as hex.
@@ -167,6 +171,13 @@ pub fn run(options: &Options) -> Result<Report, ExitError> {
     let cluster_dir = options.dir.join("cluster");
     let mut operator = Folder::open(&cluster_dir, "cluster")?;
     let ca = operator_ca(options, &mut operator)?;
+    let admin = Wanted {
+        common_name: "flint admin",
+        names: &Names::default(),
+        usage: Usage::Client,
+        validity: options.cert_validity,
+    };
+    key_and_certificate(&mut operator, ADMIN_KEY, ADMIN_CERT, &ca, &admin, options)?;
     let join_token = if runs(ClusterService::Chainfire) || runs(ClusterService::Flaredb) {
         Some(token(&mut operator, JOIN_TOKEN)?)
     } else {
