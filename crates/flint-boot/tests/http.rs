@@ -604,6 +604,10 @@ fn at_the_connection_bound_the_oldest_idle_connection_makes_room_for_a_new_machi
         .map(|_| {
             let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
             healthz_on(&mut conn);
+            // The server parks a connection (starts its idle time) just after the client has
+            // read the answer; on a loaded machine the next connection could otherwise be
+            // parked first and be the oldest. A quarter second orders them as machines are.
+            std::thread::sleep(Duration::from_millis(250));
             conn
         })
         .collect();
