@@ -3,12 +3,12 @@
 //! runs from those folders only — real etcd with the prepared certificates, the chainfire,
 //! flaredb and IAM test servers each node with its own — flint joins every node with the
 //! prepared configs, and `flint health --write-check` validates as the seed's phase 5 does. Then
-//! a member that does not replicate, an extra member and a stopped member: each found and named.
+//! a member that does not replicate, an extra member and a stopped leader: each found and named.
 mod common;
 
 use common::{
     EtcdProcess, FlintOutput, FlintProcess, Lab, ServerOptions, TestServer, flint_command,
-    read_env_file, run_bounded,
+    read_env_file, run_bounded, wait_until,
 };
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -352,18 +352,35 @@ fn prepared_folders_bring_up_the_seed_cluster_and_validation_names_each_fault() 
     );
     flaredb.remove_member("node05");
 
-    // node03's etcd stopped: the cluster keeps its quorum, the validation fails naming node03.
-    etcd[2] = None;
-    let (out, report) = health(&prepared, 3);
-    out.assert_code(1, "health with node03's etcd stopped");
+    // etcd's leader stopped, the hardest member to lose: the others elect a new leader and keep
+    // their quorum, and the validation fails naming the stopped one.
+    let (_, before) = health(&prepared, 3);
+    let stopped = service(&before, "etcd")["leader"]
+        .as_str()
+        .unwrap_or_else(|| panic!("etcd has a leader: {before:#}"))
+        .to_owned();
+    let index = (0..NODES)
+        .find(|&i| Lab::node_name(i) == stopped)
+        .unwrap_or_else(|| panic!("the leader {stopped:?} is one of the nodes"));
+    etcd[index] = None;
+    let (out, report) = wait_until("etcd to elect a new leader", RUN, || {
+        let (out, report) = health(&prepared, 3);
+        let leader = service(&report, "etcd")["leader"]
+            .as_str()
+            .map(str::to_owned);
+        leader
+            .is_some_and(|l| l != stopped)
+            .then_some((out, report))
+    });
+    out.assert_code(1, "health with etcd's leader stopped");
     let s = service(&report, "etcd");
-    let node03 = s["members"]
+    let gone = s["members"]
         .as_array()
         .expect("members")
         .iter()
-        .find(|m| m["name"] == "node03")
-        .unwrap_or_else(|| panic!("node03 is still listed: {s:#}"));
-    assert_eq!(node03["healthy"], false, "{s:#}");
+        .find(|m| m["name"] == stopped.as_str())
+        .unwrap_or_else(|| panic!("{stopped} is still listed: {s:#}"));
+    assert_eq!(gone["healthy"], false, "{s:#}");
     let unseen: Vec<&Value> = s["write_check"]["members"]
         .as_array()
         .expect("read-backs")
@@ -371,7 +388,7 @@ fn prepared_folders_bring_up_the_seed_cluster_and_validation_names_each_fault() 
         .filter(|m| m["seen"] != true)
         .collect();
     assert_eq!(unseen.len(), 1, "{s:#}");
-    assert_eq!(unseen[0]["name"], "node03", "{s:#}");
+    assert_eq!(unseen[0]["name"], stopped.as_str(), "{s:#}");
     for name in ["chainfire", "flaredb"] {
         assert_validated(&report, name);
     }
