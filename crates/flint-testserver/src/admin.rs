@@ -1,6 +1,7 @@
 //! The admin API every HTTPS listener serves: routing, the bearer token, the cluster and IAM
 //! handlers, and the faults that replace or disturb their answers. One log line per request.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,14 +17,40 @@ use crate::http::{Body, Conn, Cutoff, Reply, read_body};
 use crate::iam;
 use crate::state::{Service, Shared};
 
+/// The header a member-mode node puts on a request it forwards to its leader (IAM's bootstrap),
+/// so the request is never forwarded twice.
+pub const FORWARDED: &str = "x-flint-testserver-forwarded";
+
 /// One request as the handlers need it.
-struct Call {
-    route: Route,
-    listener: String,
+pub struct Call {
+    pub route: Route,
+    pub listener: String,
     /// Path and query, for redirects that keep them.
-    target: String,
-    authorized: bool,
-    body: Bytes,
+    pub target: String,
+    pub authorized: bool,
+    /// Carries [`FORWARDED`]: a member-mode node forwarded it, so it is not forwarded again.
+    pub forwarded: bool,
+    pub body: Bytes,
+}
+
+/// What serves the admin API behind the routing, the token check, the counters and the faults:
+/// the one-process cluster or IAM ([`Shared`]), or one node of a member-mode cluster.
+pub trait Host: Sync {
+    /// A chainfire/flaredb admin API rather than IAM.
+    fn cluster(&self) -> bool;
+    /// The bearer token `/admin/*` asks for.
+    fn token(&self) -> Option<&str>;
+    fn count(&self, listener: &str, route: Route, with_token: bool);
+    /// The fault for this request, if one is armed (see [`crate::faults::FaultSet::take`]).
+    fn take_fault(&self, route: Route, listener: &str) -> Option<Fault>;
+    /// The answer without faults; `real: false` answers as if, changing nothing.
+    fn normal(&self, call: &Call, real: bool) -> impl Future<Output = Reply> + Send;
+    /// "Not the leader", naming the leader in `form` (a redirect for 3xx codes).
+    fn leader_hint(&self, code: u16, target: &str, form: Form) -> Reply;
+    /// `https://host:port` of a listener or node, by name.
+    fn url_of(&self, listener: &str) -> Option<String>;
+    /// The `leader-change` fault: move the leadership, answer with the hint.
+    fn change_leader(&self, code: u16, target: &str, listener: &str, seq: u64) -> Reply;
 }
 
 /// Answers one request on an admin listener.
@@ -33,11 +60,21 @@ pub async fn handle(
     conn: Conn,
     cut: Cutoff,
 ) -> Response<Body> {
+    handle_with(&*shared, req, conn, cut).await
+}
+
+/// Answers one request for `host`, with its log line.
+pub async fn handle_with<H: Host>(
+    host: &H,
+    req: Request<Incoming>,
+    conn: Conn,
+    cut: Cutoff,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     // Only the path is logged: the query is the client's business.
     let path = req.uri().path().to_string();
-    let (reply, fault) = answer(&shared, req, &conn, &cut).await;
+    let (reply, fault) = answer(host, req, &conn, &cut).await;
     let outcome = match &fault {
         Some(Fault {
             kind: Kind::Drop { after_bytes },
@@ -66,20 +103,19 @@ pub async fn handle(
     reply.into_response()
 }
 
-async fn answer(
-    shared: &Shared,
+async fn answer<H: Host>(
+    host: &H,
     req: Request<Incoming>,
     conn: &Conn,
     cut: &Cutoff,
 ) -> (Reply, Option<Fault>) {
-    let route = match route(shared.cluster, req.method(), req.uri().path()) {
+    let route = match route(host.cluster(), req.method(), req.uri().path()) {
         Ok(route) => route,
         Err(reply) => return (reply, None),
     };
-    let authorized = authorized(shared.token.as_deref(), req.headers());
-    shared
-        .world()
-        .count(&conn.listener, route, authorized && shared.token.is_some());
+    let authorized = authorized(host.token(), req.headers());
+    host.count(&conn.listener, route, authorized && host.token().is_some());
+    let forwarded = req.headers().contains_key(FORWARDED);
     let target = req
         .uri()
         .path_and_query()
@@ -102,21 +138,68 @@ async fn answer(
         listener: conn.listener.clone(),
         target,
         authorized,
+        forwarded,
         body,
     };
-    let fault = {
-        let mut world = shared.world();
+    let Some(fault) = host.take_fault(route, &call.listener) else {
+        return (host.normal(&call, true).await, None);
+    };
+    let reply = faulted(host, &call, &fault, cut).await;
+    (reply, Some(fault))
+}
+
+impl Host for Shared {
+    fn cluster(&self) -> bool {
+        self.cluster
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    fn count(&self, listener: &str, route: Route, with_token: bool) {
+        self.world().count(listener, route, with_token);
+    }
+
+    fn take_fault(&self, route: Route, listener: &str) -> Option<Fault> {
+        let mut world = self.world();
         let on_follower = match &world.service {
-            Service::Cluster(c) => c.leader() != call.listener,
+            Service::Cluster(c) => c.leader() != listener,
             Service::Iam(_) => false,
         };
-        world.faults.take(route, &call.listener, on_follower)
-    };
-    let Some(fault) = fault else {
-        return (normal(shared, &call, true), None);
-    };
-    let reply = faulted(shared, &call, &fault, cut).await;
-    (reply, Some(fault))
+        world.faults.take(route, listener, on_follower)
+    }
+
+    fn normal(&self, call: &Call, real: bool) -> impl Future<Output = Reply> + Send {
+        std::future::ready(normal(self, call, real))
+    }
+
+    fn leader_hint(&self, code: u16, target: &str, form: Form) -> Reply {
+        let leader = match &self.world().service {
+            Service::Cluster(c) => c.leader().to_string(),
+            Service::Iam(_) => String::new(),
+        };
+        leader_hint(self, &leader, code, target, form)
+    }
+
+    fn url_of(&self, listener: &str) -> Option<String> {
+        self.listener(listener)
+            .map(|l| format!("https://{}", l.addr))
+    }
+
+    fn change_leader(&self, code: u16, target: &str, listener: &str, seq: u64) -> Reply {
+        let leader = {
+            let mut world = self.world();
+            match &mut world.service {
+                Service::Cluster(c) => c
+                    .rotate_leader(Instant::now(), |id| self.listener(id).is_some())
+                    .to_string(),
+                Service::Iam(_) => String::new(),
+            }
+        };
+        eprintln!("{listener} leader changed to {leader} by fault #{seq}");
+        leader_hint(self, &leader, code, target, Form::Url)
+    }
 }
 
 fn route(cluster: bool, method: &Method, path: &str) -> Result<Route, Reply> {
@@ -157,7 +240,7 @@ fn route(cluster: bool, method: &Method, path: &str) -> Result<Route, Reply> {
 }
 
 /// The key of a `/v1/kv/{key}` target, its query left out.
-fn kv_key(target: &str) -> String {
+pub fn kv_key(target: &str) -> String {
     let path = target.split('?').next().unwrap_or(target);
     path.strip_prefix("/v1/kv/").unwrap_or(path).to_owned()
 }
@@ -187,7 +270,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn unauthorized() -> Reply {
+pub fn unauthorized() -> Reply {
     Reply::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
         .with_header(header::WWW_AUTHENTICATE, "Bearer")
 }
@@ -336,54 +419,43 @@ fn respond(shared: &Shared, service: &mut Service, call: &Call) -> Reply {
     }
 }
 
-async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> Reply {
-    let apply = || {
-        if fault.apply {
-            normal(shared, call, true);
-        }
-    };
+async fn faulted<H: Host>(host: &H, call: &Call, fault: &Fault, cut: &Cutoff) -> Reply {
+    // Do the real work first, when the fault says so (its answer is replaced).
+    if fault.apply && !matches!(fault.kind, Kind::Drop { .. } | Kind::TruncatedJson) {
+        host.normal(call, true).await;
+    }
     let json_error = |code: u16, message: String| Reply::error(status(code), message);
     match &fault.kind {
         Kind::Delay { ms } => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
-            normal(shared, call, true)
+            host.normal(call, true).await
         }
-        Kind::Status { code } => {
-            apply();
-            json_error(*code, format!("injected fault: status {code}"))
-        }
-        Kind::TooMany { seconds } => {
-            apply();
-            json_error(429, "too many requests".into())
-                .with_header(header::RETRY_AFTER, &seconds.to_string())
-        }
+        Kind::Status { code } => json_error(*code, format!("injected fault: status {code}")),
+        Kind::TooMany { seconds } => json_error(429, "too many requests".into())
+            .with_header(header::RETRY_AFTER, &seconds.to_string()),
         Kind::RedirectToLeader { code, form } | Kind::LeaderHint { code, form } => {
-            let leader = match &shared.world().service {
-                Service::Cluster(c) => c.leader().to_string(),
-                Service::Iam(_) => String::new(),
-            };
-            leader_hint(shared, &leader, *code, &call.target, *form)
+            host.leader_hint(*code, &call.target, *form)
         }
         Kind::RedirectTo { code, to } => {
-            let there = shared
-                .listener(to)
-                .map(|l| format!("https://{}{}", l.addr, call.target))
+            let there = host
+                .url_of(to)
+                .map(|base| format!("{base}{}", call.target))
                 .unwrap_or_default();
             json_error(*code, "redirected".into()).with_header(header::LOCATION, &there)
         }
         Kind::RedirectLoop { code } => {
-            let me = shared
-                .listener(&call.listener)
-                .map(|l| format!("https://{}{}", l.addr, call.target))
+            let me = host
+                .url_of(&call.listener)
+                .map(|base| format!("{base}{}", call.target))
                 .unwrap_or_default();
             json_error(*code, "redirected".into()).with_header(header::LOCATION, &me)
         }
         Kind::Drop { after_bytes } => {
             cut.after(*after_bytes);
-            normal(shared, call, fault.apply)
+            host.normal(call, fault.apply).await
         }
         Kind::TruncatedJson => {
-            let mut reply = normal(shared, call, fault.apply);
+            let mut reply = host.normal(call, fault.apply).await;
             if !reply.status.is_success() {
                 reply.status = StatusCode::OK;
             }
@@ -391,7 +463,6 @@ async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> R
             reply
         }
         Kind::MalformedJson => {
-            apply();
             let garbage: &'static [u8] = match call.route {
                 Route::Health | Route::IamHealth => b"{\"status\": \"healthy\",,}",
                 Route::List => b"{\"leader\": \"node01\", \"members\": [",
@@ -402,40 +473,18 @@ async fn faulted(shared: &Shared, call: &Call, fault: &Fault, cut: &Cutoff) -> R
             };
             Reply::raw(StatusCode::OK, "application/json", garbage)
         }
-        Kind::WrongContentType => {
-            apply();
-            Reply::raw(
-                StatusCode::OK,
-                "text/html",
-                "<!DOCTYPE html>\n<html><head><title>Welcome</title></head>\
+        Kind::WrongContentType => Reply::raw(
+            StatusCode::OK,
+            "text/html",
+            "<!DOCTYPE html>\n<html><head><title>Welcome</title></head>\
                  <body><h1>It works!</h1></body></html>\n",
-            )
-        }
+        ),
         Kind::ConflictSame | Kind::ConflictOther { .. } => conflict(call, &fault.kind),
         Kind::TokenRequired => unauthorized(),
-        Kind::NoBody { code } => {
-            apply();
-            Reply::raw(status(*code), "", Bytes::new())
-        }
-        Kind::EmptyJson { code } => {
-            apply();
-            Reply::json(status(*code), &json!({}))
-        }
+        Kind::NoBody { code } => Reply::raw(status(*code), "", Bytes::new()),
+        Kind::EmptyJson { code } => Reply::json(status(*code), &json!({})),
         Kind::LeaderChange { code } => {
-            let leader = {
-                let mut world = shared.world();
-                match &mut world.service {
-                    Service::Cluster(c) => c
-                        .rotate_leader(Instant::now(), |id| shared.listener(id).is_some())
-                        .to_string(),
-                    Service::Iam(_) => String::new(),
-                }
-            };
-            eprintln!(
-                "{} leader changed to {leader} by fault #{}",
-                call.listener, fault.seq
-            );
-            leader_hint(shared, &leader, *code, &call.target, Form::Url)
+            host.change_leader(*code, &call.target, &call.listener, fault.seq)
         }
     }
 }

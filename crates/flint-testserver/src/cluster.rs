@@ -74,28 +74,35 @@ struct AddRequest {
     raft_addr: String,
 }
 
+/// A member ID: 1 to 63 characters of `A-Za-z0-9._-`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A Raft address: `host:port` without a scheme, the port in 1..=65535.
+pub fn valid_raft_addr(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(|c: char| c.is_whitespace() || c == '/')
+            && port.parse::<u16>().is_ok_and(|p| p != 0)
+    })
+}
+
 /// Checks a `POST /admin/member/add` body into `(id, raft_addr)`. Strict on purpose: a field the
 /// protocol does not have is more likely a client bug than an extension.
 pub fn parse_add(body: &[u8]) -> Result<(String, String), String> {
     let req: AddRequest = serde_json::from_slice(body)
         .map_err(|e| format!("expected {{\"id\": NODE_ID, \"raft_addr\": \"host:port\"}}: {e}"))?;
-    let id_ok = (1..=63).contains(&req.id.len())
-        && req
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !id_ok {
+    if !valid_id(&req.id) {
         return Err(format!(
             "\"id\" {:?} is not 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '-'",
             req.id
         ));
     }
-    let addr_ok = req.raft_addr.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && !host.contains(|c: char| c.is_whitespace() || c == '/')
-            && port.parse::<u16>().is_ok_and(|p| p != 0)
-    });
-    if !addr_ok {
+    if !valid_raft_addr(&req.raft_addr) {
         return Err(format!(
             "\"raft_addr\" {:?} is not host:port (no scheme, a port in 1..=65535)",
             req.raft_addr

@@ -1,6 +1,7 @@
 //! A test double for the services flint talks to: the chainfire/flaredb admin API (one process is
 //! one cluster, one HTTPS listener per node) and the IAM initial setup, with faults on demand and a
-//! plain-HTTP control API for tests. `docs/test-server.md` is its manual.
+//! plain-HTTP control API for tests; or, in member mode, one node's local service, several
+//! processes on several machines making one cluster. `docs/test-server.md` is its manual.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -10,6 +11,7 @@ pub mod control;
 pub mod faults;
 pub mod http;
 pub mod iam;
+pub mod member;
 pub mod state;
 pub mod tls;
 
@@ -142,14 +144,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// A test polling for the file must never read half of it.
-fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

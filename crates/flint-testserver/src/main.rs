@@ -3,17 +3,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use flint_testserver::cli::Cli;
+use flint_testserver::cli::{Cli, Plan};
 
 fn main() -> ExitCode {
-    let settings = match Cli::parse().into_settings() {
-        Ok(settings) => settings,
+    let plan = match Cli::parse().into_plan() {
+        Ok(plan) => plan,
         Err(e) => {
             eprintln!("flint-testserver: {e}");
             return ExitCode::from(2);
         }
     };
-    match flint_testserver::run(settings) {
+    let outcome = match plan {
+        Plan::Server(settings) => flint_testserver::run(*settings),
+        Plan::Member(settings) => flint_testserver::member::run(*settings),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flint-testserver: {e:#}");

@@ -29,10 +29,62 @@ pub enum Service {
 pub struct World {
     pub service: Service,
     pub faults: FaultSet,
+    pub counters: Counters,
+}
+
+/// Request counters, as `GET /state` shows them.
+#[derive(Debug, Default)]
+pub struct Counters {
     /// Requests per route, per listener (every request that reached a route, fault or not).
-    pub counters: BTreeMap<String, BTreeMap<Route, u64>>,
+    pub all: BTreeMap<String, BTreeMap<Route, u64>>,
     /// Of those, the ones that carried the configured bearer token: where the token went.
     pub with_token: BTreeMap<String, BTreeMap<Route, u64>>,
+}
+
+impl Counters {
+    pub fn count(&mut self, listener: &str, route: Route, with_token: bool) {
+        let bump = |counters: &mut BTreeMap<String, BTreeMap<Route, u64>>| {
+            *counters
+                .entry(listener.to_string())
+                .or_default()
+                .entry(route)
+                .or_default() += 1;
+        };
+        bump(&mut self.all);
+        if with_token {
+            bump(&mut self.with_token);
+        }
+    }
+
+    /// `"requests"`, `"requests_by_listener"` and `"with_token_by_listener"` of `GET /state`.
+    pub fn to_json(&self) -> (Value, Value, Value) {
+        let mut totals: BTreeMap<&str, u64> = Route::ALL.iter().map(|r| (r.name(), 0)).collect();
+        let mut by_listener = serde_json::Map::new();
+        for (listener, routes) in &self.all {
+            let mut per = serde_json::Map::new();
+            for (route, n) in routes {
+                *totals.entry(route.name()).or_default() += n;
+                per.insert(route.name().into(), json!(n));
+            }
+            by_listener.insert(listener.clone(), Value::Object(per));
+        }
+        let with_token: serde_json::Map<String, Value> = self
+            .with_token
+            .iter()
+            .map(|(listener, routes)| {
+                let per: serde_json::Map<String, Value> = routes
+                    .iter()
+                    .map(|(route, n)| (route.name().to_string(), json!(n)))
+                    .collect();
+                (listener.clone(), Value::Object(per))
+            })
+            .collect();
+        (
+            json!(totals),
+            Value::Object(by_listener),
+            Value::Object(with_token),
+        )
+    }
 }
 
 pub struct Shared {
@@ -61,8 +113,7 @@ impl Shared {
             world: Mutex::new(World {
                 service,
                 faults: FaultSet::default(),
-                counters: BTreeMap::new(),
-                with_token: BTreeMap::new(),
+                counters: Counters::default(),
             }),
         }
     }
@@ -97,42 +148,12 @@ impl Shared {
 
 impl World {
     pub fn count(&mut self, listener: &str, route: Route, with_token: bool) {
-        let bump = |counters: &mut BTreeMap<String, BTreeMap<Route, u64>>| {
-            *counters
-                .entry(listener.to_string())
-                .or_default()
-                .entry(route)
-                .or_default() += 1;
-        };
-        bump(&mut self.counters);
-        if with_token {
-            bump(&mut self.with_token);
-        }
+        self.counters.count(listener, route, with_token);
     }
 
     /// The body of the control API's `GET /state`.
     pub fn snapshot(&self, now: Instant) -> Value {
-        let mut totals: BTreeMap<&str, u64> = Route::ALL.iter().map(|r| (r.name(), 0)).collect();
-        let mut by_listener = serde_json::Map::new();
-        for (listener, routes) in &self.counters {
-            let mut per = serde_json::Map::new();
-            for (route, n) in routes {
-                *totals.entry(route.name()).or_default() += n;
-                per.insert(route.name().into(), json!(n));
-            }
-            by_listener.insert(listener.clone(), Value::Object(per));
-        }
-        let with_token: serde_json::Map<String, Value> = self
-            .with_token
-            .iter()
-            .map(|(listener, routes)| {
-                let per: serde_json::Map<String, Value> = routes
-                    .iter()
-                    .map(|(route, n)| (route.name().to_string(), json!(n)))
-                    .collect();
-                (listener.clone(), Value::Object(per))
-            })
-            .collect();
+        let (totals, by_listener, with_token) = self.counters.to_json();
         let (leader, members) = match &self.service {
             Service::Cluster(c) => {
                 let list = c.list(now);

@@ -1,12 +1,12 @@
-//! The rustls server configuration (ring provider): the server's certificate, and client
-//! certificates required and verified against a CA when one is given (mTLS).
+//! The rustls configurations (ring provider). Server: the server's certificate, and client
+//! certificates required and verified against a CA when one is given (mTLS). Client (member
+//! mode, to its peers): the peers' CA only, and a client certificate when one is given.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::RootCertStore;
-use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -54,11 +54,7 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = load_certs(cert, "server certificate")?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| Error::Load {
-        what: "private key",
-        path: key.to_path_buf(),
-        source,
-    })?;
+    let key = load_key(key)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|source| Error::Rejected {
@@ -90,4 +86,46 @@ pub fn server_config(
     // The protocol is HTTP/1.1 only; saying so keeps clients that offer h2 from trying it.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| Error::Load {
+        what: "private key",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The client side of member mode: peers are verified against `ca` only (no system roots), and
+/// `identity` (certificate chain, key) is presented when a peer asks for a client certificate.
+pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for anchor in load_certs(ca, "peer CA")? {
+        roots.add(anchor).map_err(|source| Error::Rejected {
+            what: "peer CA",
+            source,
+        })?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| Error::Rejected {
+            what: "protocol versions",
+            source,
+        })?
+        .with_root_certificates(roots);
+    // ALPN is left to hyper-rustls, which sets it from the HTTP versions it enables.
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = load_certs(cert, "client certificate")?;
+            builder
+                .with_client_auth_cert(chain, load_key(key)?)
+                .map_err(|source| Error::Rejected {
+                    what: "client certificate and key",
+                    source,
+                })?
+        }
+    };
+    Ok(config)
 }
