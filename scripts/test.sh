@@ -35,7 +35,7 @@ check() {
 }
 
 shell_scripts() {
-    printf '%s\n' scripts/*.sh scripts/lib/*.sh tests/systemd/*.sh tests/pxe/*.sh bench/run bench/chain bench/boot bench/chaos bench/inventory bench/storm bench/validate bench/prepare .ci/run
+    printf '%s\n' scripts/*.sh scripts/lib/*.sh tests/systemd/*.sh tests/pxe/*.sh tests/flow/*.sh bench/run bench/chain bench/boot bench/chaos bench/inventory bench/storm bench/validate bench/prepare .ci/run
 }
 
 lint_shell() {

@@ -4,10 +4,12 @@
 # mirror into /var/tmp/flint-systemd-root/ and reused: each test copies it before booting.
 set -euo pipefail
 
-version=bookworm-v1
+version=bookworm-v2
 cache=/var/tmp/flint-systemd-root
 root=$cache/$version
-packages=systemd,systemd-sysv,dbus,etcd-server,etcd-client,iproute2,procps
+# udev: systemd-networkd configures a link only once udev has seen it (the flow's VMs, tests/flow);
+# in a container it does not run.
+packages=systemd,systemd-sysv,udev,kmod,dbus,etcd-server,etcd-client,iproute2,procps
 
 if [[ -f $root/.complete ]]; then
     echo "$root"

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Writes the root file system image the flow's installer puts on every machine's disk (gzip'd
+# ext4), from tests/flow/image.sh's Debian 12 root:
+#   - flint as an operator installs it from this repository: the binary in /usr/bin (and the
+#     node-join link), systemd/*.service, systemd/etcd.service.d and systemd/tmpfiles.d unmodified,
+#     the first-boot units enabled as their [Install] sections say;
+#   - Debian's etcd enabled; its settings (/etc/default/etcd, pointing at the certificates
+#     `flint-boot prepare` writes to /etc/nixos/secrets, docs/prepare.md) come with the node's
+#     files from the workstation;
+#   - chainfire, flaredb and IAM played by flint-testserver in member mode (chainfire.service, ...):
+#     the only stand-ins, test scaffolding, configured by /etc/flint-lab/SERVICE.env, which the
+#     workstation pushes with the node's files;
+#   - systemd-networkd asking DHCP on the NIC, and what a console-less VM needs (no getty, the
+#     multi-user target).
+#
+#   tests/flow/node-root.sh IMAGE_DIR FLINT FLINT_TESTSERVER OUT.img.gz
+set -euo pipefail
+
+if (($# != 4)); then
+    echo "usage: tests/flow/node-root.sh IMAGE_DIR FLINT FLINT_TESTSERVER OUT.img.gz" >&2
+    exit 64
+fi
+image=$1 flint=$2 testserver=$3 out=$4
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+work=$(mktemp -d /var/tmp/flint-flow-root.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+root=$work/root
+cp -a "$image/base/." "$root"
+# What an image keeps out to be small: apt's caches and lists, documentation, translations.
+rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc \
+    "$root"/usr/share/man "$root"/usr/share/locale "$root"/usr/share/info
+
+# flint, as docs/commands.md and the units expect it.
+install -m 755 "$flint" "$root/usr/bin/flint"
+ln -sf flint "$root/usr/bin/node-join"
+install -m 644 "$repo"/systemd/*.service "$repo"/systemd/*.timer "$root/etc/systemd/system/"
+mkdir -p "$root/etc/systemd/system/etcd.service.d"
+install -m 644 "$repo"/systemd/etcd.service.d/*.conf "$root/etc/systemd/system/etcd.service.d/"
+install -D -m 644 "$repo/systemd/tmpfiles.d/flint.conf" "$root/usr/lib/tmpfiles.d/flint.conf"
+# What `systemctl enable` does for a [Install] WantedBy=multi-user.target, without running
+# systemctl in a root that is not booted.
+wants=$root/etc/systemd/system/multi-user.target.wants
+mkdir -p "$wants"
+for unit in "$repo"/systemd/*.service "$repo"/systemd/*.timer; do
+    name=$(basename "$unit")
+    [[ $name == flint-boot.service ]] && continue
+    if grep -q '^WantedBy=multi-user.target' "$unit"; then
+        ln -sf "/etc/systemd/system/$name" "$wants/$name"
+    fi
+done
+if grep -q '^WantedBy=timers.target' "$repo/systemd/flint-health.timer"; then
+    mkdir -p "$root/etc/systemd/system/timers.target.wants"
+    ln -sf /etc/systemd/system/flint-health.timer "$root/etc/systemd/system/timers.target.wants/flint-health.timer"
+fi
+ln -sf /lib/systemd/system/etcd.service "$wants/etcd.service"
+
+# etcd's own settings (/etc/default/etcd, read by Debian's etcd.service) come with the node's
+# files from the workstation, as a site's configuration management would write them. Debian's
+# etcd runs as user etcd, and the node's keys are root's (0600): it gets them as systemd
+# credentials, as docs/prepare.md shows.
+install -m 644 /dev/stdin "$root/etc/systemd/system/etcd.service.d/secrets.conf" <<'EOF'
+[Service]
+LoadCredential=ca.pem:/etc/nixos/secrets/ca.pem
+LoadCredential=server.pem:/etc/nixos/secrets/server.pem
+LoadCredential=server-key.pem:/etc/nixos/secrets/server-key.pem
+LoadCredential=etcd-peer.pem:/etc/nixos/secrets/etcd-peer.pem
+LoadCredential=etcd-peer-key.pem:/etc/nixos/secrets/etcd-peer-key.pem
+EOF
+
+# The stand-ins for chainfire, flaredb and IAM: flint-testserver in member mode.
+install -m 755 "$testserver" "$root/usr/local/bin/flint-testserver"
+for service in chainfire flaredb iam; do
+    cat >"$root/etc/systemd/system/$service.service" <<UNIT
+[Unit]
+Description=Stand-in for this node's $service: flint-testserver in member mode (flow scaffolding)
+After=network-online.target
+Wants=network-online.target
+[Service]
+EnvironmentFile=/etc/flint-lab/$service.env
+ExecStart=/usr/local/bin/flint-testserver member \$ARGS
+Restart=on-failure
+RestartSec=1s
+[Install]
+WantedBy=multi-user.target
+UNIT
+    ln -sf "/etc/systemd/system/$service.service" "$wants/$service.service"
+done
+
+# What the flow reads from outside as it happens: each flint unit's state on the serial console,
+# one FLINT-FLOW line per change (the console's own status lines cut unit names short).
+install -D -m 755 /dev/stdin "$root/usr/local/lib/flint-lab/watch-units" <<'SCRIPT'
+#!/bin/bash
+# Prints "FLINT-FLOW unit NAME STATE result=R status=N" whenever a watched unit changes: one
+# systemctl call a second, its Key=Value blocks (one per unit, in the order asked) parsed here.
+units=(chainfire.service flaredb.service iam.service etcd.service etcd-cluster-join.service
+    etcd-cluster-promote.service chainfire-cluster-join.service flaredb-cluster-join.service
+    iam-initial-setup.service cluster-health-check.service multi-user.target)
+declare -A seen=()
+while :; do
+    i=0 active="" result="" status=""
+    while IFS= read -r line; do
+        case $line in
+        ActiveState=*) active=${line#*=} ;;
+        Result=*) result=${line#*=} ;;
+        ExecMainStatus=*) status=${line#*=} ;;
+        "")
+            unit=${units[i]%.service}
+            now="$active result=$result status=$status"
+            if [[ ${seen[$unit]:-} != "$now" ]]; then
+                seen[$unit]=$now
+                echo "FLINT-FLOW unit $unit $now"
+                # A failure comes with what the unit said (the journal may not reach the disk
+                # before the machine is switched off).
+                if [[ $result != success && -n $result && $unit != *.target ]]; then
+                    journalctl -u "$unit" -n 15 --no-pager -o cat | sed "s/^/FLINT-FLOW journal $unit: /"
+                fi
+            fi
+            i=$((i + 1)) active="" result="" status=""
+            ;;
+        esac
+    done < <(systemctl show --property=ActiveState,Result,ExecMainStatus "${units[@]}"; echo)
+    sleep 1
+done
+SCRIPT
+cat >"$root/etc/systemd/system/flint-flow-watch.service" <<'UNIT'
+[Unit]
+Description=Report flint's units on the serial console (flow scaffolding)
+DefaultDependencies=no
+After=systemd-journald.service
+[Service]
+ExecStart=/usr/local/lib/flint-lab/watch-units
+StandardOutput=tty
+TTYPath=/dev/ttyS0
+[Install]
+WantedBy=sysinit.target
+UNIT
+mkdir -p "$root/etc/systemd/system/sysinit.target.wants"
+ln -sf /etc/systemd/system/flint-flow-watch.service "$root/etc/systemd/system/sysinit.target.wants/flint-flow-watch.service"
+
+# The network: DHCP on the NIC; network-online.target waits for it.
+install -D -m 644 /dev/stdin "$root/etc/systemd/network/10-nic.network" <<'EOF'
+[Match]
+Name=en* eth*
+[Network]
+DHCP=ipv4
+EOF
+ln -sf /lib/systemd/system/systemd-networkd.service "$wants/systemd-networkd.service"
+mkdir -p "$root/etc/systemd/system/network-online.target.wants"
+ln -sf /lib/systemd/system/systemd-networkd-wait-online.service \
+    "$root/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service"
+# A VM without a console login: no serial getty (it waits for a device udev would announce), and
+# the multi-user target rather than debootstrap's graphical one.
+ln -sf /dev/null "$root/etc/systemd/system/serial-getty@.service"
+ln -sf /lib/systemd/system/multi-user.target "$root/etc/systemd/system/default.target"
+# Each machine is its own: systemd makes a machine ID on first boot (every copy would share it).
+: >"$root/etc/machine-id"
+
+mkfs.ext4 -q -F -L flint-root -d "$root" "$work/root.img" 512M 2>/dev/null
+gzip -1 -c "$work/root.img" >"$out"
