@@ -111,16 +111,17 @@ pub fn parse_add(body: &[u8]) -> Result<(String, String), String> {
     Ok((req.id, req.raft_addr))
 }
 
-#[derive(Clone, Debug)]
-struct Member {
-    id: String,
-    raft_addr: String,
+/// A member as the cluster holds it (member mode replicates the same).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub(crate) id: String,
+    pub(crate) raft_addr: String,
     /// A learner until then; a follower (or leader) after.
-    learner_until: Option<Instant>,
+    pub(crate) learner_until: Option<Instant>,
 }
 
 impl Member {
-    fn is_learner(&self, now: Instant) -> bool {
+    pub(crate) fn is_learner(&self, now: Instant) -> bool {
         self.learner_until.is_some_and(|t| now < t)
     }
 }

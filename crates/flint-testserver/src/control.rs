@@ -60,6 +60,20 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, Re
         .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, format!("expected {shape}: {e}")))
 }
 
+/// `405` naming the methods `path` takes, in the text and in `Allow`.
+pub(crate) fn wrong_method(path: &str, allowed: &[Method]) -> Reply {
+    let names = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{path} takes {names}"),
+    )
+    .with_header(header::ALLOW, &names)
+}
+
 /// The reply and a note for the log line.
 fn answer(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> (Reply, String) {
     let ok = |reply: Reply| (reply, String::new());
@@ -75,12 +89,7 @@ fn answer(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> (Reply, 
         }
     };
     if !allowed.contains(method) {
-        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-        return ok(Reply::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} takes {}", names.join(", ")),
-        )
-        .with_header(header::ALLOW, &names.join(", ")));
+        return ok(wrong_method(path, allowed));
     }
     match (method.as_str(), path) {
         ("GET", "/faults") => ok(faults(shared, StatusCode::OK)),

@@ -31,13 +31,18 @@ use crate::state::{Service, Shared};
 
 /// Binds everything, writes the ready file, and serves until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
+    block_on(serve(settings))
+}
+
+/// Runs a mode's server on the runtime every mode uses.
+pub(crate) fn block_on(server: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     // Two cores on the test machines; more workers would only contend.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(server)
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

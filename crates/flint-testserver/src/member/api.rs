@@ -477,12 +477,7 @@ fn control_answer(node: &Node, method: &Method, path: &str, body: &[u8]) -> (Rep
         }
     };
     if !allowed.contains(method) {
-        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-        return ok(Reply::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} takes {}", names.join(", ")),
-        )
-        .with_header(header::ALLOW, &names.join(", ")));
+        return ok(crate::control::wrong_method(path, allowed));
     }
     match (method.as_str(), path) {
         ("GET", "/faults") => ok(faults(node, StatusCode::OK)),

@@ -537,12 +537,7 @@ fn parse_status(peer: &str, url: &str, answer: peer::Answer) -> Result<Status, S
 
 /// Binds everything, writes the ready file, and serves until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    runtime.block_on(serve(settings))
+    crate::block_on(serve(settings))
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -8,22 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{self, Conflict, ListView, MemberView, Role};
+use crate::cluster::{self, Conflict, ListView, Member, MemberView, Role};
 use crate::iam::Bootstrap;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Member {
-    id: String,
-    raft_addr: String,
-    /// A learner (no vote) until then.
-    learner_until: Option<Instant>,
-}
-
-impl Member {
-    fn is_learner(&self, now: Instant) -> bool {
-        self.learner_until.is_some_and(|t| now < t)
-    }
-}
 
 /// One key's value, and the version that wrote it (so a follower can tell a new write from the
 /// one it already holds, for `POST /kv/lag`).
