@@ -195,7 +195,8 @@ EOF
         raft=""
         [[ $service == chainfire ]] && raft=" --raft-addr ${addr[$n]}:2380"
         [[ $service == flaredb ]] && raft=" --raft-addr ${addr[$n]}:2480"
-        printf 'ARGS=--kind %s --id %s --listen %s:%s%s%s --initial node01,node02,node03 --cert %s/server.pem --key %s/server-key.pem --client-ca %s/ca.pem --client-cert %s/node.pem --client-key %s/node-key.pem --token-file %s/%s\n' \
+        # Heartbeat and leader timeout five times the member mode's defaults, as for etcd above.
+        printf 'ARGS=--kind %s --id %s --listen %s:%s%s%s --initial node01,node02,node03 --heartbeat-ms 1000 --leader-timeout-ms 7500 --cert %s/server.pem --key %s/server-key.pem --client-ca %s/ca.pem --client-cert %s/node.pem --client-key %s/node-key.pem --token-file %s/%s\n' \
             "$kind" "$n" "${addr[$n]}" "$port" "$raft" "$peers" "$s" "$s" "$s" "$s" "$s" "$s" "$token" \
             >"$tree/etc/flint-lab/$service.env"
     done
@@ -241,7 +242,7 @@ say "dnsmasq (addresses only) and flint-boot (ProxyDHCP, TFTP, HTTP) up at $(now
 qemu_args() {
     local n=$1
     # shellcheck disable=SC2054 # the commas are QEMU's
-    vm_args=(-accel tcg -m 640 -smp 1 -nographic -no-reboot -monitor none
+    vm_args=(-accel tcg -cpu max -m 640 -smp 1 -nographic -no-reboot -monitor none
         -serial "file:$work/$n.${phase[$n]}.serial"
         -L "$lab/usr/share/qemu" -L "$lab/usr/share/seabios" -L "$lab/usr/lib/ipxe/qemu"
         -drive "file=$work/$n.disk,if=virtio,format=raw"
@@ -268,13 +269,14 @@ power_on_pxe() {
     vm_pid[$n]=$last_pid
 }
 
-# power_on_disk NODE: the installed machine, its installed kernel booted directly.
+# power_on_disk NODE: the installed machine, its installed kernel booted directly; its first boot
+# from the disk, or a later one ("reboot": its own console file).
 power_on_disk() {
     local n=$1
-    phase[$n]=disk
+    if [[ ${phase[$n]:-} == pxe ]]; then phase[$n]=disk; else phase[$n]=reboot; fi
     qemu_args "$n"
     vm_args+=(-kernel "$image/vmlinux" -initrd "$image/boot.cpio.gz"
-        -append "root=/dev/vda console=ttyS0 panic=-1"
+        -append "root=/dev/vda console=ttyS0 panic=-1 systemd.show_status=false"
         -device "virtio-net-pci,netdev=n0,mac=${mac[$n]}")
     [[ -n ${power_on[$n]:-} ]] || power_on[$n]=$EPOCHREALTIME
     background "$n.disk.qemu" ip netns exec "$site" "$qemu" "${vm_args[@]}"
@@ -288,6 +290,7 @@ since() {
     printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
 }
 
+flint_units="chainfire-cluster-join|flaredb-cluster-join|iam-initial-setup|etcd-cluster-join|etcd-cluster-promote|cluster-health-check"
 # The steps of the timeline, each seen on a machine's serial console (and the site's DHCP log).
 steps=(dhcp ipxe installer-up root-written files-pushed first-boot chainfire-cluster-join
     flaredb-cluster-join iam-initial-setup etcd-cluster-join etcd-cluster-promote cluster-health-check)
@@ -300,8 +303,8 @@ seen_on() {
     installer-up) serial_text "$serial" | grep -q 'FLINT-FLOW installer: address' ;;
     root-written) serial_text "$serial" | grep -q 'FLINT-FLOW installer: installed' ;;
     files-pushed) serial_text "$serial" | grep -q 'FLINT-FLOW installer: done' ;;
-    first-boot) [[ ${phase[$n]} == disk ]] && serial_text "$serial" | grep -q 'FLINT-FLOW unit multi-user.target active' ;;
-    *) [[ ${phase[$n]} == disk ]] && serial_text "$serial" | grep -q "FLINT-FLOW unit $what active result=success" ;;
+    first-boot) [[ ${phase[$n]} == disk ]] && serial_text "$serial" | grep -q 'systemd\[1\]: Reached target multi-user.target' ;;
+    *) [[ ${phase[$n]} == disk ]] && serial_text "$serial" | grep -q "systemd\[1\]: Finished $what.service" ;;
     esac
 }
 # watch NODE...: records the first time each step shows on each node.
@@ -319,7 +322,7 @@ watch() {
 # health check of a node that came up first fails until its peers are up, and is run again).
 failed_unit() {
     local n=$1
-    serial_text "$work/$n.disk.serial" | grep -m1 -E 'FLINT-FLOW unit [a-z-]+ failed result=[a-z-]+ status=(64|65|77|78|238|243)$' || true
+    serial_text "$work/$n.disk.serial" | grep -m1 -E "systemd\[1\]: ($flint_units)\.service: Main process exited, code=exited, status=(64|65|77|78|238|243)/" || true
 }
 
 # push NODE: sends NODE's files to its installer. It prints that it waits just before it
