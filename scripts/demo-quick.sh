@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# README command one: the seed's preparation and validation around flint's join, on this machine's
-# loopback: four nodes prepared from one inventory, a fourth node joined to a 3-member etcd cluster.
+# The quick demo (`scripts/demo.sh --quick`, under a minute after the build): the seed's preparation
+# and validation around flint's join, on this machine's loopback, without VMs: four nodes prepared
+# from one inventory, a fourth node joined to a 3-member etcd cluster.
 #
-#   sudo scripts/demo.sh        (Debian 12; installs what it needs through scripts/setup.sh)
+#   sudo scripts/demo.sh --quick    (Debian 12; installs what it needs through scripts/setup.sh)
 #
 # Builds flint and flint-boot (static, x86_64-unknown-linux-musl); `flint-boot prepare` writes every
 # node's secrets folder from an inventory (CA, certificates, cluster-config.json) on a free

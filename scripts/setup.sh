@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what scripts/demo.sh, scripts/test.sh and bench/run need on a Debian 12 machine, as root.
+# Installs what scripts/demo.sh (and its --quick demo), scripts/test.sh and bench/run need on a Debian 12 machine, as root.
 # Idempotent: apt-get update runs only when a package is missing, the Rust musl target and
 # components are added only when missing, cargo-nextest and cargo-fuzz are installed only when absent.
 # No daemon a package ships is started by the install.

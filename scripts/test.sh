@@ -6,8 +6,9 @@
 # Checks, in order: rustfmt; shellcheck on the scripts; no aws-lc-rs in the dependency graph; clippy with
 # warnings denied; the release binaries for x86_64-unknown-linux-musl are static, flint at most 3 MiB
 # and flint-boot at most 4 MiB; the systemd units verify and have an exposure of 2.0 or less; the
-# whole test suite under cargo-nextest (.config/nextest.toml bounds every test); every fuzz target for
-# 10 s (scripts/fuzz.sh). Every check runs even when an earlier one failed, and the script exits
+# whole test suite under cargo-nextest (.config/nextest.toml bounds every test); the seed's whole flow
+# in QEMU VMs (tests/flow/run.sh, as scripts/demo.sh runs it); every fuzz target for 10 s
+# (scripts/fuzz.sh). Every check runs even when an earlier one failed, and the script exits
 # non-zero when any failed.
 set -euo pipefail
 
@@ -35,7 +36,7 @@ check() {
 }
 
 shell_scripts() {
-    printf '%s\n' scripts/*.sh scripts/lib/*.sh tests/systemd/*.sh tests/pxe/*.sh tests/flow/*.sh bench/run bench/chain bench/boot bench/chaos bench/inventory bench/storm bench/validate bench/prepare .ci/run
+    printf '%s\n' scripts/*.sh scripts/lib/*.sh tests/systemd/*.sh tests/pxe/*.sh tests/flow/*.sh tests/lib/*.sh bench/run bench/chain bench/boot bench/chaos bench/inventory bench/storm bench/validate bench/prepare .ci/run
 }
 
 lint_shell() {
@@ -109,6 +110,14 @@ nix_modules() {
 check "NixOS modules parse and render (nix-instantiate)" nix_modules
 check "systemd units: systemd-analyze verify and security (scripts/check-units.sh)" units
 check "cargo nextest run --workspace --no-fail-fast" cargo nextest run --workspace --no-fail-fast --locked
+# The seed's flow, bare machines to a validated cluster in QEMU VMs: after the test suite, whose VM
+# tests would otherwise share the two cores with it.
+flow() {
+    local bin=target/$target/release
+    cargo build --release --locked --target "$target" -p flint -p flint-boot -p flint-testserver || return 1
+    tests/flow/run.sh "$bin/flint" "$bin/flint-boot" "$bin/flint-testserver"
+}
+check "the seed's flow in QEMU VMs, bare machines to a validated 4-node cluster (tests/flow/run.sh)" flow
 check "fuzz targets, 10 s each (scripts/fuzz.sh 10)" scripts/fuzz.sh 10
 
 printf '\n==> scripts/test.sh: %d of %d checks ok in %d s\n' "${#passed[@]}" $((${#passed[@]} + ${#failed[@]})) \

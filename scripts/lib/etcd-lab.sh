@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# scripts/lib/etcd-lab.sh: a throwaway etcd cluster on loopback, shared by scripts/demo.sh and bench/run.
+# scripts/lib/etcd-lab.sh: a throwaway etcd cluster on loopback, shared by scripts/demo-quick.sh and bench/run.
 #
 # Source it from a bash script that runs with `set -euo pipefail`, then:
 #   lab_build_flint REPO        release build for x86_64-unknown-linux-musl; sets FLINT (or FLINT_BIN)

@@ -58,43 +58,9 @@ export QEMU_MODULE_DIR=$lab/usr/lib/x86_64-linux-gnu/qemu
 work=$(mktemp -d /var/tmp/flint-flow.XXXXXX)
 site=flint-flow-$$-site
 boot=flint-flow-$$-boot
-declare -A running=()
+# shellcheck source=tests/lib/lab.sh
+source "$here/../lib/lab.sh"
 
-stop() {
-    local pid=$1 i
-    kill "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    unset "running[$pid]"
-}
-cleanup() {
-    local status=$? pid
-    trap '' INT TERM
-    for pid in "${!running[@]}"; do stop "$pid"; done
-    ip netns del "$site" 2>/dev/null || true
-    ip netns del "$boot" 2>/dev/null || true
-    if [[ -n ${FLINT_KEEP:-} ]]; then
-        echo "kept $work" >&2
-    else
-        rm -rf "$work"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'trap "" INT TERM; exit 130' INT
-trap 'trap "" INT TERM; exit 143' TERM
-
-background() {
-    local name=$1
-    shift
-    "$@" >>"$work/$name.log" 2>&1 </dev/null &
-    last_pid=$!
-    running[$last_pid]=$name
-}
 fail() {
     printf '\nFAILED at %s s: %s\n' "$(now_s)" "$*" >&2
     local f
@@ -106,10 +72,6 @@ fail() {
     printf -- '--- flint-boot, last 20 lines\n' >&2
     tail -20 "$work/flint-boot.log" >&2 || true
     exit 1
-}
-serial_text() {
-    [[ -e $1 ]] || return 0
-    tr -d '\r' <"$1" | sed -E 's/\x1b\[[0-9;?=]*[A-Za-z]//g; s/\x1bc//g'
 }
 
 # --- the machines: name, MAC, address, firmware --------------------------------------------------
@@ -158,6 +120,7 @@ prepared=$work/prepared
 for n in "${nodes[@]}"; do
     tree=$work/push/$n
     mkdir -p "$tree/etc/nixos" "$tree/etc/default" "$tree/etc/flint-lab"
+    echo "$n" >"$tree/etc/hostname"
     cp -a "$prepared/nodes/$n" "$tree/etc/nixos/secrets"
     s=/etc/nixos/secrets
     # etcd runs as its own user: it reads the node's keys as systemd credentials (etcd.service.d/
@@ -265,23 +228,38 @@ power_on_pxe() {
         vm_args+=(-boot n -device "virtio-net-pci,netdev=n0,mac=${mac[$n]}")
     fi
     power_on[$n]=$EPOCHREALTIME
+    mark["$n power-on"]=0.0
     background "$n.pxe.qemu" ip netns exec "$site" "$qemu" "${vm_args[@]}"
     vm_pid[$n]=$last_pid
+    up_since[$n]=$EPOCHREALTIME
 }
 
 # power_on_disk NODE: the installed machine, its installed kernel booted directly; its first boot
 # from the disk, or a later one ("reboot": its own console file).
 power_on_disk() {
     local n=$1
-    if [[ ${phase[$n]:-} == pxe ]]; then phase[$n]=disk; else phase[$n]=reboot; fi
+    if [[ ${phase[$n]:-} == pxe ]]; then
+        phase[$n]=disk
+        mark["$n rebooted"]=$(since "$n")
+    else
+        phase[$n]=reboot
+    fi
     qemu_args "$n"
     vm_args+=(-kernel "$image/vmlinux" -initrd "$image/boot.cpio.gz"
         -append "root=/dev/vda console=ttyS0 panic=-1 systemd.show_status=false"
         -device "virtio-net-pci,netdev=n0,mac=${mac[$n]}")
     [[ -n ${power_on[$n]:-} ]] || power_on[$n]=$EPOCHREALTIME
-    background "$n.disk.qemu" ip netns exec "$site" "$qemu" "${vm_args[@]}"
+    background "$n.${phase[$n]}.qemu" ip netns exec "$site" "$qemu" "${vm_args[@]}"
     vm_pid[$n]=$last_pid
+    up_since[$n]=$EPOCHREALTIME
 }
+# machine_off NODE: NODE's machine is off (it powered itself off, or `stop` pulled its power); its
+# running time counts towards the machine time flint's share is measured against.
+machine_off() {
+    local n=$1 now=${EPOCHREALTIME//[!0-9]/} then=${up_since[$1]//[!0-9]/}
+    up_ms[$n]=$((${up_ms[$n]:-0} + (now - then) / 1000))
+}
+declare -A up_since=() up_ms=()
 
 # since NODE: seconds since NODE's first power-on.
 since() {
@@ -292,18 +270,22 @@ since() {
 
 flint_units="chainfire-cluster-join|flaredb-cluster-join|iam-initial-setup|etcd-cluster-join|etcd-cluster-promote|cluster-health-check"
 # The steps of the timeline, each seen on a machine's serial console (and the site's DHCP log).
-steps=(dhcp ipxe installer-up root-written files-pushed first-boot chainfire-cluster-join
-    flaredb-cluster-join iam-initial-setup etcd-cluster-join etcd-cluster-promote cluster-health-check)
+# "rebooted" is marked by power_on_disk; "healthy" is the node's own cluster-health-check done.
+steps=(power-on dhcp ipxe kernel installer root-written installed rebooted multi-user etcd-cluster-join
+    chainfire-cluster-join flaredb-cluster-join iam-initial-setup etcd-cluster-promote healthy)
 seen_on() {
     local n=$1 what=$2
     local serial=$work/$n.${phase[$n]}.serial
     case $what in
     dhcp) grep -q "DHCPACK(br0) ${addr[$n]} ${mac[$n]}" "$work/dnsmasq.log" ;;
     ipxe) serial_text "$serial" | grep -q 'iPXE' ;;
-    installer-up) serial_text "$serial" | grep -q 'FLINT-FLOW installer: address' ;;
+    kernel) serial_text "$serial" | grep -q 'installer\.img\.\.\..*ok' ;;
+    installer) serial_text "$serial" | grep -q 'FLINT-FLOW installer: address' ;;
     root-written) serial_text "$serial" | grep -q 'FLINT-FLOW installer: installed' ;;
-    files-pushed) serial_text "$serial" | grep -q 'FLINT-FLOW installer: done' ;;
-    first-boot) [[ ${phase[$n]} == disk ]] && serial_text "$serial" | grep -q 'systemd\[1\]: Reached target multi-user.target' ;;
+    installed) serial_text "$serial" | grep -q 'FLINT-FLOW installer: done' ;;
+    power-on | rebooted) false ;;
+    multi-user) [[ ${phase[$n]} == disk ]] && serial_text "$serial" | grep -q 'systemd\[1\]: Reached target multi-user.target' ;;
+    healthy) [[ ${phase[$n]} == disk ]] && serial_text "$serial" | grep -q 'systemd\[1\]: Finished cluster-health-check.service' ;;
     *) [[ ${phase[$n]} == disk ]] && serial_text "$serial" | grep -q "systemd\[1\]: Finished $what.service" ;;
     esac
 }
@@ -361,6 +343,7 @@ install() {
             if ! kill -0 "${vm_pid[$n]}" 2>/dev/null; then
                 wait "${vm_pid[$n]}" 2>/dev/null || true
                 unset "running[${vm_pid[$n]}]"
+                machine_off "$n"
                 serial_text "$serial" | grep -q 'FLINT-FLOW installer: done' \
                     || fail "$n powered off before its installation was done"
                 watch "$n"
@@ -386,7 +369,7 @@ first_boot() {
             local f
             f=$(failed_unit "$n")
             [[ -z $f ]] || fail "$n: $f"
-            if [[ -n ${mark["$n cluster-health-check"]:-} ]]; then
+            if [[ -n ${mark["$n healthy"]:-} ]]; then
                 say "   $n: first-boot chain done at $(since "$n") s"
                 continue
             fi
@@ -408,6 +391,7 @@ first_boot node01 node02 node03
 # --- 5. node04 joins while node01 is off --------------------------------------------------------
 step "5. node01 (every config's leader_url) powered off; node04 powers on and joins through its peers"
 stop "${vm_pid[node01]}"
+machine_off node01
 unset "phase[node01]"
 say "   node01 off at $(now_s) s"
 power_on_pxe node04
@@ -434,28 +418,115 @@ power_on_disk node01
 first_boot node04
 
 # --- 6. validation -------------------------------------------------------------------------------
-step "6. Validation from outside: flint health --expect-members 4 --write-check, etcdctl, /metrics"
+step "6. Validation from outside (the workstation): flint health, etcdctl, flint-boot's /metrics"
+validation_started=$(now_s)
 outside=$prepared/nodes/node02/cluster-config.json
 healthy=""
 for ((i = 0; i < 60; i++)); do
     if ip netns exec "$site" "$flint" --config "$outside" --state-dir "$work/outside-state" health \
-        --expect-members 4 --write-check --json >"$work/health.json" 2>"$work/health.err"; then
+        --expect-members 4 --write-check >"$work/health.txt" 2>&1; then
         healthy=yes
         break
     fi
     sleep 2
 done
-ip netns exec "$site" "$flint" --config "$outside" --state-dir "$work/outside-state" health \
-    --expect-members 4 --write-check 2>&1 | sed 's/^/   /' || true
-[[ -n $healthy ]] || fail "flint health from outside never passed: $(cat "$work/health.json" "$work/health.err")"
-ETCDCTL_API=3 ip netns exec "$site" etcdctl --endpoints "https://${addr[node02]}:2579" \
-    --cacert "$prepared/cluster/ca.pem" --cert "$prepared/cluster/admin.pem" --key "$prepared/cluster/admin-key.pem" \
-    member list -w table | sed 's/^/   /'
-ip netns exec "$boot" curl -fsS --max-time 2 http://10.99.0.2:8080/metrics >"$work/metrics.txt"
-grep '^flint_boot_scripts_served_total' "$work/metrics.txt" | sed 's/^/   /'
+sed 's/^/   /' "$work/health.txt"
+[[ -n $healthy ]] || fail "flint health --expect-members 4 --write-check from outside never passed"
+validated=$(now_s)
+say "   flint health --expect-members 4 --write-check: healthy at $validated s"
 
-# --- the timeline --------------------------------------------------------------------------------
-step "Timeline: seconds from each machine's power-on (the seed: PXE 2-5 min, installation 30-60 min, first boot 5-10 min, validation 5 min)"
+etcdctl_site() {
+    ETCDCTL_API=3 ip netns exec "$site" etcdctl --endpoints "https://${addr[node02]}:2579" --command-timeout=10s \
+        --cacert "$prepared/cluster/ca.pem" --cert "$prepared/cluster/admin.pem" --key "$prepared/cluster/admin-key.pem" "$@"
+}
+etcdctl_site member list -w table | sed 's/^/   /'
+etcdctl_site member list -w json >"$work/members.json"
+jq -e '[.members[] | select(.isLearner != true and (.clientURLs | length) > 0)] | length == 4' \
+    "$work/members.json" >/dev/null || fail "etcdctl member list: not 4 started voting members"
+for ((i = 0; i < 10; i++)); do
+    etcdctl_site endpoint status --cluster -w json >"$work/endpoints.json" 2>"$work/endpoints.err" &&
+        jq -e 'length == 4 and ([.[] | select(.Status.header.member_id == .Status.leader)] | length) == 1
+            and ([.[].Status.leader] | unique | length) == 1' "$work/endpoints.json" >/dev/null && break
+    sleep 2
+done
+((i < 10)) || fail "etcdctl endpoint status --cluster: not 4 members agreeing on one leader: $(cat "$work/endpoints.json" "$work/endpoints.err")"
+say "   etcdctl: 4 voting members, all 4 endpoints answer and agree on one leader"
+
+ip netns exec "$boot" curl -fsS --max-time 2 http://10.99.0.2:8080/metrics >"$work/metrics.txt"
+metric() { awk -v m="$1" '$1 == m {print $2}' "$work/metrics.txt"; }
+metric_sum() { awk -v m="$1" 'index($1, m) == 1 {t += $2} END {print t + 0}' "$work/metrics.txt"; }
+expect_metric() {
+    local got=$1 want=$2 what=$3
+    [[ $got == "$want" ]] || fail "flint-boot's /metrics: $what is $got, expected $want"
+    say "   /metrics: $what = $got"
+}
+expect_metric "$(metric 'flint_boot_scripts_served_total{profile="installer"}')" 4 "installer scripts served"
+expect_metric "$(metric 'flint_boot_http_requests_total{route="/images",status="200"}')" 12 \
+    "kernels, initrds and roots sent whole (3 for each of 4 machines)"
+expect_metric "$(metric_sum 'flint_boot_dhcp_answers_total{port="67",arch="bios"')" 3 "ProxyDHCP answers to BIOS firmware"
+expect_metric "$(metric 'flint_boot_tftp_transfers_total{outcome="sent"}')" 1 "iPXE sent over TFTP (to the UEFI machine)"
+expect_metric "$(metric_sum 'flint_boot_errors_total')" 0 "errors"
+
+# --- the journals --------------------------------------------------------------------------------
+step "Each machine's journal, copied out of its disk once it is switched off"
+# journald writes to the disk every 5 s (the root's journald.conf.d): wait that long, then pull the
+# power of every machine, as the seed's operator would inspect a disk after the fact.
+sleep 6
+declare -A qemu_rss_kib=()
+for n in "${nodes[@]}"; do
+    qemu_rss_kib[$n]=$(awk '/^VmHWM:/ {print $2}' /proc/"${vm_pid[$n]}"/status)
+    stop "${vm_pid[$n]}"
+    machine_off "$n"
+done
+# times(1) in this shell (a command substitution would report its own subshell's children).
+times >"$work/times.txt"
+qemu_cpu=$(awk 'NR == 2 {gsub(/[ms]/, " "); print $1 * 60 + $2 + $3 * 60 + $4}' "$work/times.txt")
+mkdir -p "$work/journal"
+for n in "${nodes[@]}"; do
+    mkdir -p "$work/journal/$n"
+    # What the next mount would do first: replay ext4's own journal (the last seconds' metadata),
+    # which debugfs does not.
+    e2fsck -y -E journal_only "$work/$n.disk" >/dev/null 2>&1 || (($? == 1)) \
+        || fail "$n: e2fsck cannot replay its disk's ext4 journal"
+    debugfs -R "rdump /var/log/journal $work/journal/$n" "$work/$n.disk" >/dev/null 2>&1 \
+        || fail "$n: cannot copy /var/log/journal out of its disk (debugfs)"
+    journalctl -D "$work/journal/$n/journal" -o json --no-pager >"$work/journal/$n.json" 2>/dev/null
+    [[ -s $work/journal/$n.json ]] || fail "$n: no journal on its disk"
+done
+
+# Each flint unit finished on each machine: systemd's "unit started" record (its "Finished" line).
+for n in "${nodes[@]}"; do
+    units_done=$(jq -rs --arg units "$flint_units" '
+        [.[] | select(.MESSAGE_ID == "39f53479d3a045ac8e11786248231fbf")
+             | .UNIT // "" | select(test("^(" + $units + ")\\.service$"))] | unique | length' \
+        "$work/journal/$n.json")
+    ((units_done == 6)) || fail "$n's journal: $units_done of flint's 6 first-boot units finished"
+done
+say "   every machine's journal: flint's 6 first-boot units finished"
+jq -rs '.[] | select(.SYSLOG_IDENTIFIER == "flint") | .MESSAGE' "$work/journal/node04.json" >"$work/node04-flint.log"
+grep -q 'IAM was already set up by another node' "$work/node04-flint.log" \
+    || fail "node04's journal: iam-initial-setup did not meet the cluster's IAM already set up"
+say "   node04's journal: IAM setup met the organization already set up (409) and succeeded"
+grep -m1 'unhealthy cluster' "$work/node04-flint.log" | cut -c1-160 | sed 's/^/   node04: /' || true
+
+# flint's share: each run of one of its units (first boot, recovery, flint-health.timer) from
+# systemd's "Starting" to its "Finished" or "Failed", and the CPU systemd says the unit used.
+share=$(cat "$work"/journal/node0?.json | jq -rs --arg units "$flint_units|flint-health" '
+    def t: .__MONOTONIC_TIMESTAMP | tonumber;
+    [.[] | select((.UNIT // "") | test("^(" + $units + ")\\.service$"))] as $e
+    | ($e | map(select(.MESSAGE_ID == "ae8f7b866b0347b9af31fe1c80b127c0") | .CPU_USAGE_NSEC | tonumber) | add // 0) as $cpu
+    | ($e | group_by(._BOOT_ID + .UNIT) | map(sort_by(t) | reduce .[] as $x ({start: null, wall: 0, runs: 0};
+        if $x.MESSAGE_ID == "7d4958e842da4a758f6c1cdc7b36dcc5" then .start = ($x | t)
+        elif ($x.MESSAGE_ID == "39f53479d3a045ac8e11786248231fbf" or $x.MESSAGE_ID == "be02cf6855d2428ba40df7e9d022f03d")
+            and .start != null then .wall += ($x | t) - .start | .runs += 1 | .start = null
+        else . end))) as $runs
+    | "\(($runs | map(.wall) | add) / 1000 | floor) \($cpu / 1000000 | floor) \($runs | map(.runs) | add)"')
+read -r flint_wall_ms flint_cpu_ms flint_runs <<<"$share"
+machine_ms=0
+for n in "${nodes[@]}"; do machine_ms=$((machine_ms + up_ms[$n])); done
+
+# --- the timeline and the figures ----------------------------------------------------------------
+step "Timeline: seconds from each machine's power-on"
 printf '   %-24s' step
 for n in "${nodes[@]}"; do printf '%9s' "$n"; done
 printf '\n'
@@ -464,4 +535,36 @@ for s in "${steps[@]}"; do
     for n in "${nodes[@]}"; do printf '%9s' "${mark["$n $s"]:--}"; done
     printf '\n'
 done
-say "   validated 4 members at $(now_s) s after the first power-on"
+# phase_span FROM TO: the longest FROM -> TO on any machine, in seconds.
+phase_span() {
+    local n longest=0 a b
+    for n in "${nodes[@]}"; do
+        a=${mark["$n $1"]:-} b=${mark["$n $2"]:-}
+        [[ -n $a && -n $b ]] || continue
+        longest=$(awk -v a="$a" -v b="$b" -v l="$longest" 'BEGIN {d = b - a; print (d > l ? d : l)}')
+    done
+    printf '%.1f' "$longest"
+}
+say ""
+printf '   %-36s %9s    %s\n' "phase (the longest machine)" "this run" "the seed's deployment flow"
+printf '   %-36s %7s s    %s\n' "PXE (power-on -> kernel)" "$(phase_span power-on kernel)" "2-5 min" \
+    "installation (kernel -> installed)" "$(phase_span kernel installed)" "30-60 min" \
+    "first boot (rebooted -> healthy)" "$(phase_span rebooted healthy)" "5-10 min"
+printf '   %-36s %7s s    %s\n' "validation (from outside)" \
+    "$(awk -v a="$validation_started" -v b="$validated" 'BEGIN {printf "%.1f", b - a}')" "5 min"
+
+bootstrap=0
+for n in node01 node02 node03; do
+    bootstrap=$(awk -v a="${mark["$n healthy"]}" -v l="$bootstrap" 'BEGIN {print (a > l ? a : l)}')
+done
+step "Figures"
+say "   node01-03 powered on at once -> a validated 3-member cluster (each node's own health check): $bootstrap s"
+say "   node01-03 powered on -> node04 validated as the fourth member, from outside: $validated s"
+awk -v w="$flint_wall_ms" -v c="$flint_cpu_ms" -v r="$flint_runs" -v m="$machine_ms" 'BEGIN {
+    printf "   flint: %d runs of its units, %.1f s wall (waiting for services included), %.1f s CPU,\n", r, w / 1000, c / 1000
+    printf "          over %.0f machine-seconds: %.2f%% of the machines'"'"' time waiting or working, %.2f%% of their CPU\n", m / 1000, 100 * w / m, 100 * c / m }'
+rss=0
+for n in "${nodes[@]}"; do rss=$((rss + qemu_rss_kib[$n])); done
+say "   resources: $(nproc) host cores; 4 machines of 1 vCPU and 640 MiB (QEMU's peak RSS $((rss / 1024)) MiB together);"
+say "              QEMU and the other processes of the run: ${qemu_cpu%.*} CPU-seconds; disk in use: $(du -sh "$work" | cut -f1) (the cached images and root $(du -shcD "$image" "$image/base" | tail -1 | cut -f1))"
+say "   the whole flow, preparation included: $(now_s) s"

@@ -55,53 +55,8 @@ export QEMU_MODULE_DIR=$lab/usr/lib/x86_64-linux-gnu/qemu
 work=$(mktemp -d /var/tmp/flint-pxe-test.XXXXXX)
 site=flint-pxe-$$-site
 boot=flint-pxe-$$-boot
-# What runs in the background, by PID (to its name). Only these are ever signalled.
-declare -A running=()
-
-# stop PID: SIGTERM, then SIGKILL if it is still there 5 s later.
-stop() {
-    local pid=$1 i
-    kill "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    unset "running[$pid]"
-}
-
-cleanup() {
-    local status=$? pid
-    trap '' INT TERM
-    for pid in "${!running[@]}"; do
-        stop "$pid"
-    done
-    ip netns del "$site" 2>/dev/null || true
-    ip netns del "$boot" 2>/dev/null || true
-    if [[ -n ${FLINT_KEEP:-} ]]; then
-        echo "kept $work" >&2
-    else
-        rm -rf "$work"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-# A Ctrl-C or a test runner's SIGTERM reaches this script twice, sent to the process group and
-# passed on by timeout(1): the second must not end the first one's cleanup midway, so the first
-# thing a handler does is ignore them.
-trap 'trap "" INT TERM; exit 130' INT
-trap 'trap "" INT TERM; exit 143' TERM
-
-# background NAME COMMAND...: starts COMMAND with its output in $work/NAME.log; sets $last_pid.
-background() {
-    local name=$1
-    shift
-    : >"$work/$name.log"
-    "$@" >>"$work/$name.log" 2>&1 </dev/null &
-    last_pid=$!
-    running[$last_pid]=$name
-}
+# shellcheck source=tests/lib/lab.sh
+source "$here/../lib/lab.sh"
 
 # until_true SECONDS COMMAND...: runs COMMAND every 0.1 s until it succeeds (0) or time is up (1).
 until_true() {
@@ -127,11 +82,6 @@ seconds() {
     echo "$((ms / 1000)).$((ms % 1000 / 100))"
 }
 
-# Serial output as text: no carriage returns, no terminal escapes (SeaBIOS and iPXE draw with them).
-serial_text() {
-    [[ -e $1 ]] || return 0
-    tr -d '\r' <"$1" | sed -E 's/\x1b\[[0-9;?=]*[A-Za-z]//g; s/\x1bc//g'
-}
 
 # --- the boot server's files -------------------------------------------------------------------
 mkdir -p "$work/images/debian" "$work/images/flint-test" "$work/tftp" "$work/initramfs"/{bin,dev,proc}
