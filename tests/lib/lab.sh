@@ -58,3 +58,11 @@ serial_text() {
     [[ -e $1 ]] || return 0
     tr -d '\r' <"$1" | sed -E 's/\x1b\[[0-9;?=]*[A-Za-z]//g; s/\x1bc//g'
 }
+
+# serial_shows FILE [GREP OPTION...] PATTERN: whether a console shows PATTERN. Not a pipeline:
+# under pipefail, grep -q leaving at its first match would fail it with the writer's SIGPIPE.
+serial_shows() {
+    local file=$1
+    shift
+    grep -q "$@" < <(serial_text "$file")
+}

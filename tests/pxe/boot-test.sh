@@ -202,13 +202,13 @@ boot_vm() {
 }
 
 # serial_has TEXT: the VM's serial output has TEXT.
-serial_has() { serial_text "$serial" | grep -qF -- "$1"; }
+serial_has() { serial_shows "$serial" -F -- "$1"; }
 vm_gone() { ! kill -0 "$vm_pid" 2>/dev/null; }
 # What the firmware or the kernel prints once the boot has failed (SeaBIOS out of boot devices,
 # OVMF's IPv4 PXE entry failed, a kernel without its initramfs); waiting longer would change
 # nothing. stopped_at prints that line.
 stopped_at() {
-    serial_text "$serial" | grep -m1 -E 'No bootable device|BdsDxe: failed to load Boot[0-9A-F]+ "UEFI PXEv4|Kernel panic'
+    grep -m1 -E 'No bootable device|BdsDxe: failed to load Boot[0-9A-F]+ "UEFI PXEv4|Kernel panic' < <(serial_text "$serial")
 }
 gave_up() { stopped_at >/dev/null; }
 vm_done() { vm_gone || gave_up; }
@@ -271,7 +271,7 @@ boots() {
         scenario_failed "$name" "the VM was still running after $limit s"
     elif ! serial_has "$line"; then
         scenario_failed "$name" "no '$line' on the serial console"
-    elif ! serial_text "$serial" | grep -q "FLINT-PXE-MARKER profile=$profile\$"; then
+    elif ! serial_shows "$serial" "FLINT-PXE-MARKER profile=$profile\$"; then
         # (the marker may follow iPXE's last "... ok" on the same line: a quiet kernel prints
         # nothing before it)
         scenario_failed "$name" "no marker of profile $profile on the serial console"

@@ -193,7 +193,10 @@ prop() { sed -n "s/^$2=//p" "$work/$1/results/$3.show"; }
 expect_prop() {
     local root=$1 unit=$2 name=$3 want=$4 got
     got=$(prop "$root" "$name" "$unit")
-    [[ $got == "$want" ]] || fail "$root: $unit $name is '$got', expected '$want'"
+    [[ $got == "$want" ]] || fail "$root: $unit $name is '$got', expected '$want'; what systemd shows of it:
+$(cat "$work/$root/results/$unit.show" 2>/dev/null)
+its journal:
+$(tail -20 "$work/$root/results/$unit.journal" 2>/dev/null)"
 }
 
 config() {
