@@ -367,11 +367,13 @@ in
             RemainAfterExit = true;
             # The seed's validation writes and reads back once, at first boot; the periodic
             # check below writes nothing.
-            ExecStart = "${cfg.package}/bin/flint health --write-check --textfile ${textfile}";
+            # --wait: peers still starting are waited for, up to timeouts.total.
+            ExecStart = "${cfg.package}/bin/flint health --wait --write-check --textfile ${textfile}";
+            NotifyAccess = "main";
             Restart = "on-failure";
             RestartSec = "30s";
             RestartPreventExitStatus = "64 65 77 78 238 243";
-            TimeoutStartSec = "2min";
+            TimeoutStartSec = "11min";
           };
         };
         flint-health = {

@@ -3,7 +3,7 @@
 # machine (tests/flow/run.sh): four QEMU machines PXE-boot from flint-boot, install, boot from their
 # disks and form etcd, chainfire, flaredb and IAM through flint's first-boot units, then a timeline.
 #
-#   sudo scripts/demo.sh            the whole flow (5-7 minutes on 2 cores, more the first time:
+#   sudo scripts/demo.sh            the whole flow (about 5 minutes on 2 cores, more the first time:
 #                                   it builds a Debian root and fetches QEMU's packages, then caches them)
 #   sudo scripts/demo.sh --quick    the etcd-only demo on loopback, under a minute (scripts/demo-quick.sh)
 #

@@ -61,6 +61,11 @@ pub enum Command {
         /// gateway, chainfire and flaredb through /v1/kv/.
         #[arg(long)]
         write_check: bool,
+        /// Check again until the cluster is healthy or `timeouts.total` passes (the first-boot
+        /// check: a node whose joins are done waits here for peers that are still starting);
+        /// the report printed is the last one.
+        #[arg(long)]
+        wait: bool,
     },
     /// Show this node's join state and what a join would do; with a flag, recover.
     NodeJoin(node_join::Args),
@@ -154,11 +159,17 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
             textfile,
             expect_members,
             write_check,
+            wait,
         } => {
             let ctx = Context::new(config_path(), state)?;
-            let expect = expect_members.map(|n| n as usize);
-            let healthy =
-                commands::health::run(&ctx, json, textfile.as_deref(), expect, write_check).await?;
+            let options = commands::health::Options {
+                json,
+                textfile: textfile.as_deref(),
+                expect_members: expect_members.map(|n| n as usize),
+                write_check,
+                wait,
+            };
+            let healthy = commands::health::run(&ctx, &options).await?;
             Ok(if healthy {
                 ExitStatus::Success
             } else {

@@ -483,3 +483,57 @@ fn each_configured_endpoint_says_whether_it_answered_and_why_not() {
         );
     }
 }
+
+#[test]
+fn wait_checks_again_until_the_cluster_is_healthy_and_gives_up_at_the_deadline() {
+    let mut cluster = EtcdCluster::start(3);
+    let mut node = checker(&cluster);
+    node.config["timeouts"] = json!({"total": "60s", "request": "3s", "connect": "2s"});
+    cluster.stop(2);
+    cluster.stop(1);
+
+    // No quorum when it starts: it waits, says why once, and passes once a member is back.
+    let mut waiting = node.spawn(&["health", "--wait"]);
+    let line = waiting.wait_for_line(
+        "waiting for the cluster to be healthy",
+        Duration::from_secs(10),
+    );
+    assert!(
+        line.contains("etcd: "),
+        "the wait names the service: {line}"
+    );
+    assert!(
+        waiting.try_status().is_none(),
+        "health --wait exited while the cluster had no quorum"
+    );
+    cluster.restart(1);
+    let out = waiting.wait(Duration::from_secs(20));
+    out.assert_code(0, "health --wait once quorum is back");
+    assert!(
+        out.stdout.contains("etcd: 3 members, leader"),
+        "the last report is printed: {}",
+        out.describe()
+    );
+    // A line when the reason changes, not one per check (several ran while the member was down).
+    let waits = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("waiting for the cluster to be healthy"))
+        .count();
+    assert!(waits <= 2, "{waits} lines for the wait: {}", out.describe());
+
+    // Never healthy: at the deadline (timeouts.total), the verdict of the last check, exit 1.
+    cluster.stop(1);
+    node.config["timeouts"] = json!({"total": "4s", "request": "2s", "connect": "1s"});
+    let out = node.run(&["health", "--wait"]);
+    out.assert_code(1, "health --wait when quorum never comes back");
+    assert!(
+        out.stdout.contains("etcd: ") && out.stdout.contains("UNHEALTHY"),
+        "the last report is printed: {}",
+        out.describe()
+    );
+
+    // Without --wait: one check, at once.
+    node.run(&["health"])
+        .assert_code(1, "health without --wait on a cluster without quorum");
+}

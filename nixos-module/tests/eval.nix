@@ -85,7 +85,7 @@ let
   units = node.systemd.services;
   healthUnits = services: [ services.cluster-health-check services.flint-health ];
   writesTextfileIn = dir: services:
-    services.cluster-health-check.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint health --write-check --textfile ${dir}/cluster-health.prom"
+    services.cluster-health-check.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint health --wait --write-check --textfile ${dir}/cluster-health.prom"
     && services.flint-health.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint health --textfile ${dir}/cluster-health.prom"
     && all (u: u.serviceConfig.ReadWritePaths == [ "-${dir}" ]
       && !(u.serviceConfig ? StateDirectory)) (healthUnits services);

@@ -110,7 +110,8 @@ ln -sf /etc/systemd/system/flint-flow-sandbox.service "$wants/flint-flow-sandbox
 install -D -m 755 /dev/stdin "$root/usr/local/lib/flint-lab/cpu-report" <<'SCRIPT'
 #!/bin/bash
 flint_units="chainfire-cluster-join.service flaredb-cluster-join.service iam-initial-setup.service
-    etcd-cluster-join.service etcd-cluster-promote.service flint-flow-sandbox.service"
+    etcd-cluster-join.service etcd-cluster-promote.service cluster-health-check.service
+    flint-flow-sandbox.service"
 while :; do
     top=$(awk '{sub(/^[0-9]+ \(/, ""); sub(/\) /, " "); t[$1] += ($13 + $14) / 100}
         END {for (c in t) if (t[c] >= 0.5) printf "%.1f %s\n", t[c], c}' /proc/[0-9]*/stat 2>/dev/null |

@@ -5,12 +5,16 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use backon::BackoffBuilder;
 use serde::Serialize;
 use tokio::task::JoinSet;
+use tracing::info;
 use url::Url;
 
 use super::Context;
 use crate::config::{Service, one_line};
+use crate::retry::{Pace, human};
+use crate::systemd;
 
 pub(crate) mod admin;
 pub(crate) mod etcd;
@@ -145,14 +149,68 @@ where
     (first, reports)
 }
 
-pub async fn run(
+/// What `flint health` is asked to do besides checking once.
+pub struct Options<'a> {
+    pub json: bool,
+    pub textfile: Option<&'a Path>,
+    pub expect_members: Option<usize>,
+    pub write_check: bool,
+    /// Check again until the cluster is healthy or the deadline (`timeouts.total`) passes.
+    pub wait: bool,
+}
+
+pub async fn run(ctx: &Context, options: &Options<'_>) -> crate::Result<bool> {
+    let expected = options.expect_members.or(ctx.config.expected_members);
+    let report = if options.wait {
+        check_until_healthy(ctx, expected, options.write_check).await?
+    } else {
+        check(ctx, expected, options.write_check).await?
+    };
+    if let Some(path) = options.textfile {
+        write_textfile(path, &report)?;
+    }
+    if options.json {
+        let json = serde_json::to_string_pretty(&report).expect("a report always serializes");
+        println!("{}", crate::secrets::scrub(&json));
+    } else {
+        print!("{}", crate::logging::safe_lines(&table(&report)));
+    }
+    Ok(report.healthy)
+}
+
+/// Checks again, at the pace of a wait for a remote service, until the cluster is healthy or
+/// the deadline passes: a node that finished its joins before its peers have started theirs
+/// waits for them here, in one process and over the connections it already holds, instead of
+/// failing and being started again by systemd. The report returned is the last one.
+async fn check_until_healthy(
     ctx: &Context,
-    json: bool,
-    textfile: Option<&Path>,
-    expect_members: Option<usize>,
+    expected: Option<usize>,
     write_check: bool,
-) -> crate::Result<bool> {
-    let expected = expect_members.or(ctx.config.expected_members);
+) -> crate::Result<Report> {
+    let mut waits = Pace::REMOTE.build();
+    let mut last_reason = String::new();
+    loop {
+        let report = check(ctx, expected, write_check).await?;
+        let remaining = ctx.deadline.remaining();
+        let next = waits.next().map(|wait| wait.min(remaining));
+        let Some(next) = next.filter(|_| !report.healthy && !remaining.is_zero()) else {
+            return Ok(report);
+        };
+        let reason = report.first_problem();
+        if reason != last_reason {
+            info!(
+                "waiting for the cluster to be healthy: {reason}; checking again for up to {} more",
+                human(remaining)
+            );
+            last_reason = reason;
+        }
+        systemd::waiting("waiting for the cluster to be healthy", remaining);
+        tokio::time::sleep(next).await;
+    }
+}
+
+/// Every configured service checked once, the member counts held against `expected`.
+async fn check(ctx: &Context, expected: Option<usize>, write_check: bool) -> crate::Result<Report> {
     // The services are independent: checked at once, reported in the configured order.
     let mut checks = tokio::task::JoinSet::new();
     for (index, service) in ctx.config.configured_services().iter().copied().enumerate() {
@@ -192,21 +250,26 @@ pub async fn run(
             service.expect_members(expected);
         }
     }
-    let report = Report {
+    Ok(Report {
         schema_version: SCHEMA_VERSION,
         healthy: services.iter().all(|s| s.healthy),
         services,
-    };
-    if let Some(path) = textfile {
-        write_textfile(path, &report)?;
+    })
+}
+
+impl Report {
+    /// The first thing wrong, for the log line of a wait: `etcd: member node02 ...`.
+    fn first_problem(&self) -> String {
+        self.services
+            .iter()
+            .filter(|s| !s.healthy)
+            .find_map(|s| {
+                s.problems
+                    .first()
+                    .map(|p| format!("{}: {}", s.service, one_line(p)))
+            })
+            .unwrap_or_else(|| "a service is unhealthy".to_owned())
     }
-    if json {
-        let json = serde_json::to_string_pretty(&report).expect("a report always serializes");
-        println!("{}", crate::secrets::scrub(&json));
-    } else {
-        print!("{}", crate::logging::safe_lines(&table(&report)));
-    }
-    Ok(report.healthy)
 }
 
 impl ServiceReport {
