@@ -141,7 +141,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: Classified + Into<crate::Error>,
 {
-    let mut last_reason = String::new();
+    let mut log = WaitLog::new(what);
     let retrying = attempt
         .retry(pace)
         .sleep(tokio::time::sleep)
@@ -158,18 +158,7 @@ where
             next.map(|wait| wait.max(floor).min(remaining))
         })
         .notify(|e: &E, wait: Duration| {
-            let reason = e.to_string();
-            let remaining = deadline.remaining();
-            if reason != last_reason {
-                info!(
-                    "waiting for {what}: {reason}; retrying for up to {} more",
-                    human(remaining)
-                );
-                last_reason = reason;
-            } else {
-                debug!("still waiting for {what}; next try in {wait:?}");
-            }
-            systemd::waiting(&format!("waiting for {what}"), remaining);
+            log.retrying(&e.to_string(), deadline.remaining(), wait);
         });
     match tokio::time::timeout_at(deadline.at, retrying).await {
         Ok(Ok(value)) => Ok(value),
@@ -183,13 +172,43 @@ where
         Err(_) => Err(DeadlinePassed {
             what: what.to_owned(),
             total: deadline.total,
-            last: if last_reason.is_empty() {
-                "the last attempt was still running".to_owned()
-            } else {
-                last_reason
-            },
+            last: log
+                .last_reason
+                .unwrap_or_else(|| "the last attempt was still running".to_owned()),
         }
         .into()),
+    }
+}
+
+/// What a wait tells the journal and `systemctl status`: a line when the reason changes, not one
+/// per try (a wait of minutes would bury the rest of the log).
+pub struct WaitLog<'a> {
+    what: &'a str,
+    last_reason: Option<String>,
+}
+
+impl<'a> WaitLog<'a> {
+    /// `what` is what is awaited: `the cluster to be healthy`.
+    pub fn new(what: &'a str) -> Self {
+        WaitLog {
+            what,
+            last_reason: None,
+        }
+    }
+
+    /// One more try is due in `wait`, because of `reason`, with `remaining` before the deadline.
+    pub fn retrying(&mut self, reason: &str, remaining: Duration, wait: Duration) {
+        let what = self.what;
+        if self.last_reason.as_deref() == Some(reason) {
+            debug!("still waiting for {what}; next try in {wait:?}");
+        } else {
+            info!(
+                "waiting for {what}: {reason}; trying again for up to {} more",
+                human(remaining)
+            );
+            self.last_reason = Some(reason.to_owned());
+        }
+        systemd::waiting(&format!("waiting for {what}"), remaining);
     }
 }
 

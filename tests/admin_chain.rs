@@ -375,7 +375,7 @@ fn a_join_does_not_wait_for_another_services_join() {
     node.config["etcd"] = json!({"leader_url": format!("https://{}:9", lab.ip(1)), "peers": []});
     node.config["timeouts"]["total"] = json!("30s");
     let mut etcd_join = node.spawn(&["join", "etcd", "--phase", "add"]);
-    etcd_join.wait_for_line("retrying for up to", std::time::Duration::from_secs(15));
+    etcd_join.wait_for_line("trying again for up to", std::time::Duration::from_secs(15));
     let out = node.run(JOIN);
     let etcd_out = etcd_join.kill9();
     out.assert_code(0, "chainfire join while the node's etcd join retries");

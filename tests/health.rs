@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    CHAINFIRE_PORT, EtcdCluster, FlintOutput, Lab, Node, Secrets, TestServer, chain_node,
-    run_bounded, sample,
+    CHAINFIRE_PORT, EtcdCluster, FLAREDB_PORT, FlintOutput, Lab, Node, Secrets, TestServer,
+    chain_node, run_bounded, sample,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -536,4 +536,56 @@ fn wait_checks_again_until_the_cluster_is_healthy_and_gives_up_at_the_deadline()
     // Without --wait: one check, at once.
     node.run(&["health"])
         .assert_code(1, "health without --wait on a cluster without quorum");
+}
+
+#[test]
+fn the_wait_asks_again_only_for_the_services_still_unhealthy_then_checks_all_at_once() {
+    let lab = Lab::new();
+    let secrets = Secrets::generate(&lab);
+    let chainfire = TestServer::cluster(&lab, CHAINFIRE_PORT, 3, 3, secrets.cluster_options(&lab));
+    let flaredb = TestServer::cluster(&lab, FLAREDB_PORT, 3, 3, secrets.cluster_options(&lab));
+    let mut node = chain_node(&lab, 0, &secrets, false);
+    node.config
+        .as_object_mut()
+        .expect("an object")
+        .remove("iam");
+    node.config["timeouts"] = json!({"total": "30s", "request": "3s", "connect": "2s"});
+
+    // What one check asks of each service.
+    let before = chainfire.requests("list");
+    node.run(&["health"])
+        .assert_code(0, "health on two healthy clusters");
+    let per_check = chainfire.requests("list") - before;
+    assert!(per_check > 0, "a check lists chainfire's members");
+
+    // flaredb has no leader for 4 s: the wait asks flaredb again and again, chainfire only at the
+    // start and once more when flaredb is healthy (the report printed is taken at one moment).
+    let (chainfire_before, flaredb_before) = (chainfire.requests("list"), flaredb.requests("list"));
+    flaredb.election(4000);
+    let out = node.run(&["health", "--wait"]);
+    out.assert_code(0, "health --wait once flaredb has a leader again");
+    assert!(
+        out.stderr
+            .contains("waiting for the cluster to be healthy: flaredb: "),
+        "the wait names flaredb: {}",
+        out.describe()
+    );
+    let chainfire_asked = chainfire.requests("list") - chainfire_before;
+    let flaredb_asked = flaredb.requests("list") - flaredb_before;
+    assert_eq!(
+        chainfire_asked,
+        2 * per_check,
+        "chainfire, healthy all along, is asked by the first and the last check only: {}",
+        out.describe()
+    );
+    assert!(
+        flaredb_asked > 2 * per_check,
+        "flaredb is asked again while it waits ({flaredb_asked} lists): {}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("chainfire: 3 members") && out.stdout.contains("flaredb: 3 members"),
+        "the last report has every service: {}",
+        out.describe()
+    );
 }

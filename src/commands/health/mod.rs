@@ -8,13 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use backon::BackoffBuilder;
 use serde::Serialize;
 use tokio::task::JoinSet;
-use tracing::info;
 use url::Url;
 
 use super::Context;
 use crate::config::{Service, one_line};
-use crate::retry::{Pace, human};
-use crate::systemd;
+use crate::retry::{Pace, WaitLog};
 
 pub(crate) mod admin;
 pub(crate) mod etcd;
@@ -164,7 +162,13 @@ pub async fn run(ctx: &Context, options: &Options<'_>) -> crate::Result<bool> {
     let report = if options.wait {
         check_until_healthy(ctx, expected, options.write_check).await?
     } else {
-        check(ctx, expected, options.write_check).await?
+        check(
+            ctx,
+            ctx.config.configured_services(),
+            expected,
+            options.write_check,
+        )
+        .await?
     };
     if let Some(path) = options.textfile {
         write_textfile(path, &report)?;
@@ -181,39 +185,52 @@ pub async fn run(ctx: &Context, options: &Options<'_>) -> crate::Result<bool> {
 /// Checks again, at the pace of a wait for a remote service, until the cluster is healthy or
 /// the deadline passes: a node that finished its joins before its peers have started theirs
 /// waits for them here, in one process and over the connections it already holds, instead of
-/// failing and being started again by systemd. The report returned is the last one.
+/// failing and being started again by systemd. While it waits only the services still unhealthy
+/// are asked again (each check costs every member a request, and a node that boots first may
+/// wait minutes); once each has been healthy, every service is checked once more together, and
+/// that report, taken at one moment, is the one returned. At the deadline the last report is.
 async fn check_until_healthy(
     ctx: &Context,
     expected: Option<usize>,
     write_check: bool,
 ) -> crate::Result<Report> {
+    let all = ctx.config.configured_services();
     let mut waits = Pace::REMOTE.build();
-    let mut last_reason = String::new();
+    let mut log = WaitLog::new("the cluster to be healthy");
+    let mut report = check(ctx, all, expected, write_check).await?;
     loop {
-        let report = check(ctx, expected, write_check).await?;
         let remaining = ctx.deadline.remaining();
         let next = waits.next().map(|wait| wait.min(remaining));
         let Some(next) = next.filter(|_| !report.healthy && !remaining.is_zero()) else {
             return Ok(report);
         };
-        let reason = report.first_problem();
-        if reason != last_reason {
-            info!(
-                "waiting for the cluster to be healthy: {reason}; checking again for up to {} more",
-                human(remaining)
-            );
-            last_reason = reason;
-        }
-        systemd::waiting("waiting for the cluster to be healthy", remaining);
+        log.retrying(&report.first_problem(), remaining, next);
         tokio::time::sleep(next).await;
+        let unhealthy: Vec<Service> = all
+            .iter()
+            .zip(&report.services)
+            .filter(|(_, s)| !s.healthy)
+            .map(|(service, _)| *service)
+            .collect();
+        let again = check(ctx, &unhealthy, expected, write_check).await?;
+        if again.healthy {
+            report = check(ctx, all, expected, write_check).await?;
+        } else {
+            report.replace(again);
+        }
     }
 }
 
-/// Every configured service checked once, the member counts held against `expected`.
-async fn check(ctx: &Context, expected: Option<usize>, write_check: bool) -> crate::Result<Report> {
-    // The services are independent: checked at once, reported in the configured order.
+/// The services named checked once, the member counts held against `expected`.
+async fn check(
+    ctx: &Context,
+    services: &[Service],
+    expected: Option<usize>,
+    write_check: bool,
+) -> crate::Result<Report> {
+    // The services are independent: checked at once, reported in the order given.
     let mut checks = tokio::task::JoinSet::new();
-    for (index, service) in ctx.config.configured_services().iter().copied().enumerate() {
+    for (index, service) in services.iter().copied().enumerate() {
         let ctx = ctx.clone();
         checks.spawn(async move {
             let mut report = match service {
@@ -258,6 +275,20 @@ async fn check(ctx: &Context, expected: Option<usize>, write_check: bool) -> cra
 }
 
 impl Report {
+    /// Puts the reports of `newer` in place of those of the same services.
+    fn replace(&mut self, newer: Report) {
+        for fresh in newer.services {
+            if let Some(old) = self
+                .services
+                .iter_mut()
+                .find(|s| s.service == fresh.service)
+            {
+                *old = fresh;
+            }
+        }
+        self.healthy = self.services.iter().all(|s| s.healthy);
+    }
+
     /// The first thing wrong, for the log line of a wait: `etcd: member node02 ...`.
     fn first_problem(&self) -> String {
         self.services
