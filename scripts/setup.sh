@@ -22,11 +22,11 @@ setup_main() {
         debootstrap systemd-container  # a Debian root booted with systemd as PID 1 (tests/systemd)
         tftp-hpa                  # a real TFTP client against flint-boot's TFTP server
         dnsmasq-base              # the site's ordinary DHCP server in the PXE boot test (tests/pxe); ProxyDHCP and TFTP beside flint-boot in bench/storm
-        nginx                     # bench/storm: HTTP beside flint-boot (its service is not started, as for every package here)
+        nginx                     # bench/storm: HTTP beside flint-boot; the reference of the HTTP conformance test (its service is not started)
         nftables ethtool          # tests/chaos: loss and partitions (nft), checksum offload off at the delay lines
         prometheus-node-exporter  # node_exporter reading flint health's textfile as its own user (tests/textfile_collector.rs)
         ipxe                      # Debian's iPXE files as installed (ipxe.efi is a link into /boot), served in tests/links.rs
-        nginx                     # the reference the HTTP conformance test compares flint-boot's answers with
+        lzop                      # tests/flow: the root file system image, which the installer stand-in unpacks with busybox
     )
     local -a missing=()
     local pkg

@@ -21,65 +21,56 @@ kernel=$(sed -n 's/^\(linux-image-[^=]*\)=.*/\1/p' "$lab/versions")
 [[ -n $kernel ]] || { say "no kernel package in $lab/versions"; exit 1; }
 release=${kernel#linux-image-}
 key=$(cat "$lab/versions" <(echo "$base") "$here/image.sh" "$here/boot-init.sh" \
-    "$here/installer-init.sh" "$here/udhcpc.sh" | sha256sum | cut -c1-16)
-out=$cache/$key
-if [[ -f $out/.complete ]]; then
-    echo "$out"
-    exit 0
-fi
+    "$here/installer-init.sh" "$here/udhcpc.sh" "$here/../lib/cache.sh" | sha256sum | cut -c1-16)
 
-mkdir -p "$cache"
-exec 9>"$cache/.lock"
-flock -w 600 9 || { say "another image.sh has held $cache/.lock for 10 minutes"; exit 1; }
-if [[ -f $out/.complete ]]; then
-    echo "$out"
-    exit 0
-fi
-rm -rf "$cache"/build.*
-build=$(mktemp -d "$cache/build.XXXXXX")
-trap 'rm -rf "$build"' EXIT
-say "building $out ($kernel)"
+# build OUT: fills OUT; its scratch files go beside it, in the build folder cache_folder removes.
+build() {
+    local out=$1 scratch
+    scratch=$(dirname "$1")
+    say "building $cache/$key ($kernel)"
+    # The kernel package once more, for its modules (lab-setup.sh keeps only /boot).
+    (cd "$scratch" && apt-get download -qq -o APT::Sandbox::User=root "$kernel=$(sed -n "s/^$kernel=//p" "$lab/versions")")
+    local modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
+        failover net_failover virtio_net crc16 mbcache jbd2 crc32c_generic ext4)
+    mkdir -p "$out/modules" "$scratch/deb"
+    dpkg-deb --fsys-tarfile "$scratch"/linux-image-*.deb | tar -x -C "$scratch/deb" "./lib/modules/$release/kernel"
+    local module found
+    for module in "${modules[@]}"; do
+        found=$(find "$scratch/deb/lib/modules/$release/kernel" -name "$module.ko" | head -1)
+        [[ -n $found ]] || { say "no $module.ko in $kernel"; return 1; }
+        cp "$found" "$out/modules/"
+    done
 
-# The kernel package once more, for its modules (lab-setup.sh keeps only /boot).
-(cd "$build" && apt-get download -qq -o APT::Sandbox::User=root "$kernel=$(sed -n "s/^$kernel=//p" "$lab/versions")" >&2)
-modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
-    failover net_failover virtio_net crc16 mbcache jbd2 crc32c_generic ext4)
-mkdir -p "$build/out/modules" "$build/deb"
-dpkg-deb --fsys-tarfile "$build"/linux-image-*.deb | tar -x -C "$build/deb" "./lib/modules/$release/kernel"
-for module in "${modules[@]}"; do
-    found=$(find "$build/deb/lib/modules/$release/kernel" -name "$module.ko" | head -1)
-    [[ -n $found ]] || { say "no $module.ko in $kernel"; exit 1; }
-    cp "$found" "$build/out/modules/"
-done
+    # The uncompressed kernel: the xz stream inside vmlinuz, from its magic on (as the kernel's
+    # own scripts/extract-vmlinux finds it); xz ends with an error at the padding after the stream.
+    local vmlinuz offset
+    vmlinuz=$(readlink -f "$lab/vmlinuz")
+    offset=$(grep -abo $'\xfd7zXZ' "$vmlinuz" | head -1 | cut -d: -f1)
+    [[ -n $offset ]] || { say "no xz stream in $vmlinuz"; return 1; }
+    tail -c +"$((offset + 1))" "$vmlinuz" | xz -dc >"$out/vmlinux" 2>/dev/null || true
+    [[ $(head -c 4 "$out/vmlinux" | od -An -c | tr -d ' ') == 177ELF ]] \
+        || { say "what came out of $vmlinuz is not an ELF kernel"; return 1; }
 
-# The uncompressed kernel: the xz stream inside vmlinuz, from its magic on (as the kernel's own
-# scripts/extract-vmlinux finds it); xz ends with an error at the padding after the stream.
-vmlinuz=$(readlink -f "$lab/vmlinuz")
-offset=$(grep -abo $'\xfd7zXZ' "$vmlinuz" | head -1 | cut -d: -f1)
-[[ -n $offset ]] || { say "no xz stream in $vmlinuz"; exit 1; }
-tail -c +"$((offset + 1))" "$vmlinuz" | xz -dc >"$build/out/vmlinux" 2>/dev/null || true
-[[ $(head -c 4 "$build/out/vmlinux" | od -An -c | tr -d ' ') == 177ELF ]] \
-    || { say "what came out of $vmlinuz is not an ELF kernel"; exit 1; }
+    initramfs "$out" "$scratch" boot "$here/boot-init.sh"
+    initramfs "$out" "$scratch" installer "$here/installer-init.sh" "$here/udhcpc.sh"
+    ln -s "$base" "$out/base"
+    echo "$release" >"$out/release"
+}
 
-# initramfs NAME INIT [FILE...]: busybox, the modules, INIT as /init, the files in /.
+# initramfs OUT SCRATCH NAME INIT [FILE...]: OUT/NAME.cpio.gz: busybox, the modules, INIT as
+# /init, the files in /.
 initramfs() {
-    local name=$1 init=$2 dir=$build/$1
-    shift 2
+    local out=$1 dir=$2/$3 name=$3 init=$4
+    shift 4
     mkdir -p "$dir"/{bin,dev,proc,sys,modules}
     cp "$lab/bin/busybox" "$dir/bin/busybox"
-    cp "$build/out/modules/"*.ko "$dir/modules/"
+    cp "$out/modules/"*.ko "$dir/modules/"
     install -m 755 "$init" "$dir/init"
     local file
     for file in "$@"; do install -m 755 "$file" "$dir/$(basename "$file")"; done
-    (cd "$dir" && find . | "$lab/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) >"$build/out/$name.cpio.gz"
+    (cd "$dir" && find . | "$lab/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) >"$out/$name.cpio.gz"
 }
-initramfs boot "$here/boot-init.sh"
-initramfs installer "$here/installer-init.sh" "$here/udhcpc.sh"
-ln -s "$base" "$build/out/base"
-echo "$release" >"$build/out/release"
-touch "$build/out/.complete"
-rm -rf "$out"
-mv "$build/out" "$out"
-# Folders of earlier keys are never used again.
-find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name 'build.*' -exec rm -rf {} +
-echo "$out"
+
+# shellcheck source=tests/lib/cache.sh
+source "$here/../lib/cache.sh"
+cache_folder "$cache" "$key" build

@@ -3,7 +3,7 @@
 # PID 1 of the installer stand-in the flow's profile boots (tests/flow): what nixos-anywhere does
 # to a machine that PXE-booted its installer, reduced to what flint's part needs. It asks DHCP for
 # an address, writes the root file system the boot server serves (flint.root= on the kernel
-# command line, a gzip'd ext4 image: Debian, systemd, etcd, flint and its units) to /dev/vda, then
+# command line, an lzop'd ext4 image: Debian, systemd, etcd, flint and its units) to /dev/vda, then
 # waits for the provisioning workstation to push the node's own files (a tar stream of a tree
 # relative to /, on TCP port 7070, as nixos-anywhere pushes --extra-files over SSH; never from the
 # boot server): /etc/nixos/secrets above all, kept with their modes. Then it powers off so the
@@ -42,7 +42,7 @@ $bb udhcpc -i eth0 -n -q -t 10 -T 1 -s /udhcpc.sh || fail "no DHCP lease"
 address=$($bb ip -4 -o addr show eth0 | $bb awk '{print $4}')
 say "address $address"
 say "writing $root_url to /dev/vda"
-$bb wget -q -O - "$root_url" | $bb gunzip -c | $bb dd of=/dev/vda bs=1M conv=fsync 2>/dev/null \
+$bb wget -q -O - "$root_url" | $bb lzop -d -c | $bb dd of=/dev/vda bs=1M conv=fsync 2>/dev/null \
     || fail "writing the root file system"
 $bb mkdir -p /mnt
 $bb mount -t ext4 /dev/vda /mnt || fail "mounting the written root"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Writes the root file system image the flow's installer puts on every machine's disk (gzip'd
-# ext4), from tests/flow/image.sh's Debian 12 root:
+# Prints the path of a folder holding root.img.lzo, the root file system the flow's installer puts
+# on every machine's disk (an lzop'd ext4 image: busybox unpacks lzop three times as fast as gzip,
+# which is most of an installation under emulation), from tests/flow/image.sh's Debian 12 root:
 #   - flint as an operator installs it from this repository: the binary in /usr/bin (and the
 #     node-join link), systemd/*.service, systemd/etcd.service.d and systemd/tmpfiles.d unmodified,
 #     the first-boot units enabled as their [Install] sections say;
@@ -12,20 +13,32 @@
 #     workstation pushes with the node's files;
 #   - systemd-networkd asking DHCP on the NIC, and what a console-less VM needs (no getty, the
 #     multi-user target).
+# Built once into /var/tmp/flint-flow-root/<key> and reused; the key names the image folder, both
+# binaries, this script and the repository's systemd/ folder.
 #
-#   tests/flow/node-root.sh IMAGE_DIR FLINT FLINT_TESTSERVER OUT.img.gz
+#   tests/flow/node-root.sh IMAGE_DIR FLINT FLINT_TESTSERVER
 set -euo pipefail
 
-if (($# != 4)); then
-    echo "usage: tests/flow/node-root.sh IMAGE_DIR FLINT FLINT_TESTSERVER OUT.img.gz" >&2
-    exit 64
-fi
-image=$1 flint=$2 testserver=$3 out=$4
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-work=$(mktemp -d /var/tmp/flint-flow-root.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-root=$work/root
+if [[ ${1:-} != --build ]]; then
+    if (($# != 3)); then
+        echo "usage: tests/flow/node-root.sh IMAGE_DIR FLINT FLINT_TESTSERVER" >&2
+        exit 64
+    fi
+    key=$( (echo "$1" && cat "$2" "$3" "$here/node-root.sh" "$here/../lib/cache.sh" &&
+        find "$repo/systemd" -type f -print0 | sort -z | xargs -0 sha256sum | sed "s|$repo/||") |
+        sha256sum | cut -c1-16)
+    # shellcheck source=tests/lib/cache.sh
+    source "$here/../lib/cache.sh"
+    cache_folder /var/tmp/flint-flow-root "$key" "$here/node-root.sh" --build "$@"
+    exit 0
+fi
+
+# node-root.sh --build IMAGE_DIR FLINT FLINT_TESTSERVER OUT: what cache_folder runs; the root is
+# assembled beside OUT, in the build folder it removes.
+image=$2 flint=$3 testserver=$4 out=$5
+root=$(dirname "$out")/root
 cp -a "$image/base/." "$root"
 # What an image keeps out to be small: apt's caches and lists, documentation, translations.
 rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc \
@@ -157,8 +170,29 @@ ln -sf /lib/systemd/system/systemd-networkd-wait-online.service \
 # the multi-user target rather than debootstrap's graphical one.
 ln -sf /dev/null "$root/etc/systemd/system/serial-getty@.service"
 ln -sf /lib/systemd/system/multi-user.target "$root/etc/systemd/system/default.target"
+# What such a VM has no use for, masked as an appliance image does: each costs PID 1 and the
+# emulated CPU seconds at every boot (the journal of a first boot showed 8 s of generators before
+# the first unit starts, 3 s in systemd-update-utmp, 3 s in systemd-random-seed, with three
+# machines sharing two cores). No logins (logind, utmp), no disks but the root (the generators for
+# GPT, crypt, integrity, verity and hibernation), no SysV scripts (every service here has a
+# unit), no modules but the kernel's own, no periodic maintenance within a run.
+for generator in systemd-gpt-auto-generator systemd-cryptsetup-generator systemd-integritysetup-generator \
+    systemd-veritysetup-generator systemd-hibernate-resume-generator systemd-sysv-generator \
+    systemd-rc-local-generator systemd-system-update-generator; do
+    mkdir -p "$root/etc/systemd/system-generators"
+    ln -sf /dev/null "$root/etc/systemd/system-generators/$generator"
+done
+for unit in systemd-logind.service systemd-update-utmp.service systemd-update-utmp-runlevel.service \
+    systemd-random-seed.service \
+    modprobe@drm.service modprobe@efi_pstore.service modprobe@fuse.service modprobe@dm_mod.service \
+    modprobe@loop.service modprobe@configfs.service e2scrub_reap.service \
+    apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer \
+    systemd-tmpfiles-clean.timer; do
+    ln -sf /dev/null "$root/etc/systemd/system/$unit"
+done
 # Each machine is its own: systemd makes a machine ID on first boot (every copy would share it).
 : >"$root/etc/machine-id"
 
-mkfs.ext4 -q -F -L flint-root -d "$root" "$work/root.img" 512M 2>/dev/null
-gzip -1 -c "$work/root.img" >"$out"
+truncate -s 512M "$root.img"
+mkfs.ext4 -q -F -L flint-root -d "$root" "$root.img" 2>/dev/null
+lzop -1 -c "$root.img" >"$out/root.img.lzo"

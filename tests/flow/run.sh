@@ -88,8 +88,9 @@ step "1. Preparation: the root file system, the inventory, every node's folder"
 mkdir -p "$work/images/flow" "$work/tftp" "$work/push"
 cp -L "$lab/vmlinuz" "$work/images/flow/vmlinuz"
 cp "$image/installer.cpio.gz" "$work/images/flow/installer.img"
-"$here/node-root.sh" "$image" "$flint" "$testserver" "$work/images/flow/root.img.gz"
-say "root file system: $(du -h "$work/images/flow/root.img.gz" | cut -f1) gzip'd ($(now_s) s)"
+root=$("$here/node-root.sh" "$image" "$flint" "$testserver")
+ln "$root/root.img.lzo" "$work/images/flow/root.img.lzo" 2>/dev/null || cp "$root/root.img.lzo" "$work/images/flow/"
+say "root file system: $(du -h "$work/images/flow/root.img.lzo" | cut -f1) lzop'd ($(now_s) s)"
 cp -L "$lab/usr/lib/ipxe/undionly.kpxe" "$lab/usr/lib/ipxe/ipxe.efi" "$work/tftp/"
 
 inventory_nodes=""
@@ -103,7 +104,7 @@ cat >"$work/inventory.json" <<JSON
 {
   "profiles": {
     "installer": {"kernel": "flow/vmlinuz", "initrds": ["flow/installer.img"],
-                  "cmdline": "console=ttyS0 quiet panic=-1 flint.root=http://10.99.0.2:8080/images/flow/root.img.gz"}
+                  "cmdline": "console=ttyS0 quiet panic=-1 flint.root=http://10.99.0.2:8080/images/flow/root.img.lzo"}
   },
   "nodes": [
     $inventory_nodes
@@ -273,30 +274,35 @@ flint_units="chainfire-cluster-join|flaredb-cluster-join|iam-initial-setup|etcd-
 # "rebooted" is marked by power_on_disk; "healthy" is the node's own cluster-health-check done.
 steps=(power-on dhcp ipxe kernel installer root-written installed rebooted multi-user etcd-cluster-join
     chainfire-cluster-join flaredb-cluster-join iam-initial-setup etcd-cluster-promote healthy)
+# seen_on NODE STEP TEXT: whether STEP shows in TEXT (NODE's console in its current phase, as
+# serial_text prints it) or in the site's DHCP log.
 seen_on() {
-    local n=$1 what=$2
-    local serial=$work/$n.${phase[$n]}.serial
+    local n=$1 what=$2 text=$3
     case $what in
     dhcp) grep -q "DHCPACK(br0) ${addr[$n]} ${mac[$n]}" "$work/dnsmasq.log" ;;
-    ipxe) serial_shows "$serial" 'iPXE' ;;
-    kernel) serial_shows "$serial" 'installer\.img\.\.\..*ok' ;;
-    installer) serial_shows "$serial" 'FLINT-FLOW installer: address' ;;
-    root-written) serial_shows "$serial" 'FLINT-FLOW installer: installed' ;;
-    installed) serial_shows "$serial" 'FLINT-FLOW installer: done' ;;
+    ipxe) grep -q 'iPXE' "$text" ;;
+    # iPXE's "ok" after the initrd: its "k" is sometimes lost to the booting kernel's first
+    # console line (seen on node04: "installer.img... oudhcpc: started").
+    kernel) grep -q 'installer\.img\.\.\. o' "$text" ;;
+    installer) grep -q 'FLINT-FLOW installer: address' "$text" ;;
+    root-written) grep -q 'FLINT-FLOW installer: installed' "$text" ;;
+    installed) grep -q 'FLINT-FLOW installer: done' "$text" ;;
     power-on | rebooted) false ;;
-    multi-user) [[ ${phase[$n]} == disk ]] && serial_shows "$serial" 'systemd\[1\]: Reached target multi-user.target' ;;
-    healthy) [[ ${phase[$n]} == disk ]] && serial_shows "$serial" 'systemd\[1\]: Finished cluster-health-check.service' ;;
-    *) [[ ${phase[$n]} == disk ]] && serial_shows "$serial" "systemd\[1\]: Finished $what.service" ;;
+    multi-user) [[ ${phase[$n]} == disk ]] && grep -q 'systemd\[1\]: Reached target multi-user.target' "$text" ;;
+    healthy) [[ ${phase[$n]} == disk ]] && grep -q 'systemd\[1\]: Finished cluster-health-check.service' "$text" ;;
+    *) [[ ${phase[$n]} == disk ]] && grep -q "systemd\[1\]: Finished $what.service" "$text" ;;
     esac
 }
-# watch NODE...: records the first time each step shows on each node.
+# watch NODE...: records the first time each step shows on each node. Each console is cleaned
+# once per look: the emulated machines need the host's CPU more than this loop does.
 watch() {
-    local n s
+    local n s text=$work/console.text
     for n in "$@"; do
         [[ -n ${phase[$n]:-} ]] || continue
+        serial_text "$work/$n.${phase[$n]}.serial" >"$text"
         for s in "${steps[@]}"; do
             [[ -n ${mark["$n $s"]:-} ]] && continue
-            if seen_on "$n" "$s"; then mark["$n $s"]=$(since "$n"); fi
+            if seen_on "$n" "$s" "$text"; then mark["$n $s"]=$(since "$n"); fi
         done
     done
 }
@@ -589,5 +595,5 @@ awk '{printf "          %-24s %2d runs %7.1f s wall %5.1f s CPU\n", $1, $2, $3 /
 rss=0
 for n in "${nodes[@]}"; do rss=$((rss + qemu_rss_kib[$n])); done
 say "   resources: $(nproc) host cores; 4 machines of 1 vCPU and 640 MiB (QEMU's peak RSS $((rss / 1024)) MiB together);"
-say "              QEMU and the other processes of the run: ${qemu_cpu%.*} CPU-seconds; disk in use: $(du -sh "$work" | cut -f1) (the cached images and root $(du -shcD "$image" "$image/base" | tail -1 | cut -f1))"
+say "              QEMU and the other processes of the run: ${qemu_cpu%.*} CPU-seconds; disk in use: $(du -sh "$work" | cut -f1) (the cached images and roots $(du -shcD "$image" "$image/base" "$root" | tail -1 | cut -f1))"
 say "   the whole flow, preparation included: $(now_s) s"
