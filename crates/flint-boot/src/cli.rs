@@ -26,6 +26,22 @@ pub enum Command {
     /// tokens) from the inventory's cluster, under DIR/nodes/NAME; what stays with the operator
     /// (the CA key, the tokens' originals) goes to DIR/cluster. Reruns change nothing.
     Prepare(PrepareArgs),
+    /// Show every machine a running boot server has seen: its phase, its last step and how long
+    /// ago, stuck machines first.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The boot server's HTTP base URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Print the server's JSON (`/api/machines`, docs/journeys.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every 2 seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +75,11 @@ pub struct HttpArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub http_stall_timeout: u64,
+    /// Seconds without a step after which a machine that has not reached its installer counts
+    /// as stuck, in the fleet view (/, /api/machines, `flint-boot status`) and /metrics.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stuck_after: u64,
     /// Seconds a connection may take to send a request's head, counted from when it starts
     /// waiting for one (its accept, or the end of the previous response): the slowloris bound
     /// and the keep-alive idle timeout in one.

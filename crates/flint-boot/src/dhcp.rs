@@ -5,7 +5,7 @@
 mod request;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use dhcproto::v4::{DhcpOption, DhcpOptions, Flags, HType, Message, MessageType, Opcode};
@@ -13,7 +13,9 @@ use dhcproto::{Encodable, Encoder};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+use crate::journey::Journeys;
 use crate::metrics::Metrics;
+use flint_ipxe::Mac;
 pub use request::{Malformed, Request, parse as parse_request};
 
 pub const DHCP_PORT: u16 = 67;
@@ -331,7 +333,13 @@ pub fn bind(interface: &str, port: u16) -> io::Result<UdpSocket> {
 }
 
 /// Answers packets on `socket` until the future is dropped.
-pub async fn serve(socket: UdpSocket, port: Port, config: Arc<Config>, metrics: Arc<Metrics>) {
+pub async fn serve(
+    socket: UdpSocket,
+    port: Port,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    journeys: Arc<Journeys>,
+) {
     let mut buf = vec![0u8; 1500];
     let port_label = if port == Port::Dhcp { "67" } else { "4011" };
     loop {
@@ -363,6 +371,24 @@ pub async fn serve(socket: UdpSocket, port: Port, config: Arc<Config>, metrics: 
                             boot = a.boot.name(), file = %a.file, to = %a.to,
                             "proxydhcp answered"
                         );
+                        if let Some(mac) = Mac::parse(&mac) {
+                            // A request from an address (port 4011) ties that address to the
+                            // machine; a DISCOVER comes from 0.0.0.0.
+                            let from =
+                                Some(IpAddr::V4(*from.ip())).filter(|ip| !ip.is_unspecified());
+                            journeys.dhcp_answered(
+                                mac,
+                                None,
+                                from,
+                                a.boot == Boot::Script,
+                                format!(
+                                    "port {port_label}, {} firmware, {}: {}",
+                                    a.firmware.name(),
+                                    a.boot.name(),
+                                    a.file
+                                ),
+                            );
+                        }
                     }
                     Err(e) => {
                         metrics.errors.inc(&["dhcp-send"]);

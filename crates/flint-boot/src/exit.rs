@@ -18,6 +18,9 @@ pub enum ExitError {
     /// 73: `render` cannot write its output.
     #[error("{0}")]
     CantCreate(String),
+    /// 76: a boot server answered `status` with something other than its fleet view.
+    #[error("{0}")]
+    Protocol(String),
 }
 
 impl ExitError {
@@ -26,6 +29,7 @@ impl ExitError {
             ExitError::Usage(_) => 64,
             ExitError::Unavailable(_) => 69,
             ExitError::CantCreate(_) => 73,
+            ExitError::Protocol(_) => 76,
             ExitError::Permission(_) => 77,
             ExitError::Config(_) => 78,
         }

@@ -1,6 +1,6 @@
 //! HTTP: `/boot.ipxe`, `/ipxe?mac=&uuid=&platform=&buildarch=`, the images (and the iPXE
-//! binaries for UEFI HTTP Boot) with HEAD, Range and conditional requests, `/healthz` and
-//! `/metrics`.
+//! binaries for UEFI HTTP Boot) with HEAD, Range and conditional requests, `/healthz`,
+//! `/metrics`, and the fleet view (`/`, `/api/machines`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,18 +18,20 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use flint_ipxe::{Arch, Mac, Uuid};
+use flint_ipxe::{Arch, Mac, Selection, Uuid};
 use http_body::Frame;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod file_body;
 mod files;
+pub mod fleet;
 mod server;
 
 pub use server::{Limits, serve};
 
 use crate::inventory::SharedInventory;
+use crate::journey::{Journeys, ScriptServed};
 use crate::metrics::Metrics;
 
 pub struct Config {
@@ -48,22 +50,32 @@ pub struct Config {
 struct AppState {
     inventory: Arc<SharedInventory>,
     metrics: Arc<Metrics>,
+    journeys: Arc<Journeys>,
     boot_script: Arc<str>,
 }
 
-pub fn router(config: Config, inventory: Arc<SharedInventory>, metrics: Arc<Metrics>) -> Router {
+pub fn router(
+    config: Config,
+    inventory: Arc<SharedInventory>,
+    metrics: Arc<Metrics>,
+    journeys: Arc<Journeys>,
+) -> Router {
     let gate = Gate {
         metrics: metrics.clone(),
+        journeys: journeys.clone(),
         downloads: Arc::new(Semaphore::new(config.max_downloads)),
     };
     let state = AppState {
         inventory,
         metrics: metrics.clone(),
+        journeys,
         boot_script: config.boot_script.into(),
     };
     // One pool for both folders: they share the download slots.
     let buffers = Arc::default();
     let mut app = Router::new()
+        .route("/", get(fleet::page))
+        .route("/api/machines", get(fleet::machines))
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/ipxe", get(ipxe))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -88,7 +100,11 @@ fn folder(
     get(files::serve).with_state(files::Folder::new(dir, buffers.clone(), stall))
 }
 
-async fn boot_ipxe(State(state): State<AppState>) -> Response {
+async fn boot_ipxe(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    state.journeys.boot_script_served(peer.ip());
     script(state.boot_script.to_string())
 }
 
@@ -137,6 +153,29 @@ async fn ipxe(
         served = label,
         "script"
     );
+    if let Some(mac) = mac {
+        let images = match &selection {
+            Selection::Node { images, .. } | Selection::Default { images, .. } => {
+                std::iter::once(&images.kernel)
+                    .chain(&images.initrds)
+                    .cloned()
+                    .collect()
+            }
+            Selection::Menu | Selection::Refuse => Vec::new(),
+        };
+        let name = match &selection {
+            Selection::Node { node, .. } => Some(node.name.as_str()),
+            _ => None,
+        };
+        state.journeys.script_served(ScriptServed {
+            ip: peer.ip(),
+            mac,
+            uuid,
+            name,
+            served: label,
+            images,
+        });
+    }
     script(inventory.render(&selection, arch))
 }
 
@@ -157,7 +196,11 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(),
+        {
+            let mut text = state.metrics.render();
+            state.journeys.render_metrics(&mut text);
+            text
+        },
     )
         .into_response()
 }
@@ -169,6 +212,8 @@ fn route(path: &str) -> &'static str {
         "/ipxe" => "/ipxe",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
+        "/" => "/",
+        "/api/machines" => "/api/machines",
         p if p.starts_with("/images/") => "/images",
         p if p.starts_with("/firmware/") => "/firmware",
         _ => "other",
@@ -180,10 +225,12 @@ pub(crate) fn is_download(path: &str) -> bool {
     matches!(route(path), "/images" | "/firmware")
 }
 
-/// What every request passes through: the counters, and the slots of image downloads.
+/// What every request passes through: the counters, the journeys, and the slots of image
+/// downloads.
 #[derive(Clone)]
 struct Gate {
     metrics: Arc<Metrics>,
+    journeys: Arc<Journeys>,
     /// Each download streaming holds a buffer; unbounded, a boot storm's memory grew with the
     /// machines in flight (bench/storm: 6x from 100 to 1,000 machines).
     downloads: Arc<Semaphore>,
@@ -200,8 +247,28 @@ async fn count(State(gate): State<Gate>, req: Request, next: Next) -> Response {
     // Kept for the log line of a server error; cloning a request's URI only shares its bytes,
     // where copying the path out would allocate on every request.
     let uri = req.uri().clone();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let is_get = req.method() == axum::http::Method::GET;
     let response = next.run(req).await;
     let status = response.status();
+    // A file's body leaving (200, or part of it for a Range): a step of the machine's journey
+    // once the body is done or dropped.
+    let delivery = peer
+        .filter(|_| is_get && slot.is_some())
+        .filter(|_| matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT))
+        .map(|ip| Delivery {
+            journeys: gate.journeys.clone(),
+            ip,
+            path: uri.path().to_owned(),
+            whole_length: (status == StatusCode::OK)
+                .then(|| response.headers().get(header::CONTENT_LENGTH))
+                .flatten()
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            sent: 0,
+        });
     gate.metrics.http_requests.inc(&[route, status.as_str()]);
     if status.is_server_error() {
         gate.metrics.errors.inc(&["http"]);
@@ -215,9 +282,32 @@ async fn count(State(gate): State<Gate>, req: Request, next: Next) -> Response {
         Body::new(Counted {
             inner: body,
             metrics: gate.metrics,
+            delivery,
             _slot: slot,
         })
     })
+}
+
+/// A download as a step of a journey: recorded when its body is done or dropped.
+struct Delivery {
+    journeys: Arc<Journeys>,
+    ip: std::net::IpAddr,
+    path: String,
+    /// The file's length when the answer is the whole file (200); `None` for a part.
+    whole_length: Option<u64>,
+    sent: u64,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let whole = self.whole_length == Some(self.sent);
+        if let Some(image) = self.path.strip_prefix("/images/") {
+            self.journeys.image_sent(self.ip, image, self.sent, whole);
+        } else if let Some(binary) = self.path.strip_prefix("/firmware/") {
+            self.journeys
+                .binary_sent(self.ip, binary, self.sent, whole, "http");
+        }
+    }
 }
 
 /// Counts body bytes as they are actually sent, so an aborted download counts what left; holds
@@ -225,6 +315,7 @@ async fn count(State(gate): State<Gate>, req: Request, next: Next) -> Response {
 struct Counted {
     inner: Body,
     metrics: Arc<Metrics>,
+    delivery: Option<Delivery>,
     _slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -243,6 +334,9 @@ impl http_body::Body for Counted {
             self.metrics
                 .http_bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if let Some(delivery) = self.delivery.as_mut() {
+                delivery.sent += data.len() as u64;
+            }
         }
         polled
     }

@@ -5,10 +5,12 @@ pub mod dhcp;
 mod exit;
 pub mod http;
 pub mod inventory;
+pub mod journey;
 pub mod metrics;
 pub mod prepare;
 pub mod render;
 pub mod served;
+pub mod status;
 pub mod tftp;
 
 pub use exit::ExitError;

@@ -13,8 +13,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 
 use flint_boot::inventory::{self, SharedInventory};
+use flint_boot::journey::{self, Journeys};
 use flint_boot::metrics::Metrics;
-use flint_boot::{ExitError, dhcp, http, prepare, render, served, tftp};
+use flint_boot::{ExitError, dhcp, http, prepare, render, served, status, tftp};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -38,6 +39,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Render(args) => render_command(&args),
         cli::Command::Prepare(args) => prepare_command(args),
+        cli::Command::Status(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ExitError::Unavailable(format!("cannot start runtime: {e}")))
+            .and_then(|rt| {
+                rt.block_on(status::run(&status::Options {
+                    url: args.url,
+                    json: args.json,
+                    watch: args.watch,
+                }))
+            }),
         cli::Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -114,6 +126,13 @@ fn interface_ipv4(name: &str) -> Result<Ipv4Addr, ExitError> {
 async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     raise_file_limit();
     let metrics = Arc::new(Metrics::new());
+    let journeys = Arc::new(Journeys::new(
+        server_name(),
+        journey::Limits {
+            stuck_after: std::time::Duration::from_secs(args.http.stuck_after),
+            ..journey::Limits::default()
+        },
+    ));
     let mut services: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
     let cli::ServeArgs { http, tftp, dhcp } = args;
     if http.http.is_none() && tftp.tftp.is_none() {
@@ -142,6 +161,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             },
             shared.clone(),
             metrics.clone(),
+            journeys.clone(),
         );
         http_port = Some(addr.port());
         serving.push(format!("HTTP on {addr}"));
@@ -163,9 +183,9 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         config.max_transfers = tftp.tftp_max_transfers as usize;
         tracing::info!(%addr, root = %config.root.display(), "tftp listening");
         serving.push(format!("TFTP on {addr}"));
-        let m = metrics.clone();
+        let (m, j) = (metrics.clone(), journeys.clone());
         services.spawn(async move {
-            let r = tftp::serve(socket, config, m).await;
+            let r = tftp::serve(socket, config, m, j).await;
             ("tftp", r.map_err(std::io::Error::other))
         });
     }
@@ -206,9 +226,9 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             let socket = dhcp::bind(&iface, port.number()).map_err(|e| {
                 ExitError::socket(format!("bind ProxyDHCP {iface} port {}", port.number()), &e)
             })?;
-            let (config, m) = (config.clone(), metrics.clone());
+            let (config, m, j) = (config.clone(), metrics.clone(), journeys.clone());
             services.spawn(async move {
-                dhcp::serve(socket, port, config, m).await;
+                dhcp::serve(socket, port, config, m, j).await;
                 ("proxydhcp", Ok(()))
             });
         }
@@ -240,6 +260,15 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     result
+}
+
+/// What journeys name this server by: its host name (the kernel's, as `hostname` prints it).
+fn server_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "flint-boot".to_owned())
 }
 
 /// Tells systemd (`Type=notify`) how the server is doing. Without NOTIFY_SOCKET (a shell, a

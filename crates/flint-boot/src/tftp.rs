@@ -17,6 +17,7 @@ use tokio::net::UdpSocket;
 
 use packet::{Packet, Request};
 
+use crate::journey::Journeys;
 use crate::metrics::Metrics;
 
 /// Largest blksize RFC 2348 allows.
@@ -123,7 +124,12 @@ impl Slots {
 }
 
 /// Serves requests arriving on `socket` until the future is dropped.
-pub async fn serve(socket: UdpSocket, config: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
+pub async fn serve(
+    socket: UdpSocket,
+    config: Config,
+    metrics: Arc<Metrics>,
+    journeys: Arc<Journeys>,
+) -> Result<(), Error> {
     // Canonical once, so every request compares against the same resolved root.
     let root = config
         .root
@@ -181,6 +187,7 @@ pub async fn serve(socket: UdpSocket, config: Config, metrics: Arc<Metrics>) -> 
             s.active.push((peer, raw.clone()));
         }
         let (config, metrics, slots) = (config.clone(), metrics.clone(), slots.clone());
+        let journeys = journeys.clone();
         // Lockstep TFTP is bound by the time from an ACK's arrival to the next DATA: a thread
         // blocked in recv answers it sooner than an async task woken through the reactor, and
         // the bounded number of slots bounds the threads. A slot's thread serves the waiting
@@ -189,7 +196,7 @@ pub async fn serve(socket: UdpSocket, config: Config, metrics: Arc<Metrics>) -> 
             let (mut peer, mut raw) = (peer, raw);
             loop {
                 if let Ok(Packet::Request(req)) = packet::parse(&raw) {
-                    handle(&config, &metrics, local, peer, req);
+                    handle(&config, &metrics, &journeys, local, peer, req);
                 }
                 let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
                 s.finished(peer, &raw);
@@ -212,7 +219,14 @@ enum Outcome {
     Io(io::Error),
 }
 
-fn handle(config: &Config, metrics: &Metrics, local: SocketAddr, peer: SocketAddr, req: Request) {
+fn handle(
+    config: &Config,
+    metrics: &Metrics,
+    journeys: &Journeys,
+    local: SocketAddr,
+    peer: SocketAddr,
+    req: Request,
+) {
     let started = Instant::now();
     // A fresh ephemeral port is the transfer ID; the same IP keeps replies on the interface asked.
     let sock = match std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)) {
@@ -253,7 +267,8 @@ fn handle(config: &Config, metrics: &Metrics, local: SocketAddr, peer: SocketAdd
     metrics.tftp_transfers.inc(&[outcome.label()]);
     match outcome {
         Outcome::Done => {
-            tracing::info!(%peer, file, options = %opts, bytes, ms, "tftp sent")
+            tracing::info!(%peer, file, options = %opts, bytes, ms, "tftp sent");
+            journeys.binary_sent(peer.ip(), file, bytes, true, "tftp");
         }
         Outcome::Refused(code, msg) => {
             tracing::info!(%peer, file, code, msg, "tftp refused");
@@ -264,20 +279,24 @@ fn handle(config: &Config, metrics: &Metrics, local: SocketAddr, peer: SocketAdd
             tracing::debug!(%peer, file, options = %opts, msg, "tftp client ended after OACK")
         }
         Outcome::ClientError(code, msg) => {
-            tracing::warn!(%peer, file, options = %opts, bytes, ms, code, msg, "tftp client aborted")
+            tracing::warn!(%peer, file, options = %opts, bytes, ms, code, msg, "tftp client aborted");
+            journeys.binary_sent(peer.ip(), file, bytes, false, "tftp");
         }
         Outcome::TimedOut => {
-            tracing::warn!(%peer, file, options = %opts, bytes, ms, "tftp transfer timed out")
+            tracing::warn!(%peer, file, options = %opts, bytes, ms, "tftp transfer timed out");
+            journeys.binary_sent(peer.ip(), file, bytes, false, "tftp");
         }
         Outcome::TooSlow => {
             tracing::warn!(%peer, file, options = %opts, bytes, ms, "tftp transfer too slow, ended");
             let _ = transfer
                 .sock
                 .send(&packet::error(packet::ERR_UNDEFINED, "transfer too slow"));
+            journeys.binary_sent(peer.ip(), file, bytes, false, "tftp");
         }
         Outcome::Io(e) => {
             metrics.errors.inc(&["tftp-io"]);
-            tracing::error!(%peer, file, bytes, ms, error = %e, "tftp transfer failed")
+            tracing::error!(%peer, file, bytes, ms, error = %e, "tftp transfer failed");
+            journeys.binary_sent(peer.ip(), file, bytes, false, "tftp");
         }
     }
 }
