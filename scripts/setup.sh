@@ -27,6 +27,7 @@ setup_main() {
         prometheus-node-exporter  # node_exporter reading flint health's textfile as its own user (tests/textfile_collector.rs)
         ipxe                      # Debian's iPXE files as installed (ipxe.efi is a link into /boot), served in tests/links.rs
         lzop                      # tests/flow: the root file system image, which the installer stand-in unpacks with busybox
+        chromium                  # tests/flow: flint-boot's fleet page in a real browser (headless: its DOM and a screenshot)
     )
     local -a missing=()
     local pkg

@@ -24,10 +24,9 @@
 #   tests/flow/run.sh FLINT FLINT_BOOT FLINT_TESTSERVER     (as root; static binaries)
 set -euo pipefail
 
-if [[ -z ${FLINT_FLOW_BOUNDED:-} ]]; then
-    export FLINT_FLOW_BOUNDED=1
-    exec timeout --foreground --kill-after=20 "${FLINT_FLOW_TIMEOUT:-900}" "${BASH_SOURCE[0]}" "$@"
-fi
+# shellcheck source=tests/lib/bounded.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/bounded.sh"
+bounded "${FLINT_FLOW_TIMEOUT:-900}" "${BASH_SOURCE[0]}" "$@"
 if (($# != 3)); then
     echo "usage: tests/flow/run.sh FLINT FLINT_BOOT FLINT_TESTSERVER" >&2
     exit 64
@@ -37,7 +36,7 @@ flint=$(realpath "$1")
 flint_boot=$(realpath "$2")
 testserver=$(realpath "$3")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for tool in dnsmasq ip etcdctl curl; do
+for tool in dnsmasq ip etcdctl curl jq chromium; do
     command -v "$tool" >/dev/null || { echo "run.sh: needs $tool (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
@@ -387,11 +386,35 @@ first_boot() {
     done
 }
 
+# browse_fleet: flint-boot's fleet page as an operator's browser shows it while node01-03 boot
+# from their disks: Debian's Chromium, headless, loads it; the DOM it built must show the three
+# machines named, in their installer, none stuck; a screenshot is kept (FLINT_FLOW_ARTIFACTS).
+browse_fleet() {
+    local dom=$work/fleet.dom n
+    # shellcheck disable=SC2054 # the comma is the window size's
+    local chromium=(timeout 60 chromium --headless --no-sandbox --disable-gpu
+        --user-data-dir="$work/chromium" --window-size=1280,720)
+    ip netns exec "$boot" "${chromium[@]}" --dump-dom http://10.99.0.2:8080/ >"$dom" 2>>"$work/chromium.log" \
+        || fail "headless Chromium did not load flint-boot's page: $(tail -3 "$work/chromium.log")"
+    for n in node01 node02 node03; do
+        grep -qF "data-mac=\"${mac[$n]}\" data-phase=\"installer\"><td>$n</td>" "$dom" \
+            || fail "the fleet page in Chromium has no row of $n in its installer: $(grep -F "${mac[$n]}" "$dom")"
+    done
+    grep -qF 'id="count-installer">installer <b>3</b>' "$dom" || fail "the fleet page does not count 3 machines in their installer"
+    grep -qF 'id="count-stuck" class="calm">stuck <b>0</b>' "$dom" || fail "the fleet page shows a stuck machine"
+    mkdir -p "$artifacts"
+    ip netns exec "$boot" "${chromium[@]}" --screenshot="$artifacts/fleet.png" http://10.99.0.2:8080/ \
+        >>"$work/chromium.log" 2>&1 || fail "headless Chromium took no screenshot of flint-boot's page"
+    say "   the fleet page in headless Chromium: node01-03 named, in their installer, none stuck (screenshot: $artifacts/fleet.png)"
+}
+artifacts=${FLINT_FLOW_ARTIFACTS:-/var/tmp/flint-flow-artifacts}
+
 # --- 2-4. the simultaneous 3-node bootstrap ------------------------------------------------------
 step "2. node01-03 power on at once and PXE-boot (node02 UEFI, node01 and node03 BIOS)"
 for n in node01 node02 node03; do power_on_pxe "$n"; done
 step "3. Installation: the root file system, then each node's files from the workstation"
 install node01 node02 node03
+browse_fleet
 step "4. First boot: flint's units under systemd, chainfire/flaredb/IAM stand-ins, Debian's etcd"
 first_boot node01 node02 node03
 
@@ -468,6 +491,30 @@ expect_metric "$(metric 'flint_boot_http_requests_total{route="/images",status="
 expect_metric "$(metric_sum 'flint_boot_dhcp_answers_total{port="67",arch="bios"')" 3 "ProxyDHCP answers to BIOS firmware"
 expect_metric "$(metric 'flint_boot_tftp_transfers_total{outcome="sent"}')" 1 "iPXE sent over TFTP (to the UEFI machine)"
 expect_metric "$(metric_sum 'flint_boot_errors_total')" 0 "errors"
+expect_metric "$(metric 'flint_boot_machines{phase="installer"}')" 4 "machines whose installer has every image"
+expect_metric "$(metric 'flint_boot_stuck_machines')" 0 "stuck machines"
+
+# The journeys flint-boot recorded, read as an operator reads them: `flint-boot status`, and
+# each machine's steps from /api/machines (real firmware and iPXE asking, not a test's client).
+ip netns exec "$boot" "$flint_boot" status --url http://10.99.0.2:8080 | sed 's/^/   /'
+ip netns exec "$boot" curl -fsS --max-time 5 http://10.99.0.2:8080/api/machines >"$work/machines.json"
+for n in "${nodes[@]}"; do
+    journey=$(jq -r --arg name "$n" '.machines[] | select(.name == $name) |
+        [.mac, .ip, .phase, (.steps | map(.step + " " + (.detail | sub(": [0-9]+ bytes"; ""))) | join("; "))] | join(" | ")' \
+        "$work/machines.json")
+    want="${mac[$n]} | ${addr[$n]} | installer | "
+    [[ $journey == "$want"* ]] || fail "flint-boot's journey of $n: $journey; expected it to start with $want"
+    for seen in "boot-script boot.ipxe" "script $n: installer" "image flow/vmlinuz, whole" \
+        "image flow/installer.img, whole" "image flow/root.img.lzo, whole"; do
+        [[ $journey == *"$seen"* ]] || fail "flint-boot's journey of $n has no '$seen': $journey"
+    done
+    if [[ ${firmware[$n]} == uefi ]]; then
+        [[ $journey == *"binary ipxe.efi over tftp, whole"* ]] || fail "no iPXE over TFTP in $n's journey: $journey"
+    else
+        [[ $journey == *"dhcp port 67, bios firmware, script"* ]] || fail "no ProxyDHCP answer to $n's iPXE in its journey: $journey"
+    fi
+done
+say "   /api/machines: each machine's journey, from its ProxyDHCP answer to its root file system, named and whole"
 
 # --- the journals --------------------------------------------------------------------------------
 step "Each machine's journal, copied out of its disk once it is switched off"

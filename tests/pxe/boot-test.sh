@@ -22,14 +22,9 @@
 # Debian packages tests/pxe/lab-setup.sh unpacks.
 set -euo pipefail
 
-# The whole run is bounded: the script runs again under timeout(1), which on expiry sends SIGTERM
-# to it, and the EXIT trap below stops what it started and removes the namespaces. --foreground
-# keeps everything in the caller's process group, where a Ctrl-C, or the SIGTERM of a test runner
-# whose own limit expired, reaches this script too.
-if [[ -z ${FLINT_PXE_BOUNDED:-} ]]; then
-    export FLINT_PXE_BOUNDED=1
-    exec timeout --foreground --kill-after=20 "${FLINT_PXE_TIMEOUT:-300}" "${BASH_SOURCE[0]}" "$@"
-fi
+# shellcheck source=tests/lib/bounded.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/bounded.sh"
+bounded "${FLINT_PXE_TIMEOUT:-300}" "${BASH_SOURCE[0]}" "$@"
 
 if (($# != 1)); then
     echo "usage: tests/pxe/boot-test.sh FLINT_BOOT" >&2

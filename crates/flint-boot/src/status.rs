@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::ExitError;
 use crate::http::fleet::ago;
 // printable: a hostile server cannot move the cursor or flood a line.
-use crate::journey::{SCHEMA_VERSION, printable};
+use crate::journey::{Phase, SCHEMA_VERSION, printable};
 
 /// The largest answer read: 20,000 machines without their steps fit in a few MiB.
 const MAX_ANSWER: usize = 32 << 20;
@@ -155,8 +155,17 @@ fn table(target: &hyper::Uri, fleet: &Value) -> Result<String, ExitError> {
         "{}:",
         printable(fleet["server"].as_str().unwrap_or("?"))
     );
-    for (phase, n) in counts {
-        let _ = write!(out, " {} {}", printable(phase), n.as_u64().unwrap_or(0));
+    // The phases in the order a machine goes through them, then anything else the server counts.
+    let order: Vec<&str> = Phase::ALL
+        .iter()
+        .map(|p| p.name())
+        .chain(["stuck"])
+        .collect();
+    let others = counts.keys().filter(|k| !order.contains(&k.as_str()));
+    for key in order.iter().copied().chain(others.map(String::as_str)) {
+        if let Some(n) = counts.get(key) {
+            let _ = write!(out, " {} {}", printable(key), n.as_u64().unwrap_or(0));
+        }
     }
     out.push('\n');
     let rows: Vec<[String; 6]> = machines

@@ -163,7 +163,7 @@ color:#eee}h1{font-size:28px;margin:0 0 .5em}.counts span{display:inline-block;\
 margin:0 1.2em .6em 0;font-size:34px}.counts .alarm{color:#fff;background:#b01515;\
 padding:0 .3em}table{border-collapse:collapse;width:100%}th,td{padding:.3em .6em;\
 text-align:left;border-bottom:1px solid #333}tr.stuck{background:#7a1010;font-weight:bold}\
-td.mac{font-family:monospace}.note{color:#999;font-size:16px}a{color:#9cf}";
+td.mac{font-family:monospace}td:last-child{white-space:nowrap}.note{color:#999;font-size:16px}a{color:#9cf}";
 
 #[cfg(test)]
 mod tests {
