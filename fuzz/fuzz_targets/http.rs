@@ -68,7 +68,12 @@ fn world() -> &'static World {
                 .enable_all()
                 .build()
                 .unwrap(),
-            router: router(config, Arc::new(shared), metrics),
+            router: router(
+                config,
+                Arc::new(shared),
+                metrics,
+                Arc::new(flint_boot::journey::Journeys::new("fuzz", Default::default())),
+            ),
             kernel,
         }
     })
