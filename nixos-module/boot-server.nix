@@ -1,6 +1,7 @@
 # services.flint-boot: the stateless boot server of the pre-install phase (HTTP for iPXE scripts,
 # kernels and initrds; TFTP for the iPXE binaries; ProxyDHCP beside the site's own DHCP server).
-# It serves no secret: the inventory and the images are public by design (SECURITY.md).
+# It serves no secret: the inventory and the images are public by design (SECURITY.md). With
+# reports, it holds one key of its own (its TLS identity) and no secret that could join a node.
 { config, lib, pkgs, ... }:
 
 let
@@ -17,7 +18,14 @@ let
   ]
   ++ lib.optionals cfg.tftp.enable [ "--tftp" cfg.tftp.listen ]
   ++ lib.optionals cfg.proxyDhcp.enable [ "--proxy-dhcp" cfg.proxyDhcp.interface ]
-  ++ lib.optionals (cfg.http.publicUrl != null) [ "--public-url" cfg.http.publicUrl ];
+  ++ lib.optionals (cfg.http.publicUrl != null) [ "--public-url" cfg.http.publicUrl ]
+  # The key is a credential: the dynamic user reads systemd's copy, never the operator's file.
+  ++ lib.optionals cfg.reports.enable [
+    "--reports" cfg.reports.listen
+    "--tls-ca" (toString cfg.reports.caFile)
+    "--tls-cert" (toString cfg.reports.certFile)
+    "--tls-key" "/run/credentials/flint-boot.service/boot-server-key.pem"
+  ];
 
   bindsPrivilegedPorts = cfg.tftp.enable || cfg.proxyDhcp.enable;
 in
@@ -59,6 +67,17 @@ in
       enable = mkOption { type = types.bool; default = true; description = "Answer PXE clients on ports 67 and 4011 (the site's DHCP server keeps handing out addresses)."; };
       interface = mkOption { type = types.str; example = "eno1"; description = "The provisioning network's interface."; };
     };
+    reports = {
+      enable = mkEnableOption "the nodes' first-boot reports (flint's report_url), verified by their client certificates, in the fleet view";
+      listen = mkOption { type = types.str; default = "0.0.0.0:8443"; description = "The report listener's address (TLS)."; };
+      caFile = mkOption { type = types.path; description = "The cluster CA (PEM) the nodes' client certificates are verified against: flint-boot prepare's DIR/boot-server/ca.pem."; };
+      certFile = mkOption { type = types.path; description = "The listener's certificate (PEM), for the report URL's host: DIR/boot-server/boot-server.pem."; };
+      keyFile = mkOption {
+        type = types.strMatching "/.*";
+        example = "/var/lib/secrets/flint-boot/boot-server-key.pem";
+        description = "The listener's private key, as an absolute path outside the Nix store (a path value would copy the key into the world-readable store); loaded as a systemd credential.";
+      };
+    };
     openFirewall = mkOption { type = types.bool; default = false; description = "Open the HTTP, TFTP and ProxyDHCP ports."; };
   };
 
@@ -73,6 +92,7 @@ in
         Type = "notify";
         ExecStart = "${cfg.package}/bin/flint-boot ${concatStringsSep " " (map lib.escapeShellArg args)}";
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        LoadCredential = optional cfg.reports.enable "boot-server-key.pem:${cfg.reports.keyFile}";
         Restart = "on-failure";
         # Usage and configuration errors and a missing capability do not fix themselves.
         RestartPreventExitStatus = "64 77 78";
@@ -106,7 +126,8 @@ in
     };
 
     networking.firewall = mkIf cfg.openFirewall {
-      allowedTCPPorts = [ (lib.toInt (lib.last (lib.splitString ":" cfg.http.listen))) ];
+      allowedTCPPorts = [ (lib.toInt (lib.last (lib.splitString ":" cfg.http.listen))) ]
+        ++ optional cfg.reports.enable (lib.toInt (lib.last (lib.splitString ":" cfg.reports.listen)));
       allowedUDPPorts = optional cfg.tftp.enable 69 ++ lib.optionals cfg.proxyDhcp.enable [ 67 4011 ];
     };
   };

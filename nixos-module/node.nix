@@ -39,6 +39,7 @@ let
     raft_addr = cfg.raftAddr;
     peers = cfg.peers;
     allow_plaintext = cfg.allowPlaintext;
+    report_url = cfg.reportUrl;
     tls = if cfg.tls.caFile == null then null else dropNulls {
       ca = "ca.pem";
       cert = if cfg.tls.certFile == null then null else "node.pem";
@@ -199,6 +200,12 @@ in
       type = types.bool;
       default = false;
       description = "Allow plain http to hosts other than loopback.";
+    };
+    reportUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://10.0.200.2:8443/api/reports";
+      description = "Where each first-boot unit reports its outcome: a boot server's /api/reports (services.flint-boot.reports). https, with tls.certFile and tls.keyFile: the boot server knows the node by its client certificate. null: no reports.";
     };
 
     tls = {

@@ -1,6 +1,7 @@
 //! The command line, and running one command to an exit status.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
@@ -8,6 +9,7 @@ use tracing::{error, info};
 use crate::commands::{self, Context, iam_setup, join_admin, join_etcd, node_join};
 use crate::config::{self, Service};
 use crate::exit::{Classify, ExitStatus};
+use crate::report::{self, Step};
 use crate::state::{MarkerKind, StateDir};
 use crate::systemd;
 
@@ -131,28 +133,37 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
                 return Ok(ExitStatus::Success);
             }
             let ctx = Context::new(config_path(), state)?;
-            let _lock = ctx.state.lock(service.into(), &ctx.deadline).await?;
-            if already_done(&ctx.state, service.into())? {
-                return Ok(ExitStatus::Success);
-            }
-            match service {
-                JoinService::Etcd => join_etcd::run(&ctx, phase).await?,
-                JoinService::Chainfire | JoinService::Flaredb => {
-                    join_admin::run(&ctx, service.into()).await?
+            let started = Instant::now();
+            let joined = async {
+                let _lock = ctx.state.lock(service.into(), &ctx.deadline).await?;
+                if already_done(&ctx.state, service.into())? {
+                    return Ok(());
+                }
+                match service {
+                    JoinService::Etcd => join_etcd::run(&ctx, phase).await,
+                    JoinService::Chainfire | JoinService::Flaredb => {
+                        join_admin::run(&ctx, service.into()).await
+                    }
                 }
             }
-            Ok(ExitStatus::Success)
+            .await;
+            reported(&ctx, Step::join(service, phase), started, joined).await
         }
         Command::IamSetup => {
             if already_done(&state, Service::Iam)? {
                 return Ok(ExitStatus::Success);
             }
             let ctx = Context::new(config_path(), state)?;
-            let _lock = ctx.state.lock(Service::Iam, &ctx.deadline).await?;
-            if !already_done(&ctx.state, Service::Iam)? {
-                iam_setup::run(&ctx).await?;
+            let started = Instant::now();
+            let set_up = async {
+                let _lock = ctx.state.lock(Service::Iam, &ctx.deadline).await?;
+                if !already_done(&ctx.state, Service::Iam)? {
+                    iam_setup::run(&ctx).await?;
+                }
+                Ok(())
             }
-            Ok(ExitStatus::Success)
+            .await;
+            reported(&ctx, Step::iam_setup(), started, set_up).await
         }
         Command::Health {
             json,
@@ -169,18 +180,42 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
                 write_check,
                 wait,
             };
-            let healthy = commands::health::run(&ctx, &options).await?;
-            Ok(if healthy {
-                ExitStatus::Success
-            } else {
-                ExitStatus::Unhealthy
-            })
+            let started = Instant::now();
+            let checked = commands::health::run(&ctx, &options).await.map(|healthy| {
+                if healthy {
+                    ExitStatus::Success
+                } else {
+                    ExitStatus::Unhealthy
+                }
+            });
+            // The first-boot check (`--wait`) is a step of the node's bring-up; an operator's
+            // or a timer's check is not.
+            if wait {
+                let status = checked.as_ref().map_or_else(|e| e.exit_status(), |s| *s);
+                report::after(&ctx, Step::health(), started, status).await;
+            }
+            checked
         }
         Command::NodeJoin(args) => {
             let ctx = Context::new(config_path(), state)?;
             node_join::run(&ctx, args).await
         }
     }
+}
+
+/// The command's outcome, reported to the boot server when the configuration names one; the
+/// exit status stays the command's.
+async fn reported(
+    ctx: &Context,
+    step: Step,
+    started: Instant,
+    outcome: crate::Result<()>,
+) -> crate::Result<ExitStatus> {
+    let status = outcome
+        .as_ref()
+        .map_or_else(|e| e.exit_status(), |()| ExitStatus::Success);
+    report::after(ctx, step, started, status).await;
+    outcome.map(|()| ExitStatus::Success)
 }
 
 /// Run-once: with the service's marker present, a join exits 0 without reading its

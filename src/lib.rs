@@ -11,6 +11,7 @@ pub mod exit;
 pub mod http;
 pub mod logging;
 pub mod privileges;
+pub mod report;
 pub mod retry;
 pub mod secrets;
 pub mod state;

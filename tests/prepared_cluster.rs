@@ -4,6 +4,8 @@
 //! flaredb and IAM test servers each node with its own — flint joins every node with the
 //! prepared configs, and `flint health --write-check` validates as the seed's phase 5 does. Then
 //! a member that does not replicate, an extra member and a stopped leader: each found and named.
+//! Every node's first-boot steps are reported to a real `flint-boot serve --reports` running
+//! with the prepared boot-server folder, whose fleet view must show each node joined and healthy.
 mod common;
 
 use common::{
@@ -41,8 +43,81 @@ fn inventory(lab: &Lab) -> Value {
         "profiles": {"cp": {"kernel": "cp/vmlinuz"}},
         "nodes": nodes,
         "cluster": {"services": ["etcd", "chainfire", "flaredb", "iam"], "expected_members": 4,
-                    "iam": {"org": "acme", "admin": "admin"}}
+                    "iam": {"org": "acme", "admin": "admin"},
+                    "report_url": format!("https://{}/api/reports", reports_addr(lab))}
     })
+}
+
+/// The boot server, on a lab address of its own.
+fn boot_server_ip(lab: &Lab) -> std::net::Ipv4Addr {
+    lab.ip(NODES + 2)
+}
+
+fn reports_addr(lab: &Lab) -> String {
+    format!("{}:8443", boot_server_ip(lab))
+}
+
+/// `flint-boot serve` with the prepared boot-server folder, as an operator runs it: the
+/// inventory the configs came from, and the report listener. Killed by PID when dropped.
+struct BootServer {
+    child: std::process::Child,
+    http: String,
+}
+
+impl BootServer {
+    fn start(lab: &Lab, prepared: &Prepared) -> BootServer {
+        let images = lab.path().join("images");
+        std::fs::create_dir_all(&images).expect("an images folder");
+        let tls = |file: &str| prepared.out.join("boot-server").join(file);
+        let http = format!("{}:8080", boot_server_ip(lab));
+        let log = std::fs::File::create(lab.path().join("flint-boot.log")).expect("a log file");
+        let child = Command::new(flint_boot_binary())
+            .arg("serve")
+            .args(["--http", &http])
+            .arg("--inventory")
+            .arg(lab.path().join("inventory.json"))
+            .arg("--images")
+            .arg(&images)
+            .args(["--reports", &reports_addr(lab)])
+            .arg("--tls-ca")
+            .arg(tls("ca.pem"))
+            .arg("--tls-cert")
+            .arg(tls("boot-server.pem"))
+            .arg("--tls-key")
+            .arg(tls("boot-server-key.pem"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start flint-boot serve");
+        let server = BootServer {
+            child,
+            http: format!("http://{http}"),
+        };
+        wait_until("flint-boot to answer", Duration::from_secs(20), || {
+            server.get_json("/api/machines")
+        });
+        server
+    }
+
+    /// A GET with curl, a client flint did not write.
+    fn get_json(&self, path: &str) -> Option<Value> {
+        let out = run_bounded(
+            Command::new("curl").args(["-sf", "--max-time", "5", &format!("{}{path}", self.http)]),
+            Duration::from_secs(10),
+        );
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+}
+
+impl Drop for BootServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The prepared folders, and each node's state directory.
@@ -237,6 +312,7 @@ fn assert_validated(report: &Value, name: &str) {
 fn prepared_folders_bring_up_the_seed_cluster_and_validation_names_each_fault() {
     let lab = Lab::new();
     let prepared = prepare(&lab);
+    let boot = BootServer::start(&lab, &prepared);
 
     // chainfire, flaredb and IAM: each listener with its node's prepared certificate, client
     // certificates from the prepared CA required, the prepared tokens.
@@ -305,6 +381,41 @@ fn prepared_folders_bring_up_the_seed_cluster_and_validation_names_each_fault() 
         "etcdctl sees 4 started members: {members}"
     );
     assert!(!members.contains("true"), "no learner is left: {members}");
+
+    // The first-boot check on every node, as cluster-health-check runs it; then the boot
+    // server, which heard every step from the nodes' certificates, shows each one healthy.
+    for i in 0..NODES {
+        prepared
+            .run(i, &["health", "--wait"])
+            .assert_code(0, &format!("{}: health --wait", Lab::node_name(i)));
+    }
+    let fleet = boot.get_json("/api/machines").expect("the fleet view");
+    for i in 0..NODES {
+        let name = Lab::node_name(i);
+        let machine = fleet["machines"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["name"] == name.as_str()))
+            .unwrap_or_else(|| panic!("{name} is not in the fleet view: {fleet:#}"));
+        assert_eq!(machine["phase"], "healthy", "{name}: {machine:#}");
+        assert_eq!(machine["failed"], false, "{name}: {machine:#}");
+        assert_eq!(
+            machine["joined"],
+            json!(["chainfire", "etcd", "flaredb", "iam"]),
+            "{name}: {machine:#}"
+        );
+        let reported: Vec<&str> = machine["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .filter(|s| s["step"] == "report")
+            .filter_map(|s| s["detail"].as_str())
+            .collect();
+        assert!(
+            reported.iter().any(|d| d.starts_with("etcd promote: ok")),
+            "{name}: {reported:?}"
+        );
+    }
+    assert_eq!(fleet["counts"]["healthy"], NODES, "{fleet:#}");
 
     // Phase 5, from node04 and from node01: 4 members, one leader, healthy, the write read back
     // from every member of every service.

@@ -107,6 +107,21 @@ let
     tftp.enable = false;
   };
 
+  withReports = evalModule ../boot-server.nix "flint-boot" {
+    enable = true;
+    package = "/nix/store/00000000000000000000000000000000-flint-boot";
+    inventory = "/etc/flint-boot/inventory.json";
+    imageDir = "/srv/images";
+    proxyDhcp.interface = "eno1";
+    reports = {
+      enable = true;
+      caFile = "/etc/flint-boot/ca.pem";
+      certFile = "/etc/flint-boot/boot-server.pem";
+      keyFile = "/var/lib/secrets/boot-server-key.pem";
+    };
+  };
+  reportingNode = evalModule ../node.nix "flint" (nodeSettings // { reportUrl = "https://10.0.200.2:8443/api/reports"; });
+
   checks = {
     "every node unit is rendered" = all (u: units ? ${u})
       [ "chainfire-cluster-join" "flaredb-cluster-join" "iam-initial-setup" "cluster-health-check" "flint-health" ];
@@ -138,6 +153,14 @@ let
       boot.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--inventory' '/etc/flint-boot/inventory.json' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--tftp' '0.0.0.0:69' '--proxy-dhcp' 'eno1'";
     "boot server without TFTP still has the binaries for UEFI HTTP Boot" =
       httpBootOnly.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--inventory' '/etc/flint-boot/inventory.json' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--proxy-dhcp' 'eno1'";
+    "boot server without reports loads no credential" =
+      boot.systemd.services.flint-boot.serviceConfig.LoadCredential == [ ];
+    "boot server reads its report key as a credential, never from the store" =
+      withReports.systemd.services.flint-boot.serviceConfig.LoadCredential == [ "boot-server-key.pem:/var/lib/secrets/boot-server-key.pem" ]
+      && withReports.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--inventory' '/etc/flint-boot/inventory.json' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--tftp' '0.0.0.0:69' '--proxy-dhcp' 'eno1' '--reports' '0.0.0.0:8443' '--tls-ca' '/etc/flint-boot/ca.pem' '--tls-cert' '/etc/flint-boot/boot-server.pem' '--tls-key' '/run/credentials/flint-boot.service/boot-server-key.pem'";
+    "a node's report URL reaches its config; none without it" =
+      (renderedOf reportingNode.systemd.services).report_url == "https://10.0.200.2:8443/api/reports"
+      && !((renderedOf units) ? report_url);
     "boot server tells systemd when it is ready" =
       boot.systemd.services.flint-boot.serviceConfig.Type == "notify";
     "boot server errors that need an operator do not restart" =
@@ -157,7 +180,7 @@ let
         == { node01 = "https://10.0.200.11:2380"; node02 = "https://10.0.200.12:2380"; }
       && !((renderedOf units).chainfire ? initial_cluster);
     "config has no null and no unknown field" = all (k: elem k [ "node_id" "bootstrap" "leader_url" "raft_addr" "peers"
-      "allow_plaintext" "tls" "join_token_file" "timeouts" "chainfire" "flaredb" "iam" ]) (attrNames rendered);
+      "allow_plaintext" "report_url" "tls" "join_token_file" "timeouts" "chainfire" "flaredb" "iam" ]) (attrNames rendered);
   };
   failed = filter (name: !(checks // configChecks).${name}) (attrNames (checks // configChecks));
 in

@@ -16,8 +16,9 @@
 #   5. node01, the leader_url of every config, is powered off; node04 powers on, PXE-boots,
 #      installs, boots and joins every service through its peers; node01 powers on again.
 #   6. Validation as the seed's phase 5, from outside (the workstation): `flint health
-#      --expect-members 4 --write-check`, `etcdctl member list`, flint-boot's /metrics; and each
-#      node's own first-boot health check, from its journal.
+#      --expect-members 4 --write-check`, `etcdctl member list`, flint-boot's /metrics and each
+#      machine's journey (its PXE boot, then its units' reports, to healthy); and each node's own
+#      first-boot health check, from its journal.
 # Prints a timeline (seconds from each machine's power-on to each step) beside the seed's
 # durations. Bounded in time; stops what it started, removes its namespaces and files.
 #
@@ -109,7 +110,8 @@ cat >"$work/inventory.json" <<JSON
     $inventory_nodes
   ],
   "cluster": {"services": ["etcd", "chainfire", "flaredb", "iam"],
-              "iam": {"org": "acme", "admin": "admin"}}
+              "iam": {"org": "acme", "admin": "admin"},
+              "report_url": "https://10.99.0.2:8443/api/reports"}
 }
 JSON
 "$flint_boot" prepare --inventory "$work/inventory.json" "$work/prepared" | sed 's/^/   /'
@@ -193,7 +195,9 @@ background dnsmasq ip netns exec "$site" dnsmasq --conf-file=/dev/null --keep-in
     --enable-ra --dhcp-range=::,constructor:br0,ra-only --dhcp-leasefile="$work/dnsmasq.leases" \
     --log-dhcp --log-facility=-
 RUST_LOG=info background flint-boot ip netns exec "$boot" "$flint_boot" serve --inventory "$work/inventory.json" \
-    --images "$work/images" --http 0.0.0.0:8080 --tftp 0.0.0.0:69 --tftp-root "$work/tftp" --proxy-dhcp eth0
+    --images "$work/images" --http 0.0.0.0:8080 --tftp 0.0.0.0:69 --tftp-root "$work/tftp" --proxy-dhcp eth0 \
+    --reports 0.0.0.0:8443 --tls-ca "$prepared/boot-server/ca.pem" \
+    --tls-cert "$prepared/boot-server/boot-server.pem" --tls-key "$prepared/boot-server/boot-server-key.pem"
 for ((i = 0; i < 100; i++)); do
     ip netns exec "$boot" curl -fsS --max-time 1 http://10.99.0.2:8080/healthz >/dev/null 2>&1 && break
     sleep 0.1
@@ -450,7 +454,11 @@ first_boot node04
 # --- 6. validation -------------------------------------------------------------------------------
 step "6. Validation from outside (the workstation): flint health, etcdctl, flint-boot's /metrics"
 validation_started=$(now_s)
-outside=$prepared/nodes/node02/cluster-config.json
+# node02's folder for its certificates, without its report URL: the workstation's check is not
+# a step of node02's first boot.
+cp -a "$prepared/nodes/node02" "$work/outside-config"
+jq 'del(.report_url)' "$prepared/nodes/node02/cluster-config.json" >"$work/outside-config/cluster-config.json"
+outside=$work/outside-config/cluster-config.json
 # --wait: checks again until healthy, up to the config's timeouts.total (10 min).
 healthy=yes
 ip netns exec "$site" "$flint" --config "$outside" --state-dir "$work/outside-state" health \
@@ -491,8 +499,9 @@ expect_metric "$(metric 'flint_boot_http_requests_total{route="/images",status="
 expect_metric "$(metric_sum 'flint_boot_dhcp_answers_total{port="67",arch="bios"')" 3 "ProxyDHCP answers to BIOS firmware"
 expect_metric "$(metric 'flint_boot_tftp_transfers_total{outcome="sent"}')" 1 "iPXE sent over TFTP (to the UEFI machine)"
 expect_metric "$(metric_sum 'flint_boot_errors_total')" 0 "errors"
-expect_metric "$(metric 'flint_boot_machines{phase="installer"}')" 4 "machines whose installer has every image"
+expect_metric "$(metric 'flint_boot_machines{phase="healthy"}')" 4 "machines whose first-boot check reported healthy"
 expect_metric "$(metric 'flint_boot_stuck_machines')" 0 "stuck machines"
+expect_metric "$(metric 'flint_boot_failed_machines')" 0 "machines whose latest report of a step failed"
 
 # The journeys flint-boot recorded, read as an operator reads them: `flint-boot status`, and
 # each machine's steps from /api/machines (real firmware and iPXE asking, not a test's client).
@@ -500,12 +509,13 @@ ip netns exec "$boot" "$flint_boot" status --url http://10.99.0.2:8080 | sed 's/
 ip netns exec "$boot" curl -fsS --max-time 5 http://10.99.0.2:8080/api/machines >"$work/machines.json"
 for n in "${nodes[@]}"; do
     journey=$(jq -r --arg name "$n" '.machines[] | select(.name == $name) |
-        [.mac, .ip, .phase, (.steps | map(.step + " " + (.detail | sub(": [0-9]+ bytes"; ""))) | join("; "))] | join(" | ")' \
+        [.mac, .ip, .phase, (.joined | join(",")), (.steps | map(.step + " " + (.detail | sub(": [0-9]+ bytes"; ""))) | join("; "))] | join(" | ")' \
         "$work/machines.json")
-    want="${mac[$n]} | ${addr[$n]} | installer | "
+    want="${mac[$n]} | ${addr[$n]} | healthy | chainfire,etcd,flaredb,iam | "
     [[ $journey == "$want"* ]] || fail "flint-boot's journey of $n: $journey; expected it to start with $want"
     for seen in "boot-script boot.ipxe" "script $n: installer" "image flow/vmlinuz, whole" \
-        "image flow/installer.img, whole" "image flow/root.img.lzo, whole"; do
+        "image flow/installer.img, whole" "image flow/root.img.lzo, whole" "report chainfire join: ok" \
+        "report flaredb join: ok" "report etcd promote: ok" "report iam setup: ok" "report cluster health: ok"; do
         [[ $journey == *"$seen"* ]] || fail "flint-boot's journey of $n has no '$seen': $journey"
     done
     if [[ ${firmware[$n]} == uefi ]]; then
@@ -514,7 +524,7 @@ for n in "${nodes[@]}"; do
         [[ $journey == *"dhcp port 67, bios firmware, script"* ]] || fail "no ProxyDHCP answer to $n's iPXE in its journey: $journey"
     fi
 done
-say "   /api/machines: each machine's journey, from its ProxyDHCP answer to its root file system, named and whole"
+say "   /api/machines: each machine's journey, from its ProxyDHCP answer to its root file system, named and whole, then its units' reports to healthy"
 
 # --- the journals --------------------------------------------------------------------------------
 step "Each machine's journal, copied out of its disk once it is switched off"

@@ -52,6 +52,26 @@ pub struct ServeArgs {
     pub tftp: TftpArgs,
     #[command(flatten)]
     pub dhcp: DhcpArgs,
+    #[command(flatten)]
+    pub reports: ReportsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportsArgs {
+    /// Address to take nodes' first-boot reports on (POST /api/reports over TLS, a client
+    /// certificate of --tls-ca required), e.g. 0.0.0.0:8443. Nodes are known by the inventory
+    /// --http serves.
+    #[arg(long, value_name = "ADDR", requires_all = ["http", "tls_ca", "tls_cert", "tls_key"])]
+    pub reports: Option<SocketAddr>,
+    /// The cluster CA's certificate (PEM): a node's client certificate must be of it.
+    #[arg(long, value_name = "FILE", requires = "reports")]
+    pub tls_ca: Option<PathBuf>,
+    /// This server's certificate (PEM, the chain to the CA after it), for --reports.
+    #[arg(long, value_name = "FILE", requires = "reports")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM); refused when readable by group or others.
+    #[arg(long, value_name = "FILE", requires = "reports")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -75,11 +95,17 @@ pub struct HttpArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub http_stall_timeout: u64,
-    /// Seconds without a step after which a machine that has not reached its installer counts
-    /// as stuck, in the fleet view (/, /api/machines, `flint-boot status`) and /metrics.
+    /// Seconds without a step after which a machine counts as stuck, in the fleet view (/,
+    /// /api/machines, `flint-boot status`) and /metrics: any machine short of `healthy` but
+    /// one in its installer (--install-stuck-after).
     #[arg(long, value_name = "SECONDS", default_value_t = 900,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stuck_after: u64,
+    /// Seconds without a step after which a machine in its installer counts as stuck:
+    /// installing takes 30 to 60 minutes, during which the boot server hears nothing.
+    #[arg(long, value_name = "SECONDS", default_value_t = 7200,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub install_stuck_after: u64,
     /// Seconds a connection may take to send a request's head, counted from when it starts
     /// waiting for one (its accept, or the end of the previous response): the slowloris bound
     /// and the keep-alive idle timeout in one.

@@ -1,7 +1,8 @@
 //! Each machine's journey from power-on, as this boot server sees it: the ProxyDHCP answer, the
-//! iPXE binary sent, `boot.ipxe`, its script, every image sent (bytes, and whether whole). An
-//! operator bringing up a rack asks which machines are stuck and where: `GET /api/machines`, the
-//! page at `/` and `flint-boot status` answer from here.
+//! iPXE binary sent, `boot.ipxe`, its script, every image sent (bytes, and whether whole), then
+//! what the installed node reports of its first boot (joins, IAM's setup, the cluster's health).
+//! An operator bringing up a rack asks which machines are stuck or failed and where:
+//! `GET /api/machines`, the page at `/` and `flint-boot status` answer from here.
 //!
 //! Machines are known by MAC. Requests that carry no MAC (`boot.ipxe`, images, TFTP) are tied to
 //! one by the address the machine last asked from: `/ipxe?mac=` and the ProxyDHCP requests sent
@@ -18,7 +19,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flint_ipxe::{Mac, Uuid};
+use std::collections::BTreeSet;
+
+use flint_ipxe::{ClusterService, Mac, Uuid};
 use serde::Serialize;
 
 /// The version of `/api/machines`' shape (docs/journeys.md): raised only when a field changes
@@ -35,16 +38,32 @@ pub enum Phase {
     Booting,
     /// It has every image its script boots, whole: the installer (or the OS) runs.
     Installer,
+    /// The installed node reported a first-boot step.
+    FirstBoot,
+    /// Every service the node runs (the inventory's) reported it joined or was set up.
+    Joined,
+    /// Its latest report of the cluster's health is a success.
+    Healthy,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 3] = [Phase::Seen, Phase::Booting, Phase::Installer];
+    pub const ALL: [Phase; 6] = [
+        Phase::Seen,
+        Phase::Booting,
+        Phase::Installer,
+        Phase::FirstBoot,
+        Phase::Joined,
+        Phase::Healthy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Phase::Seen => "seen",
             Phase::Booting => "booting",
             Phase::Installer => "installer",
+            Phase::FirstBoot => "first-boot",
+            Phase::Joined => "joined",
+            Phase::Healthy => "healthy",
         }
     }
 }
@@ -63,15 +82,18 @@ pub enum StepKind {
     Script,
     /// An image sent (detail: path, bytes, whole or cut short).
     Image,
+    /// The installed node reported a first-boot step (detail: the step, its outcome, how long).
+    Report,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 5] = [
+    pub const ALL: [StepKind; 6] = [
         StepKind::Dhcp,
         StepKind::Binary,
         StepKind::BootScript,
         StepKind::Script,
         StepKind::Image,
+        StepKind::Report,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,7 +103,115 @@ impl StepKind {
             StepKind::BootScript => "boot-script",
             StepKind::Script => "script",
             StepKind::Image => "image",
+            StepKind::Report => "report",
         }
+    }
+}
+
+/// A first-boot step a node reports: the (service, step) pairs of the report's wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportStep {
+    ChainfireJoin,
+    FlaredbJoin,
+    EtcdJoin,
+    /// etcd's member added as a learner, before it starts.
+    EtcdAdd,
+    /// etcd's learner promoted to a voting member: joined, as `EtcdJoin` is.
+    EtcdPromote,
+    IamSetup,
+    ClusterHealth,
+}
+
+impl ReportStep {
+    pub const ALL: [ReportStep; 7] = [
+        ReportStep::ChainfireJoin,
+        ReportStep::FlaredbJoin,
+        ReportStep::EtcdJoin,
+        ReportStep::EtcdAdd,
+        ReportStep::EtcdPromote,
+        ReportStep::IamSetup,
+        ReportStep::ClusterHealth,
+    ];
+
+    /// The report's `service`.
+    pub fn service(self) -> &'static str {
+        match self {
+            ReportStep::ChainfireJoin => "chainfire",
+            ReportStep::FlaredbJoin => "flaredb",
+            ReportStep::EtcdJoin | ReportStep::EtcdAdd | ReportStep::EtcdPromote => "etcd",
+            ReportStep::IamSetup => "iam",
+            ReportStep::ClusterHealth => "cluster",
+        }
+    }
+
+    /// The report's `step`.
+    pub fn step(self) -> &'static str {
+        match self {
+            ReportStep::ChainfireJoin | ReportStep::FlaredbJoin | ReportStep::EtcdJoin => "join",
+            ReportStep::EtcdAdd => "add",
+            ReportStep::EtcdPromote => "promote",
+            ReportStep::IamSetup => "setup",
+            ReportStep::ClusterHealth => "health",
+        }
+    }
+
+    pub fn from_names(service: &str, step: &str) -> Option<ReportStep> {
+        ReportStep::ALL
+            .into_iter()
+            .find(|s| s.service() == service && s.step() == step)
+    }
+
+    /// The service a success of this step makes joined. Adding etcd's learner is not joining:
+    /// the learner still has to start and be promoted.
+    fn joins(self) -> Option<ClusterService> {
+        match self {
+            ReportStep::ChainfireJoin => Some(ClusterService::Chainfire),
+            ReportStep::FlaredbJoin => Some(ClusterService::Flaredb),
+            ReportStep::EtcdJoin | ReportStep::EtcdPromote => Some(ClusterService::Etcd),
+            ReportStep::IamSetup => Some(ClusterService::Iam),
+            ReportStep::EtcdAdd | ReportStep::ClusterHealth => None,
+        }
+    }
+}
+
+/// A node's report of one first-boot step, checked (`crate::reports` reads it off the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub step: ReportStep,
+    pub ok: bool,
+    pub exit_status: u8,
+    /// Printable ASCII, 1 to 64 characters.
+    pub member_id: Option<String>,
+    pub duration_ms: u64,
+    /// The node's clock when it sent the report; kept, never used to order steps.
+    pub sent_at_ms: u64,
+}
+
+impl Report {
+    /// `chainfire join: ok, member 0x2a, 1.2 s`, `etcd promote: failed (exit 75) after 30.0 s`.
+    fn detail(&self) -> String {
+        let mut out = format!("{} {}: ", self.step.service(), self.step.step());
+        match (self.ok, self.exit_status) {
+            (true, 0) => out.push_str("ok"),
+            (true, code) => out.push_str(&format!("ok (exit {code})")),
+            (false, code) => out.push_str(&format!("failed (exit {code})")),
+        }
+        if let Some(member) = &self.member_id {
+            out.push_str(&format!(", member {member},"));
+        } else if self.ok {
+            out.push(',');
+        }
+        let seconds = format!(
+            "{}.{} s",
+            self.duration_ms / 1000,
+            self.duration_ms % 1000 / 100
+        );
+        if self.ok {
+            out.push_str(&format!(" {seconds}"));
+        } else {
+            out.push_str(&format!(" after {seconds}"));
+        }
+        out
     }
 }
 
@@ -94,6 +224,9 @@ pub struct Step {
     pub server: String,
     /// What an operator reads: printable ASCII only, whatever the client sent.
     pub detail: String,
+    /// A report's: the node's clock when it sent it (`at_ms` is this server's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<u64>,
 }
 
 /// One machine, as `/api/machines` shows it.
@@ -105,8 +238,12 @@ pub struct Machine {
     pub name: Option<String>,
     pub ip: Option<String>,
     pub phase: Phase,
-    /// No step for longer than the stuck time.
+    /// No step for longer than its phase's stuck time.
     pub stuck: bool,
+    /// The services that reported joining (or IAM its setup) since it last booted, sorted.
+    pub joined: Vec<&'static str>,
+    /// A service's latest report (the cluster's health included) is a failure.
+    pub failed: bool,
     pub first_seen_ms: u64,
     pub last_step_ms: u64,
     /// Seconds since its last step, when the answer was made.
@@ -122,9 +259,12 @@ pub struct Fleet {
     pub server: String,
     pub generated_at_ms: u64,
     pub stuck_after_s: u64,
-    /// Machines per phase (every phase, 0 included), and `stuck`.
+    /// The stuck time of a machine in its installer.
+    pub install_stuck_after_s: u64,
+    /// Machines per phase (every phase, 0 included), `stuck` and `failed`.
     pub counts: BTreeMap<&'static str, usize>,
-    /// Stuck machines first, the longest idle first; then the rest, the latest step first.
+    /// Stuck or failed machines first, the longest idle first; then the rest, the latest step
+    /// first.
     pub machines: Vec<Machine>,
 }
 
@@ -133,8 +273,12 @@ pub struct Limits {
     pub machines: usize,
     pub steps: usize,
     pub untied: usize,
-    /// A machine short of its last phase with no step for this long is stuck.
+    /// A machine short of `healthy` with no step for this long is stuck, unless it is in its
+    /// installer.
     pub stuck_after: Duration,
+    /// A machine in its installer with no step for this long is stuck: installing takes 30 to
+    /// 60 minutes, during which the boot server hears nothing.
+    pub install_stuck_after: Duration,
 }
 
 impl Default for Limits {
@@ -144,6 +288,7 @@ impl Default for Limits {
             steps: 32,
             untied: 4_096,
             stuck_after: Duration::from_secs(15 * 60),
+            install_stuck_after: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -157,6 +302,44 @@ struct Journey {
     images_due: Vec<String>,
     first_seen: SystemTime,
     steps: VecDeque<Step>,
+    first_boot: FirstBoot,
+}
+
+impl Journey {
+    fn new() -> Journey {
+        Journey {
+            uuid: None,
+            name: None,
+            ip: None,
+            phase: Phase::Seen,
+            images_due: Vec::new(),
+            first_seen: SystemTime::now(),
+            steps: VecDeque::new(),
+            first_boot: FirstBoot::default(),
+        }
+    }
+
+    /// A step of a new boot: what the node reported of its previous first boot no longer says
+    /// where it is.
+    fn boots(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.first_boot = FirstBoot::default();
+    }
+
+    fn failed(&self) -> bool {
+        !self.first_boot.failing.is_empty()
+    }
+}
+
+/// What the node reported since it last booted.
+#[derive(Default)]
+struct FirstBoot {
+    /// The services it reported joining (IAM: set up).
+    joined: BTreeSet<ClusterService>,
+    /// The services (and `cluster`, for health) whose latest report is a failure.
+    failing: BTreeSet<&'static str>,
+    /// Its latest health report is a success.
+    healthy: bool,
 }
 
 #[derive(Default)]
@@ -210,6 +393,7 @@ impl Journeys {
             at_ms: millis(SystemTime::now()),
             server: self.server.clone(),
             detail: printable(&detail),
+            sent_at_ms: None,
         }
     }
 
@@ -226,33 +410,33 @@ impl Journeys {
     ) {
         let step = self.step(StepKind::Dhcp, detail);
         let mut state = self.lock();
-        let journey = self.journey(&mut state, mac);
+        let journey = match from {
+            Some(ip) => self.tie(&mut state, ip, mac),
+            None => self.journey(&mut state, mac),
+        };
         if ipxe {
-            journey.phase = Phase::Booting;
+            journey.boots(Phase::Booting);
         } else {
-            journey.phase = Phase::Seen;
+            journey.boots(Phase::Seen);
             journey.images_due.clear();
         }
         if uuid.is_some() {
             journey.uuid = uuid;
         }
         push(journey, step, self.limits.steps);
-        if let Some(ip) = from {
-            tie(&mut state, ip, mac, self.limits.steps);
-        }
     }
 
     /// An iPXE binary sent to `ip` (TFTP, or HTTP for UEFI HTTP Boot).
     pub fn binary_sent(&self, ip: IpAddr, file: &str, bytes: u64, whole: bool, via: &str) {
         let detail = format!("{file} over {via}: {}", sent(bytes, whole));
         let step = self.step(StepKind::Binary, detail);
-        self.at_address(ip, step, |journey| journey.phase = Phase::Booting);
+        self.at_address(ip, step, |journey| journey.boots(Phase::Booting));
     }
 
     /// `boot.ipxe` served to `ip`.
     pub fn boot_script_served(&self, ip: IpAddr) {
         let step = self.step(StepKind::BootScript, "boot.ipxe".into());
-        self.at_address(ip, step, |journey| journey.phase = Phase::Booting);
+        self.at_address(ip, step, |journey| journey.boots(Phase::Booting));
     }
 
     /// The machine's own script: names its MAC, so its address is tied to it from now on.
@@ -263,11 +447,9 @@ impl Journeys {
         };
         let step = self.step(StepKind::Script, detail);
         let mut state = self.lock();
-        self.journey(&mut state, script.mac);
         // Before its own step: what waited for this script came before it.
-        tie(&mut state, script.ip, script.mac, self.limits.steps);
-        let journey = self.journey(&mut state, script.mac);
-        journey.phase = Phase::Booting;
+        let journey = self.tie(&mut state, script.ip, script.mac);
+        journey.boots(Phase::Booting);
         journey.name = script.name.map(printable);
         journey.ip = Some(script.ip);
         if script.uuid.is_some() {
@@ -289,6 +471,48 @@ impl Journeys {
                 }
             }
         });
+    }
+
+    /// A report from the installed node `name` (its MAC from the inventory), which runs
+    /// `runs`; `ip` is where the report came from, the machine's address when the server
+    /// restarted since it booted and so has no journey for it.
+    pub fn report_received(
+        &self,
+        mac: Mac,
+        name: &str,
+        ip: IpAddr,
+        runs: &[ClusterService],
+        report: &Report,
+    ) {
+        let mut step = self.step(StepKind::Report, report.detail());
+        step.sent_at_ms = Some(report.sent_at_ms);
+        let mut state = self.lock();
+        let journey = self.journey(&mut state, mac);
+        journey.name = Some(printable(name));
+        journey.ip.get_or_insert(ip);
+        let first_boot = &mut journey.first_boot;
+        let service = report.step.service();
+        if report.ok {
+            first_boot.failing.remove(service);
+            if let Some(joined) = report.step.joins() {
+                first_boot.joined.insert(joined);
+            }
+        } else {
+            first_boot.failing.insert(service);
+        }
+        if report.step == ReportStep::ClusterHealth {
+            first_boot.healthy = report.ok;
+        }
+        // A node in no cluster (no services) joins nothing, so it is never `joined`.
+        let all_joined = !runs.is_empty() && runs.iter().all(|s| first_boot.joined.contains(s));
+        journey.phase = if first_boot.healthy {
+            Phase::Healthy
+        } else if all_joined {
+            Phase::Joined
+        } else {
+            Phase::FirstBoot
+        };
+        push(journey, step, self.limits.steps);
     }
 
     /// A step from an address: the machine's, when tied; else kept until its script ties it.
@@ -317,8 +541,15 @@ impl Journeys {
         }
     }
 
-    /// The journey of `mac`, made when new; room is made by dropping the one idle longest.
+    /// The journey of `mac`, made when new.
     fn journey<'s>(&self, state: &'s mut State, mac: Mac) -> &'s mut Journey {
+        self.make_room(state, mac);
+        state.machines.entry(mac).or_insert_with(Journey::new)
+    }
+
+    /// When `mac` is new and the machines are at their bound, the one idle longest is
+    /// forgotten, with its addresses.
+    fn make_room(&self, state: &mut State, mac: Mac) {
         if !state.machines.contains_key(&mac) && state.machines.len() >= self.limits.machines {
             let idlest = state
                 .machines
@@ -330,33 +561,39 @@ impl Journeys {
                 state.by_ip.retain(|_, m| *m != idlest);
             }
         }
-        state.machines.entry(mac).or_insert_with(|| Journey {
-            uuid: None,
-            name: None,
-            ip: None,
-            phase: Phase::Seen,
-            images_due: Vec::new(),
-            first_seen: SystemTime::now(),
-            steps: VecDeque::new(),
-        })
     }
 
-    /// Machines per phase (every phase, 0 included), and `stuck`: for `/metrics`, without
-    /// copying any journey.
+    /// From now on steps from `ip` are `mac`'s; steps that waited for it join its journey (made
+    /// when new), in time order.
+    fn tie<'s>(&self, state: &'s mut State, ip: IpAddr, mac: Mac) -> &'s mut Journey {
+        // Room first: making it may forget another machine and its addresses, never this tie.
+        self.make_room(state, mac);
+        state.by_ip.insert(ip, mac);
+        let waiting = state.untied.remove(&ip);
+        let journey = state.machines.entry(mac).or_insert_with(Journey::new);
+        if let Some(waiting) = waiting {
+            for step in waiting {
+                push(journey, step, self.limits.steps);
+            }
+            journey
+                .steps
+                .make_contiguous()
+                .sort_by_key(|step| step.at_ms);
+        }
+        journey
+    }
+
+    /// Machines per phase (every phase, 0 included), `stuck` and `failed`: for `/metrics`,
+    /// without copying any journey.
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
         let now_ms = millis(SystemTime::now());
-        let stuck_after_ms = millis_of(self.limits.stuck_after);
-        let mut counts: BTreeMap<&'static str, usize> =
-            Phase::ALL.iter().map(|p| (p.name(), 0)).collect();
-        let mut stuck = 0;
-        for journey in self.lock().machines.values() {
-            *counts.entry(journey.phase.name()).or_default() += 1;
-            if is_stuck(journey, now_ms, stuck_after_ms) {
-                stuck += 1;
-            }
-        }
-        counts.insert("stuck", stuck);
-        counts
+        let state = self.lock();
+        tally(
+            state
+                .machines
+                .values()
+                .map(|j| (j.phase, self.is_stuck(j, now_ms), j.failed())),
+        )
     }
 
     /// The journeys' series for `/metrics`: steps recorded by kind, machines by phase, stuck
@@ -387,13 +624,15 @@ impl Journeys {
         out.push_str("# HELP flint_boot_stuck_machines Machines with no step for longer than the stuck time.\n");
         out.push_str("# TYPE flint_boot_stuck_machines gauge\n");
         let _ = writeln!(out, "flint_boot_stuck_machines {}", counts["stuck"]);
+        out.push_str("# HELP flint_boot_failed_machines Machines whose latest report of a service (or of the cluster's health) is a failure.\n");
+        out.push_str("# TYPE flint_boot_failed_machines gauge\n");
+        let _ = writeln!(out, "flint_boot_failed_machines {}", counts["failed"]);
     }
 
     /// Every machine, for `/api/machines`, the page and `flint-boot status`.
     pub fn fleet(&self) -> Fleet {
         let now = SystemTime::now();
         let now_ms = millis(now);
-        let stuck_after_ms = millis_of(self.limits.stuck_after);
         let state = self.lock();
         let mut machines: Vec<Machine> = state
             .machines
@@ -407,7 +646,9 @@ impl Journeys {
                     name: j.name.clone(),
                     ip: j.ip.map(|ip| ip.to_string()),
                     phase: j.phase,
-                    stuck: is_stuck(j, now_ms, stuck_after_ms),
+                    stuck: self.is_stuck(j, now_ms),
+                    joined: j.first_boot.joined.iter().map(|s| s.name()).collect(),
+                    failed: j.failed(),
                     first_seen_ms: millis(j.first_seen),
                     last_step_ms: last.at_ms,
                     idle_s: idle_ms / 1000,
@@ -417,11 +658,16 @@ impl Journeys {
             })
             .collect();
         drop(state);
+        for m in &mut machines {
+            // Sorted by name, not by the enum's order, as the documentation promises.
+            m.joined.sort_unstable();
+        }
+        let alarm = |m: &Machine| m.stuck || m.failed;
         machines.sort_by(|a, b| {
-            b.stuck
-                .cmp(&a.stuck)
+            alarm(b)
+                .cmp(&alarm(a))
                 .then_with(|| {
-                    if a.stuck {
+                    if alarm(a) {
                         a.last_step_ms.cmp(&b.last_step_ms)
                     } else {
                         b.last_step_ms.cmp(&a.last_step_ms)
@@ -429,45 +675,48 @@ impl Journeys {
                 })
                 .then_with(|| a.mac.cmp(&b.mac))
         });
-        let mut counts: BTreeMap<&'static str, usize> =
-            Phase::ALL.iter().map(|p| (p.name(), 0)).collect();
-        for m in &machines {
-            *counts.entry(m.phase.name()).or_default() += 1;
-        }
-        counts.insert("stuck", machines.iter().filter(|m| m.stuck).count());
+        let counts = tally(machines.iter().map(|m| (m.phase, m.stuck, m.failed)));
         Fleet {
             schema_version: SCHEMA_VERSION,
             server: self.server.clone(),
             generated_at_ms: now_ms,
             stuck_after_s: self.limits.stuck_after.as_secs(),
+            install_stuck_after_s: self.limits.install_stuck_after.as_secs(),
             counts,
             machines,
         }
     }
-}
 
-fn is_stuck(journey: &Journey, now_ms: u64, stuck_after_ms: u64) -> bool {
-    journey.phase != Phase::Installer
-        && journey
-            .steps
-            .back()
-            .is_some_and(|last| now_ms.saturating_sub(last.at_ms) >= stuck_after_ms)
-}
-
-/// From now on steps from `ip` are `mac`'s; steps that waited for it join its journey.
-fn tie(state: &mut State, ip: IpAddr, mac: Mac, max_steps: usize) {
-    state.by_ip.insert(ip, mac);
-    if let Some(waiting) = state.untied.remove(&ip)
-        && let Some(journey) = state.machines.get_mut(&mac)
-    {
-        for step in waiting {
-            push(journey, step, max_steps);
-        }
+    /// No step for longer than its phase allows. A healthy machine has nothing left to do, so
+    /// its silence says nothing.
+    fn is_stuck(&self, journey: &Journey, now_ms: u64) -> bool {
+        let after = match journey.phase {
+            Phase::Healthy => return false,
+            Phase::Installer => self.limits.install_stuck_after,
+            _ => self.limits.stuck_after,
+        };
         journey
             .steps
-            .make_contiguous()
-            .sort_by_key(|step| step.at_ms);
+            .back()
+            .is_some_and(|last| now_ms.saturating_sub(last.at_ms) >= millis_of(after))
     }
+}
+
+/// Machines per phase (every phase, 0 included), `stuck` and `failed`, from each machine's
+/// (phase, stuck, failed): the one count behind `/metrics`, `/api/machines` and the page.
+fn tally(machines: impl Iterator<Item = (Phase, bool, bool)>) -> BTreeMap<&'static str, usize> {
+    let mut counts: BTreeMap<&'static str, usize> = Phase::ALL
+        .iter()
+        .map(|p| p.name())
+        .chain(["stuck", "failed"])
+        .map(|name| (name, 0))
+        .collect();
+    for (phase, stuck, failed) in machines {
+        *counts.entry(phase.name()).or_default() += 1;
+        *counts.entry("stuck").or_default() += usize::from(stuck);
+        *counts.entry("failed").or_default() += usize::from(failed);
+    }
+    counts
 }
 
 fn push(journey: &mut Journey, step: Step, max: usize) {
@@ -568,6 +817,7 @@ mod tests {
             steps: 4,
             untied: 2,
             stuck_after: Duration::from_secs(60),
+            install_stuck_after: Duration::from_secs(60),
         };
         let journeys = Journeys::new("boot1", limits);
         for i in 0..10 {
@@ -614,7 +864,225 @@ mod tests {
         assert!(fleet.machines[0].stuck, "{fleet:?}");
         assert!(
             !fleet.machines[1].stuck,
-            "an installed machine is never stuck"
+            "a machine in its installer has a stuck time of its own"
+        );
+    }
+
+    fn report(step: ReportStep, ok: bool) -> Report {
+        Report {
+            step,
+            ok,
+            exit_status: if ok { 0 } else { 75 },
+            member_id: None,
+            duration_ms: 30_000,
+            sent_at_ms: 1,
+        }
+    }
+
+    fn installed(journeys: &Journeys, n: u8) {
+        journeys.dhcp_answered(mac(n), None, None, false, "port 67".into());
+        journeys.script_served(ScriptServed {
+            ip: ip(n),
+            mac: mac(n),
+            uuid: None,
+            name: Some("node"),
+            served: "installer",
+            images: vec!["k".into()],
+        });
+        journeys.image_sent(ip(n), "k", 1, true);
+    }
+
+    fn machine(journeys: &Journeys, n: u8) -> Machine {
+        let fleet = journeys.fleet();
+        let m = fleet
+            .machines
+            .into_iter()
+            .find(|m| m.mac == mac(n).to_string())
+            .expect("the machine");
+        assert_eq!(
+            fleet.counts,
+            journeys.counts(),
+            "the page and /metrics count alike"
+        );
+        m
+    }
+
+    const ALL_FOUR: [ClusterService; 4] = [
+        ClusterService::Chainfire,
+        ClusterService::Flaredb,
+        ClusterService::Etcd,
+        ClusterService::Iam,
+    ];
+
+    #[test]
+    fn joined_takes_every_service_the_node_runs() {
+        let journeys = Journeys::new("boot1", Limits::default());
+        installed(&journeys, 1);
+        let got = |step, ok| {
+            journeys.report_received(mac(1), "node01", ip(1), &ALL_FOUR, &report(step, ok));
+            let m = machine(&journeys, 1);
+            (m.phase, m.joined, m.failed)
+        };
+        let (phase, joined, _) = got(ReportStep::ChainfireJoin, true);
+        assert_eq!((phase, joined), (Phase::FirstBoot, vec!["chainfire"]));
+        got(ReportStep::FlaredbJoin, true);
+        got(ReportStep::IamSetup, true);
+        let (phase, joined, _) = got(ReportStep::EtcdAdd, true);
+        assert_eq!(phase, Phase::FirstBoot, "a learner added has not joined");
+        assert_eq!(joined, ["chainfire", "flaredb", "iam"]);
+        let (phase, joined, failed) = got(ReportStep::EtcdPromote, true);
+        assert_eq!(phase, Phase::Joined);
+        assert_eq!(
+            joined,
+            ["chainfire", "etcd", "flaredb", "iam"],
+            "sorted by name"
+        );
+        assert!(!failed);
+        let m = machine(&journeys, 1);
+        assert_eq!(m.last_step.detail, "etcd promote: ok, 30.0 s");
+        assert_eq!(m.last_step.sent_at_ms, Some(1));
+
+        // A node running chainfire alone has joined once chainfire has; one in no cluster never.
+        journeys.report_received(
+            mac(2),
+            "node02",
+            ip(2),
+            &[ClusterService::Chainfire],
+            &report(ReportStep::ChainfireJoin, true),
+        );
+        assert_eq!(machine(&journeys, 2).phase, Phase::Joined);
+        journeys.report_received(
+            mac(3),
+            "node03",
+            ip(3),
+            &[],
+            &report(ReportStep::IamSetup, true),
+        );
+        assert_eq!(machine(&journeys, 3).phase, Phase::FirstBoot);
+    }
+
+    #[test]
+    fn healthy_and_failed_follow_the_latest_reports() {
+        let journeys = Journeys::new("boot1", Limits::default());
+        let send = |step, ok| {
+            journeys.report_received(mac(1), "node01", ip(1), &ALL_FOUR, &report(step, ok));
+            machine(&journeys, 1)
+        };
+        // No journey yet (the server restarted since the node booted): the report makes one.
+        let m = send(ReportStep::EtcdPromote, false);
+        assert_eq!(m.phase, Phase::FirstBoot);
+        assert_eq!(m.name.as_deref(), Some("node01"));
+        assert_eq!(m.ip.as_deref(), Some("10.0.0.1"));
+        assert!(m.failed);
+        assert_eq!(
+            m.last_step.detail,
+            "etcd promote: failed (exit 75) after 30.0 s"
+        );
+        let mut with_member = report(ReportStep::EtcdJoin, false);
+        with_member.member_id = Some("0x2a".into());
+        assert_eq!(
+            with_member.detail(),
+            "etcd join: failed (exit 75), member 0x2a, after 30.0 s"
+        );
+        with_member.ok = true;
+        assert_eq!(
+            with_member.detail(),
+            "etcd join: ok (exit 75), member 0x2a, 30.0 s"
+        );
+        assert!(
+            send(ReportStep::ChainfireJoin, true).failed,
+            "another service's success"
+        );
+        assert!(
+            !send(ReportStep::EtcdJoin, true).failed,
+            "etcd's own success"
+        );
+        let m = send(ReportStep::ClusterHealth, false);
+        assert!(m.failed, "a health failure counts");
+        assert_eq!(m.phase, Phase::FirstBoot);
+        let m = send(ReportStep::ClusterHealth, true);
+        assert_eq!((m.phase, m.failed), (Phase::Healthy, false));
+        assert_eq!(journeys.counts()["healthy"], 1);
+        let m = send(ReportStep::ClusterHealth, false);
+        assert_eq!((m.phase, m.failed), (Phase::FirstBoot, true));
+        assert_eq!(journeys.counts()["failed"], 1);
+    }
+
+    #[test]
+    fn a_new_boot_starts_over() {
+        let journeys = Journeys::new("boot1", Limits::default());
+        installed(&journeys, 1);
+        for step in [ReportStep::ChainfireJoin, ReportStep::FlaredbJoin] {
+            journeys.report_received(mac(1), "node01", ip(1), &ALL_FOUR, &report(step, true));
+        }
+        journeys.report_received(
+            mac(1),
+            "node01",
+            ip(1),
+            &ALL_FOUR,
+            &report(ReportStep::IamSetup, false),
+        );
+        let m = machine(&journeys, 1);
+        assert_eq!((m.joined.len(), m.failed), (2, true));
+        // Its firmware asks ProxyDHCP again: a reinstall.
+        journeys.dhcp_answered(mac(1), None, None, false, "port 67".into());
+        let m = machine(&journeys, 1);
+        assert_eq!(m.phase, Phase::Seen);
+        assert!(m.joined.is_empty() && !m.failed, "{m:?}");
+        assert_eq!(journeys.counts()["failed"], 0);
+    }
+
+    #[test]
+    fn each_phase_has_its_stuck_time_and_healthy_none() {
+        let stuck = |limits: Limits| {
+            let journeys = Journeys::new("boot1", limits);
+            installed(&journeys, 1);
+            journeys.script_served(ScriptServed {
+                ip: ip(2),
+                mac: mac(2),
+                uuid: None,
+                name: None,
+                served: "menu",
+                images: vec![],
+            });
+            for (n, step) in [
+                (3, ReportStep::ChainfireJoin),
+                (4, ReportStep::ClusterHealth),
+            ] {
+                journeys.report_received(mac(n), "n", ip(n), &ALL_FOUR, &report(step, true));
+            }
+            let fleet = journeys.fleet();
+            let mut by_phase: Vec<(Phase, bool)> =
+                fleet.machines.iter().map(|m| (m.phase, m.stuck)).collect();
+            by_phase.sort();
+            by_phase
+        };
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            stuck(Limits {
+                stuck_after: Duration::ZERO,
+                install_stuck_after: hour,
+                ..Limits::default()
+            }),
+            [
+                (Phase::Booting, true),
+                (Phase::Installer, false),
+                (Phase::FirstBoot, true),
+                (Phase::Healthy, false),
+            ]
+        );
+        assert_eq!(
+            stuck(Limits {
+                stuck_after: hour,
+                install_stuck_after: Duration::ZERO,
+                ..Limits::default()
+            }),
+            [
+                (Phase::Booting, false),
+                (Phase::Installer, true),
+                (Phase::FirstBoot, false),
+                (Phase::Healthy, false),
+            ]
         );
     }
 }

@@ -9,6 +9,7 @@ pub mod journey;
 pub mod metrics;
 pub mod prepare;
 pub mod render;
+pub mod reports;
 pub mod served;
 pub mod status;
 pub mod tftp;

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use flint_boot::inventory::{self, SharedInventory};
 use flint_boot::journey::{self, Journeys};
 use flint_boot::metrics::Metrics;
-use flint_boot::{ExitError, dhcp, http, prepare, render, served, status, tftp};
+use flint_boot::{ExitError, dhcp, http, prepare, render, reports, served, status, tftp};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -130,11 +130,17 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         server_name(),
         journey::Limits {
             stuck_after: std::time::Duration::from_secs(args.http.stuck_after),
+            install_stuck_after: std::time::Duration::from_secs(args.http.install_stuck_after),
             ..journey::Limits::default()
         },
     ));
     let mut services: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
-    let cli::ServeArgs { http, tftp, dhcp } = args;
+    let cli::ServeArgs {
+        http,
+        tftp,
+        dhcp,
+        reports,
+    } = args;
     if http.http.is_none() && tftp.tftp.is_none() {
         return Err(ExitError::Usage(
             "serve: no service enabled (use --http ADDR, --tftp ADDR, or both)".into(),
@@ -144,6 +150,14 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     let mut serving = Vec::new();
     let public_url = http.public_url.map(|u| u.trim_end_matches('/').to_owned());
     let boot = boot_script(public_url.as_deref())?;
+
+    // Before any socket is bound: a bad file is the operator's to fix, whatever else serves.
+    let reports_tls = match (&reports.tls_ca, &reports.tls_cert, &reports.tls_key) {
+        (Some(ca), Some(cert), Some(key)) if reports.reports.is_some() => {
+            Some(reports::tls_config(&reports::TlsFiles { ca, cert, key })?)
+        }
+        _ => None,
+    };
 
     // HTTP first: ProxyDHCP answers point at it.
     let mut http_port = None;
@@ -173,6 +187,20 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             max_downloads: http.http_max_downloads as usize,
         };
         services.spawn(async move { ("http", http::serve(listener, app, limits).await) });
+        // The nodes reports come from are the inventory's, so the listener shares it.
+        if let (Some(addr), Some(tls)) = (reports.reports, reports_tls) {
+            let listener = http_listener(addr)
+                .map_err(|e| ExitError::socket(format!("bind reports {addr}"), &e))?;
+            let context = reports::Context {
+                inventory: shared.clone(),
+                journeys: journeys.clone(),
+                metrics: metrics.clone(),
+            };
+            serving.push(format!("reports on {addr}"));
+            tracing::info!(%addr, "reports listening");
+            services
+                .spawn(async move { ("reports", reports::serve(listener, tls, context).await) });
+        }
         services.spawn(async move { ("inventory watch", inventory::watch(shared).await) });
     }
 
@@ -262,10 +290,12 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     result
 }
 
-/// What journeys name this server by: its host name (the kernel's, as `hostname` prints it).
+/// What journeys name this server by: its host name, from uname(2) rather than /proc, which the
+/// shipped unit hides (`ProcSubset=pid`).
 fn server_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    nix::unistd::gethostname()
         .ok()
+        .and_then(|name| name.into_string().ok())
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "flint-boot".to_owned())

@@ -75,6 +75,38 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// How a node's report was answered (`flint_boot_reports_total{answer}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportAnswer {
+    /// 204: a step of its journey.
+    Recorded,
+    /// 400, 404, 405, 413: a request from a node, but not a report this server takes.
+    Rejected,
+    /// 403: a certificate of the cluster's CA that names no inventory node.
+    UnknownNode,
+    /// The TLS handshake failed or did not finish in time: no client certificate, one of
+    /// another CA, not TLS at all.
+    BadCertificate,
+}
+
+impl ReportAnswer {
+    pub const ALL: [ReportAnswer; 4] = [
+        ReportAnswer::Recorded,
+        ReportAnswer::Rejected,
+        ReportAnswer::UnknownNode,
+        ReportAnswer::BadCertificate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportAnswer::Recorded => "recorded",
+            ReportAnswer::Rejected => "rejected",
+            ReportAnswer::UnknownNode => "unknown-node",
+            ReportAnswer::BadCertificate => "bad-certificate",
+        }
+    }
+}
+
 pub struct Metrics {
     pub http_requests: Family,
     pub http_bytes: AtomicU64,
@@ -87,6 +119,9 @@ pub struct Metrics {
     pub inventory_reloads: Family,
     pub inventory_nodes: AtomicU64,
     pub errors: Family,
+    /// By `ReportAnswer::ALL`'s order: every answer is a series from the start, at 0, so an
+    /// alert on `increase()` sees the first rejected report.
+    pub reports: [AtomicU64; ReportAnswer::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -149,7 +184,12 @@ impl Metrics {
                 "counter",
                 &["kind"],
             ),
+            reports: [const { AtomicU64::new(0) }; ReportAnswer::ALL.len()],
         }
+    }
+
+    pub fn report(&self, answer: ReportAnswer) {
+        self.reports[answer as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -181,6 +221,18 @@ impl Metrics {
             self.inventory_nodes.load(Ordering::Relaxed)
         );
         self.errors.render(&mut out);
+        out.push_str(
+            "# HELP flint_boot_reports_total Nodes' reports of their first-boot steps, by answer.\n\
+             # TYPE flint_boot_reports_total counter\n",
+        );
+        for (answer, n) in ReportAnswer::ALL.iter().zip(&self.reports) {
+            let _ = writeln!(
+                out,
+                "flint_boot_reports_total{{answer=\"{}\"}} {}",
+                answer.name(),
+                n.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }
@@ -207,5 +259,20 @@ mod tests {
         assert!(text.contains("flint_boot_scripts_served_total{profile=\"worker\"} 3\n"));
         assert!(text.contains("{profile=\"a\\\"b\\\\c\\nd\"} 1\n"), "{text}");
         assert!(text.contains("# TYPE flint_boot_inventory_nodes gauge\n"));
+    }
+
+    #[test]
+    fn every_report_answer_is_a_series_from_the_start() {
+        let m = Metrics::new();
+        m.report(ReportAnswer::UnknownNode);
+        let text = m.render();
+        for line in [
+            "flint_boot_reports_total{answer=\"recorded\"} 0\n",
+            "flint_boot_reports_total{answer=\"rejected\"} 0\n",
+            "flint_boot_reports_total{answer=\"unknown-node\"} 1\n",
+            "flint_boot_reports_total{answer=\"bad-certificate\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
     }
 }

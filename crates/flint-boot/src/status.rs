@@ -129,7 +129,8 @@ async fn read_bounded(mut body: Incoming, target: &hyper::Uri) -> Result<Vec<u8>
     Ok(out)
 }
 
-/// The table: counts per phase, then one line per machine in the server's order (stuck first).
+/// The table: counts per phase, then one line per machine in the server's order (stuck and
+/// failed first).
 fn table(target: &hyper::Uri, fleet: &Value) -> Result<String, ExitError> {
     let shape = |field: &str, expected: &str| {
         ExitError::Protocol(format!("{target}: field {field}: expected {expected}"))
@@ -159,7 +160,7 @@ fn table(target: &hyper::Uri, fleet: &Value) -> Result<String, ExitError> {
     let order: Vec<&str> = Phase::ALL
         .iter()
         .map(|p| p.name())
-        .chain(["stuck"])
+        .chain(["stuck", "failed"])
         .collect();
     let others = counts.keys().filter(|k| !order.contains(&k.as_str()));
     for key in order.iter().copied().chain(others.map(String::as_str)) {
@@ -178,10 +179,11 @@ fn table(target: &hyper::Uri, fleet: &Value) -> Result<String, ExitError> {
                 text("name"),
                 text("mac"),
                 text("ip"),
-                if m["stuck"].as_bool() == Some(true) {
-                    format!("STUCK:{phase}")
-                } else {
-                    phase
+                match (m["stuck"].as_bool(), m["failed"].as_bool()) {
+                    (Some(true), Some(true)) => format!("FAILED:STUCK:{phase}"),
+                    (Some(true), _) => format!("STUCK:{phase}"),
+                    (_, Some(true)) => format!("FAILED:{phase}"),
+                    _ => phase,
                 },
                 format!(
                     "{}: {}",
@@ -256,5 +258,23 @@ mod tests {
             text.contains("STUCK:seen") && text.contains("1m 01s"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn failed_machines_are_marked_and_counted() {
+        let target = machines_url("http://h:1").unwrap();
+        let fleet = serde_json::json!({"schema_version": 1, "server": "boot1",
+            "counts": {"seen": 0, "booting": 0, "installer": 0, "first-boot": 1, "joined": 0,
+                       "healthy": 0, "stuck": 0, "failed": 1},
+            "machines": [{"name": "node01", "mac": "m", "phase": "first-boot", "stuck": false,
+                          "failed": true, "idle_s": 1,
+                          "last_step": {"step": "report", "detail": "etcd promote: failed"}}]});
+        let text = table(&target, &fleet).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "boot1: seen 0 booting 0 installer 0 first-boot 1 joined 0 healthy 0 stuck 0 failed 1"
+        );
+        assert!(lines[2].contains("FAILED:first-boot"), "{text}");
     }
 }

@@ -206,7 +206,9 @@ fn a_machine_booting_is_followed_step_by_step_and_a_silent_one_is_stuck() {
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines[0].ends_with(": seen 0 booting 1 installer 1 stuck 1"),
+        lines[0].ends_with(
+            ": seen 0 booting 1 installer 1 first-boot 0 joined 0 healthy 0 stuck 1 failed 0"
+        ),
         "the counts in the order of the phases: {table}"
     );
     assert!(lines[1].starts_with("NAME"), "{table}");

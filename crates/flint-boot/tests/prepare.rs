@@ -600,3 +600,78 @@ fn what_is_in_the_way_is_named_not_followed() {
     );
     assert!(!lab2.out().exists());
 }
+
+#[test]
+fn a_report_url_gives_every_node_the_endpoint_and_the_boot_server_an_identity_and_no_secret() {
+    let lab = Lab::new();
+    let mut inventory = seed_inventory();
+    inventory["cluster"]["report_url"] = json!("https://10.0.100.2:8443/api/reports");
+    lab.write_inventory(&inventory);
+    let report = lab.prepare_ok(&[]);
+    assert!(report.contains("boot-server"), "{report}");
+    for name in ["node01", "node04"] {
+        let config: Value = serde_json::from_str(
+            &fs::read_to_string(lab.node(name).join("cluster-config.json")).expect("config"),
+        )
+        .expect("JSON");
+        assert_eq!(config["report_url"], "https://10.0.100.2:8443/api/reports");
+    }
+    let boot = lab.out().join("boot-server");
+    let mut files: Vec<String> = fs::read_dir(&boot)
+        .expect("boot-server folder")
+        .map(|e| e.expect("entry").file_name().into_string().expect("UTF-8"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["boot-server-key.pem", "boot-server.pem", "ca.pem"]);
+    assert_eq!(mode(&boot.join("boot-server-key.pem")), 0o600);
+    let ca = lab.out().join("cluster/ca.pem");
+    let cert = boot.join("boot-server.pem");
+    for purpose in ["sslserver", "sslclient"] {
+        openssl(&[
+            "verify",
+            "-CAfile",
+            s(&ca),
+            "-purpose",
+            purpose,
+            "-verify_ip",
+            "10.0.100.2",
+            s(&cert),
+        ]);
+    }
+    let key_public = openssl(&[
+        "pkey",
+        "-in",
+        s(&boot.join("boot-server-key.pem")),
+        "-pubout",
+    ]);
+    let cert_public = openssl(&["x509", "-in", s(&cert), "-noout", "-pubkey"]);
+    assert_eq!(key_public, cert_public, "the key is the certificate's");
+    let subject = openssl(&["x509", "-in", s(&cert), "-noout", "-subject"]);
+    assert!(
+        !["node01", "node02", "node03", "node04"]
+            .iter()
+            .any(|n| subject.contains(n)),
+        "the boot server must not be able to pass for a node: {subject}"
+    );
+
+    let before = snapshot(&lab.out());
+    let report = lab.prepare_ok(&[]);
+    assert!(report.contains("0 files written"), "{report}");
+    assert_eq!(snapshot(&lab.out()), before, "a rerun rewrote something");
+
+    inventory["cluster"]["report_url"] = json!("https://boot.example.com:8443/api/reports");
+    lab.write_inventory(&inventory);
+    let report = lab.prepare_ok(&[]);
+    assert!(
+        report.contains("boot-server.pem (reissued"),
+        "a new host gets a new certificate: {report}"
+    );
+    openssl(&[
+        "verify",
+        "-CAfile",
+        s(&ca),
+        "-verify_hostname",
+        "boot.example.com",
+        s(&cert),
+    ]);
+}

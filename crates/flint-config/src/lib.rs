@@ -180,6 +180,8 @@ pub struct Config {
     pub allow_plaintext: bool,
     /// How many members each cluster service should have, for `flint health`.
     pub expected_members: Option<usize>,
+    /// Where each first-boot command reports its outcome (a boot server's `/api/reports`).
+    pub report_url: Option<Url>,
     etcd: Option<EtcdSettings>,
     chainfire: Option<AdminSettings>,
     flaredb: Option<AdminSettings>,
@@ -400,6 +402,11 @@ impl Validator<'_> {
                 )),
             })
             .transpose()?;
+        let report_url = raw
+            .report_url
+            .as_deref()
+            .map(|value| self.report_url(value, tls.as_ref()))
+            .transpose()?;
 
         Ok(Config {
             file: self.path.to_owned(),
@@ -410,6 +417,7 @@ impl Validator<'_> {
             timeouts,
             allow_plaintext: raw.allow_plaintext,
             expected_members,
+            report_url,
             etcd,
             chainfire,
             flaredb,
@@ -528,6 +536,38 @@ impl Validator<'_> {
                 format!("expected an http or https URL, got scheme {other:?}"),
             )),
         }
+    }
+
+    /// https and a client certificate: the boot server knows the node by the certificate it
+    /// presents, so a report needs no secret of its own and cannot speak for another node.
+    fn report_url(&self, value: &str, tls: Option<&TlsFiles>) -> Result<Url, Error> {
+        let policy = UrlPolicy {
+            has_ca: tls.is_some(),
+            allow_plaintext: false,
+        };
+        let url = self.url("report_url", value, policy)?;
+        if url.scheme() != "https" {
+            return Err(self.invalid(
+                "report_url",
+                format!(
+                    "{value:?} is not https: the boot server knows a node by its client certificate"
+                ),
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(self.invalid(
+                "report_url",
+                format!("expected no query or fragment, got {value:?}"),
+            ));
+        }
+        if tls.is_none_or(|t| t.client.is_none()) {
+            return Err(self.invalid(
+                "report_url",
+                "needs `tls.cert` and `tls.key`: the boot server knows a node by its client \
+                 certificate",
+            ));
+        }
+        Ok(url)
     }
 
     fn host_port(&self, field: &str, value: &str) -> Result<String, Error> {
@@ -775,6 +815,41 @@ mod tests {
             r#"{"node_id": "n1", "leader_url": "http://10.0.0.1:2379", "allow_plaintext": true}"#,
         )
         .expect("explicit plaintext");
+    }
+
+    #[test]
+    fn reports_go_over_https_with_the_node_certificate() {
+        let config = parse(
+            r#"{"node_id": "n1", "tls": {"ca": "ca.pem", "cert": "node.pem", "key": "node-key.pem"},
+                "report_url": "https://10.0.200.2:8443/api/reports"}"#,
+        )
+        .expect("a report endpoint");
+        assert_eq!(
+            config.report_url.map(String::from).as_deref(),
+            Some("https://10.0.200.2:8443/api/reports")
+        );
+        for (text, problem) in [
+            (
+                r#"{"node_id": "n1", "tls": {"ca": "ca.pem"}, "report_url": "https://b/api/reports"}"#,
+                "tls.cert",
+            ),
+            (
+                r#"{"node_id": "n1", "tls": {"ca": "c", "cert": "c", "key": "k"},
+                    "report_url": "http://127.0.0.1:8443/api/reports"}"#,
+                "not https",
+            ),
+            (
+                r#"{"node_id": "n1", "tls": {"ca": "c", "cert": "c", "key": "k"},
+                    "report_url": "https://b/api/reports?node=n2"}"#,
+                "no query",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains("`report_url`") && err.contains(problem),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub(crate) struct RawConfig {
     pub(crate) chainfire: Option<RawAdmin>,
     pub(crate) flaredb: Option<RawAdmin>,
     pub(crate) iam: Option<RawIam>,
+    pub(crate) report_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

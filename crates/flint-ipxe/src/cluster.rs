@@ -129,6 +129,8 @@ pub struct Cluster {
     pub expected_members: Option<usize>,
     pub ports: Ports,
     pub iam: Option<IamIdentity>,
+    /// Where each node's flint reports its first-boot steps: a boot server's `/api/reports`.
+    pub report_url: Option<url::Url>,
 }
 
 /// A node's part in the cluster.
@@ -178,6 +180,7 @@ pub(crate) struct RawCluster {
     #[serde(default)]
     ports: RawPorts,
     iam: Option<RawClusterIam>,
+    report_url: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -214,6 +217,39 @@ impl RawNodeCluster {
 
 /// The most members `expected_members` may name (flint's own bound).
 const MAX_MEMBERS: u64 = 1000;
+
+/// The boot server's report endpoint: https only, since the boot server knows a node by the
+/// client certificate it presents; no credentials, query or fragment, which flint would send as
+/// they are.
+fn report_url(text: &str) -> Result<url::Url, String> {
+    let expected = "an https URL of a boot server's report endpoint, such as \
+                    \"https://10.0.200.2:8443/api/reports\"";
+    // The URL parser drops tabs and line breaks without a word: what was written is not what
+    // would be used.
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "{expected}, found {} (control characters)",
+            shown(text)
+        ));
+    }
+    let url =
+        url::Url::parse(text).map_err(|e| format!("{expected}, found {} ({e})", shown(text)))?;
+    let problem = if url.scheme() != "https" {
+        Some("not https: a node proves who it is with its client certificate")
+    } else if url.host_str().is_none_or(str::is_empty) {
+        Some("no host")
+    } else if !url.username().is_empty() || url.password().is_some() {
+        Some("credentials in the URL")
+    } else if url.query().is_some() || url.fragment().is_some() {
+        Some("a query or fragment")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(format!("{expected}, found {} ({problem})", shown(text))),
+        None => Ok(url),
+    }
+}
 
 /// A DNS name: labels of 1 to 63 letters, digits and '-', not starting or ending with '-'.
 fn dns_name(s: &str) -> bool {
@@ -328,6 +364,16 @@ impl Validator<'_> {
                 None
             }
         });
+        let report_url = raw
+            .report_url
+            .as_deref()
+            .and_then(|text| match report_url(text) {
+                Ok(url) => Some(url),
+                Err(problem) => {
+                    self.err("cluster.report_url".into(), problem);
+                    None
+                }
+            });
         let iam = raw.iam.map(|iam| {
             for (field, value) in [("org", &iam.org), ("admin", &iam.admin)] {
                 if !label(value) {
@@ -440,6 +486,7 @@ impl Validator<'_> {
             expected_members,
             ports,
             iam,
+            report_url,
         };
         (Some(cluster), members)
     }

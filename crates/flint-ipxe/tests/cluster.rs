@@ -238,3 +238,30 @@ fn every_problem_is_reported_at_once() {
         ]
     );
 }
+
+#[test]
+fn the_report_url_is_an_https_endpoint_without_credentials() {
+    let mut v = seed();
+    v["cluster"]["report_url"] = json!("https://10.0.200.2:8443/api/reports");
+    let inv = load(&v).expect("valid");
+    assert_eq!(
+        inv.cluster()
+            .unwrap()
+            .report_url
+            .as_ref()
+            .map(|u| u.as_str()),
+        Some("https://10.0.200.2:8443/api/reports")
+    );
+    assert_eq!(load(&seed()).unwrap().cluster().unwrap().report_url, None);
+    for (url, why) in [
+        ("http://10.0.200.2:8080/api/reports", "not https"),
+        ("https://user:pw@boot/api/reports", "credentials"),
+        ("https://boot/api/reports?node=x", "query or fragment"),
+        ("10.0.200.2:8443", "https URL"),
+        ("https://boot\n/api", "control characters"),
+    ] {
+        let mut v = seed();
+        v["cluster"]["report_url"] = json!(url);
+        one_error(&v, "cluster.report_url", why);
+    }
+}

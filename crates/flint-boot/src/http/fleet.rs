@@ -1,6 +1,6 @@
 //! The fleet view: `GET /api/machines` (JSON, `docs/journeys.md`) and `GET /`, a page an
-//! operator reads from across the room: counts per phase, one row per machine, stuck machines
-//! first and marked, refreshing itself.
+//! operator reads from across the room: counts per phase, one row per machine, stuck and failed
+//! machines first and marked, refreshing itself.
 
 use std::fmt::Write as _;
 
@@ -67,13 +67,14 @@ pub(super) async fn page(State(state): State<AppState>) -> Response {
 pub fn render(fleet: &Fleet) -> String {
     let server = escape(&fleet.server);
     let stuck = fleet.counts.get("stuck").copied().unwrap_or(0);
+    let failed = fleet.counts.get("failed").copied().unwrap_or(0);
     let mut out = String::with_capacity(4096 + 256 * fleet.machines.len());
     let _ = write!(
         out,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_S}\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{stuck} stuck, {total} machines: flint-boot on {server}</title>\
+         <title>{stuck} stuck, {failed} failed, {total} machines: flint-boot on {server}</title>\
          <style>{STYLE}</style></head><body>\n\
          <h1>flint-boot on {server}</h1>\n<p class=\"counts\">",
         total = fleet.machines.len(),
@@ -86,10 +87,13 @@ pub fn render(fleet: &Fleet) -> String {
             name = phase.name()
         );
     }
+    let alarm = |n: usize| if n > 0 { "alarm" } else { "calm" };
     let _ = writeln!(
         out,
-        "<span id=\"count-stuck\" class=\"{}\">stuck <b>{stuck}</b></span></p>",
-        if stuck > 0 { "alarm" } else { "calm" }
+        "<span id=\"count-stuck\" class=\"{}\">stuck <b>{stuck}</b></span>\
+         <span id=\"count-failed\" class=\"{}\">failed <b>{failed}</b></span></p>",
+        alarm(stuck),
+        alarm(failed),
     );
     if fleet.machines.is_empty() {
         out.push_str("<p id=\"empty\">No machine has asked this server yet.</p>\n");
@@ -105,9 +109,12 @@ pub fn render(fleet: &Fleet) -> String {
     }
     let _ = write!(
         out,
-        "<p class=\"note\">Stuck: no step for {} or more. Reloads every {REFRESH_S} s; \
-         the same as JSON at <a href=\"api/machines\">api/machines</a>.</p>\n</body></html>\n",
-        ago(fleet.stuck_after_s)
+        "<p class=\"note\">Stuck: no step for {} or more ({} in its installer; a healthy \
+         machine never is). Failed: a service's latest report is a failure. Reloads every \
+         {REFRESH_S} s; the same as JSON at <a href=\"api/machines\">api/machines</a>.</p>\n\
+         </body></html>\n",
+        ago(fleet.stuck_after_s),
+        ago(fleet.install_stuck_after_s),
     );
     out
 }
@@ -115,17 +122,32 @@ pub fn render(fleet: &Fleet) -> String {
 fn row(out: &mut String, m: &Machine) {
     let name = m.name.as_deref().map_or_else(|| "-".to_owned(), escape);
     let ip = m.ip.as_deref().map_or_else(|| "-".to_owned(), escape);
-    let phase = if m.stuck {
-        format!("STUCK in {}", m.phase.name())
+    let phase = match (m.stuck, m.failed) {
+        (true, true) => format!("FAILED, STUCK in {}", m.phase.name()),
+        (true, false) => format!("STUCK in {}", m.phase.name()),
+        (false, true) => format!("FAILED in {}", m.phase.name()),
+        (false, false) => m.phase.name().to_owned(),
+    };
+    let joined = if m.joined.is_empty() {
+        String::new()
     } else {
-        m.phase.name().to_owned()
+        // Service names: a fixed set, nothing of a client's.
+        format!(
+            " <span class=\"joined\">joined: {}</span>",
+            m.joined.join(" ")
+        )
+    };
+    let class = match (m.stuck, m.failed) {
+        (true, true) => "stuck failed alarm",
+        (true, false) => "stuck alarm",
+        (false, true) => "failed alarm",
+        (false, false) => "ok",
     };
     let _ = writeln!(
         out,
         "<tr class=\"{class}\" data-mac=\"{mac}\" data-phase=\"{phase_name}\"><td>{name}</td>\
-         <td class=\"mac\">{mac}</td><td>{ip}</td><td class=\"phase\">{phase}</td>\
+         <td class=\"mac\">{mac}</td><td>{ip}</td><td class=\"phase\">{phase}{joined}</td>\
          <td>{step}: {detail}</td><td>{ago}</td></tr>",
-        class = if m.stuck { "stuck" } else { "ok" },
         mac = escape(&m.mac),
         phase_name = m.phase.name(),
         step = m.last_step.step.name(),
@@ -162,7 +184,8 @@ const STYLE: &str = "body{font-family:sans-serif;font-size:22px;margin:1em;backg
 color:#eee}h1{font-size:28px;margin:0 0 .5em}.counts span{display:inline-block;\
 margin:0 1.2em .6em 0;font-size:34px}.counts .alarm{color:#fff;background:#b01515;\
 padding:0 .3em}table{border-collapse:collapse;width:100%}th,td{padding:.3em .6em;\
-text-align:left;border-bottom:1px solid #333}tr.stuck{background:#7a1010;font-weight:bold}\
+text-align:left;border-bottom:1px solid #333}tr.alarm{background:#7a1010;font-weight:bold}\
+.joined{font-size:16px;color:#9c9;font-weight:normal}tr.alarm .joined{color:#eee}\
 td.mac{font-family:monospace}td:last-child{white-space:nowrap}.note{color:#999;font-size:16px}a{color:#9cf}";
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //!                iam-admin-key.pem iam-admin.pub
 //! DIR/nodes/NAME/  cluster-config.json ca.pem node.pem node-key.pem server.pem server-key.pem
 //!                  [etcd-peer.pem etcd-peer-key.pem] [join-token] [iam-bootstrap-token iam-admin.pub]
+//! DIR/boot-server/ ca.pem boot-server.pem boot-server-key.pem    (with `cluster.report_url`)
 //! ```
 //!
 //! Everything is planned before anything is written: a bad inventory, an unreadable CA or a
@@ -39,6 +40,10 @@ const CA_KEY: &str = "ca-key.pem";
 const ADMIN_CERT: &str = "admin.pem";
 const ADMIN_KEY: &str = "admin-key.pem";
 const IAM_ADMIN_KEY: &str = "iam-admin-key.pem";
+/// The boot server's identity for nodes' reports: its TLS certificate, from the cluster CA, so
+/// the nodes verify it as they verify every cluster server.
+const BOOT_SERVER_CERT: &str = "boot-server.pem";
+const BOOT_SERVER_KEY: &str = "boot-server-key.pem";
 
 /// Tokens: 32 random bytes, as hex.
 const TOKEN_BYTES: usize = 32;
@@ -202,7 +207,10 @@ pub fn run(options: &Options) -> Result<Report, ExitError> {
         iam: iam_token.as_deref().zip(admin_pub.as_deref()),
         options,
     };
-    let folders = plan_nodes(&shared)?;
+    let mut folders = plan_nodes(&shared)?;
+    if let Some(host) = cluster.report_url.as_ref().and_then(|url| url.host_str()) {
+        folders.push(plan_boot_server(options, &ca, host)?);
+    }
 
     let listed: BTreeSet<&str> = members.iter().map(|m| m.node.name.as_str()).collect();
     let not_in_inventory = files::subfolders(&nodes_dir)?
@@ -314,6 +322,38 @@ fn plan_node(shared: &Shared<'_>, me: &Member<'_>) -> Result<Folder, ExitError> 
             shared.options,
         )?;
     }
+    Ok(folder)
+}
+
+/// DIR/boot-server: what `flint-boot serve --reports` needs to be reached at the report URL
+/// and to verify the nodes, and nothing that could join a node.
+fn plan_boot_server(options: &Options, ca: &Ca, host: &str) -> Result<Folder, ExitError> {
+    let mut folder = Folder::open(&options.dir.join("boot-server"), "boot-server")?;
+    folder.put(CA, ca.pem.clone(), Secrecy::Public)?;
+    let mut names = Names::default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            names.ips.insert(ip);
+        }
+        Err(_) => {
+            names.dns.insert(host.to_ascii_lowercase());
+        }
+    }
+    let wanted = Wanted {
+        common_name: "flint-boot",
+        names: &names,
+        usage: Usage::Server,
+        validity: options.cert_validity,
+    };
+    key_and_certificate(
+        &mut folder,
+        BOOT_SERVER_KEY,
+        BOOT_SERVER_CERT,
+        ca,
+        &wanted,
+        options,
+    )?;
     Ok(folder)
 }
 

@@ -53,6 +53,8 @@ pub struct NodeConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     expected_members: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    report_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     etcd: Option<Section>,
     #[serde(skip_serializing_if = "Option::is_none")]
     chainfire: Option<Section>,
@@ -157,6 +159,7 @@ pub fn render<'a>(cluster: &'a Cluster, members: &[Member<'a>], me: &Member<'a>)
         },
         join_token_file: joins_admin.then_some(JOIN_TOKEN),
         expected_members: cluster.expected_members,
+        report_url: cluster.report_url.as_ref().map(|url| url.as_str()),
         etcd: section(ClusterService::Etcd),
         chainfire: section(ClusterService::Chainfire),
         flaredb: section(ClusterService::Flaredb),

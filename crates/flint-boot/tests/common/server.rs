@@ -49,13 +49,18 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with_inventory(INVENTORY, extra)
+    }
+
+    /// As `start`, with `inventory` in the place of `INVENTORY`.
+    pub fn start_with_inventory(inventory: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let images = dir.path().join("images");
         std::fs::create_dir_all(images.join("debian")).unwrap();
         std::fs::write(images.join("debian/vmlinuz"), kernel_bytes()).unwrap();
         std::fs::write(images.join("debian/initrd.img"), b"initrd").unwrap();
         std::fs::write(dir.path().join("secret.txt"), b"not for clients").unwrap();
-        std::fs::write(dir.path().join("inventory.json"), INVENTORY).unwrap();
+        std::fs::write(dir.path().join("inventory.json"), inventory).unwrap();
         let addr = free_addr();
         let child = Command::new(BIN)
             .arg("serve")
