@@ -4,14 +4,19 @@
 #   boot 1: with /etc/default/flint-boot, the unit (Type=notify) becomes active with flint-boot's
 #           STATUS= text, and a unit ordered after it finds HTTP answering and the TFTP socket
 #           bound at its first try: systemd starts it only once flint-boot said READY=1;
+#           With the nodes' reports as the unit's comment says to set them up (the listener's
+#           key, root's and 0600, loaded as a credential for the dynamic user), the real flint
+#           of a prepared node reports a failed join, and the fleet view shows it, under the
+#           container's host name;
 #   boot 2: without /etc/default/flint-boot, the unit does not start, and the journal says why.
 #
-#   tests/systemd/boot-server-test.sh FLINT_BOOT
+#   tests/systemd/boot-server-test.sh FLINT_BOOT FLINT
 #
 # The container has only its own loopback (--private-network): nothing it binds reaches the host.
 set -euo pipefail
 
 flint_boot=$(realpath "$1")
+flint=$(realpath "$2")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 base=$("$here/make-root.sh")
@@ -55,6 +60,17 @@ if exec 3<>/dev/tcp/127.0.0.1/8080; then
     printf 'GET /firmware/ipxe.efi HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
     timeout 5 cat <&3 >/results/http
 fi
+if [[ -x /usr/bin/flint ]]; then
+    hostname >/results/hostname
+    # Nothing listens for chainfire here: the join fails (69) at its 2 s deadline and reports so.
+    flint --config /etc/nixos/secrets/cluster-config.json --state-dir /run/flint-test join chainfire \
+        >/results/flint.out 2>&1
+    echo "$?" >/results/flint.status
+    if exec 4<>/dev/tcp/127.0.0.1/8080; then
+        printf 'GET /api/machines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&4
+        timeout 5 cat <&4 >/results/machines.http
+    fi
+fi
 # TFTP answers from a port of the transfer's own, which bash's connected /dev/udp never hears.
 ss -Hlun 'sport = :69' >/results/tftp
 systemctl show -p ActiveState -p SubState -p Result -p StatusText flint-boot.service >/results/flint-boot.show
@@ -77,20 +93,53 @@ show() { sed -n "s/^$2=//p" "$work/$1/results/flint-boot.show"; }
 
 # --- boot 1: configured ----------------------------------------------------------------------------
 install_root configured
-cat >"$work/configured/etc/default/flint-boot" <<'ENV'
-FLINT_BOOT_ARGS="--http 127.0.0.1:8080 --inventory /etc/flint-boot/inventory.json --images /srv/flint-boot/images --tftp 127.0.0.1:69 --tftp-root /usr/lib/ipxe"
+# The operator's preparation: node01's folder and the boot server's identity, from one inventory.
+cat >"$work/inventory.json" <<'JSON'
+{"profiles": {"w": {"kernel": "k"}}, "unknown": {"policy": "default", "profile": "w"},
+ "nodes": [{"name": "node01", "mac": "52:54:00:00:00:01", "profile": "w",
+            "raft_addr": "127.0.0.1:2380", "initial": true}],
+ "cluster": {"services": ["chainfire"], "report_url": "https://127.0.0.1:8443/api/reports"}}
+JSON
+"$flint_boot" prepare --inventory "$work/inventory.json" "$work/prepared" >/dev/null
+r=$work/configured
+install -m 644 "$work/inventory.json" "$r/etc/flint-boot/inventory.json"
+install -m 644 "$work/prepared/boot-server/ca.pem" "$work/prepared/boot-server/boot-server.pem" "$r/etc/flint-boot/"
+install -m 600 "$work/prepared/boot-server/boot-server-key.pem" "$r/etc/flint-boot/"
+mkdir -p "$r/etc/systemd/system/flint-boot.service.d" "$r/etc/nixos"
+cat >"$r/etc/systemd/system/flint-boot.service.d/reports.conf" <<'UNIT'
+[Service]
+LoadCredential=boot-server-key.pem:/etc/flint-boot/boot-server-key.pem
+UNIT
+cp -a "$work/prepared/nodes/node01" "$r/etc/nixos/secrets"
+jq '.timeouts = {"total": "2s"}' "$work/prepared/nodes/node01/cluster-config.json" \
+    >"$r/etc/nixos/secrets/cluster-config.json"
+install -m 755 "$flint" "$r/usr/bin/flint"
+cat >"$r/etc/default/flint-boot" <<'ENV'
+FLINT_BOOT_ARGS="--http 127.0.0.1:8080 --inventory /etc/flint-boot/inventory.json --images /srv/flint-boot/images --tftp 127.0.0.1:69 --tftp-root /usr/lib/ipxe --reports 127.0.0.1:8443 --tls-ca /etc/flint-boot/ca.pem --tls-cert /etc/flint-boot/boot-server.pem --tls-key /run/credentials/flint-boot.service/boot-server-key.pem"
 ENV
 boot configured
 journal=$(cat "$work/configured/results/flint-boot.journal")
 [[ $(show configured ActiveState)/$(show configured SubState) == active/running ]] ||
     fail "flint-boot.service is $(show configured ActiveState)/$(show configured SubState):"$'\n'"$journal"
-[[ $(show configured StatusText) == "serving HTTP on 127.0.0.1:8080, TFTP on 127.0.0.1:69" ]] ||
+[[ $(show configured StatusText) == "serving HTTP on 127.0.0.1:8080, reports on 127.0.0.1:8443, TFTP on 127.0.0.1:69" ]] ||
     fail "status text: '$(show configured StatusText)'"
 grep -q $'\r\n\r\nipxe.efi$' "$work/configured/results/http" ||
     fail "HTTP did not answer at once after READY=1: $(cat "$work/configured/results/http" 2>&1)"
 grep -q '127.0.0.1:69 ' "$work/configured/results/tftp" ||
     fail "TFTP was not bound at READY=1: $(cat "$work/configured/results/tftp")"
 echo "PASS configured: active (Type=notify), status '$(show configured StatusText)', HTTP answers and TFTP is bound at once"
+results=$work/configured/results
+[[ $(cat "$results/flint.status") == 69 ]] || fail "flint join chainfire exited $(cat "$results/flint.status"), expected 69: $(cat "$results/flint.out")"
+grep -q "reported chainfire join to the boot server" "$results/flint.out" ||
+    fail "flint did not report its join: $(cat "$results/flint.out")"
+sed '1,/^\r$/d' "$results/machines.http" >"$work/machines.json"
+node01=$(jq -r '.machines[] | select(.name == "node01") | [.phase, .failed, .last_step.detail] | @tsv' "$work/machines.json") ||
+    fail "no fleet view: $(cat "$results/machines.http")"
+[[ $node01 == $'first-boot\ttrue\tchainfire join: failed (exit 69)'* ]] ||
+    fail "node01 in the fleet view: '$node01'"
+[[ $(jq -r .server "$work/machines.json") == "$(cat "$results/hostname")" ]] ||
+    fail "the fleet view names its server $(jq -r .server "$work/machines.json"), not the host name $(cat "$results/hostname")"
+echo "PASS reports: the key as a credential of the dynamic user; node01's real flint reported its failed join: '$node01', server $(cat "$results/hostname")"
 
 # --- boot 2: no /etc/default/flint-boot --------------------------------------------------------------
 install_root unconfigured
