@@ -113,13 +113,12 @@ pub async fn after(ctx: &Context, step: Step, started: Instant, status: ExitStat
 }
 
 async fn send(ctx: &Context, url: &Url, body: &serde_json::Value) -> Result<(), String> {
-    let tls = crate::tls::client_config(ctx.config.tls.as_ref()).map_err(|e| e.to_string())?;
     let timeouts = Timeouts {
         total: DEADLINE,
         request: DEADLINE,
         connect: DEADLINE,
     };
-    let answer = crate::http::Client::new(tls, &timeouts)
+    let answer = crate::http::Client::new(ctx.tls.clone(), &timeouts)
         .post_json(url, body)
         .await
         .map_err(|e| crate::Error::from(e).chain())?;

@@ -22,6 +22,9 @@ pub struct Context {
     pub config: Config,
     pub state: StateDir,
     pub http: http::Client,
+    /// The TLS client configuration `http` was built with: the report to the boot server
+    /// (crate::report) uses it too, with its own short timeouts.
+    pub tls: rustls::ClientConfig,
     /// The bearer token for the admin APIs, when the file names one.
     pub join_token: Option<Secret>,
     pub deadline: Deadline,
@@ -48,12 +51,13 @@ impl Context {
             .map(secrets::read_token)
             .transpose()?;
         let tls = tls::client_config(config.tls.as_ref())?;
-        let http = http::Client::new(tls, &config.timeouts);
+        let http = http::Client::new(tls.clone(), &config.timeouts);
         let deadline = Deadline::after(config.timeouts.total);
         Ok(Context {
             config,
             state,
             http,
+            tls,
             join_token,
             deadline,
         })
