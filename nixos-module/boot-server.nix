@@ -8,9 +8,19 @@ let
   cfg = config.services.flint-boot;
   inherit (lib) mkEnableOption mkOption mkIf types optional concatStringsSep;
 
-  args = [
-    "serve"
-    "--inventory" (toString cfg.inventory)
+  useEtcd = cfg.etcd.endpoints != [ ];
+
+  # The key is a credential, as the reports' key below.
+  inventorySource =
+    if useEtcd then [
+      "--etcd" (concatStringsSep "," cfg.etcd.endpoints)
+      "--etcd-ca" (toString cfg.etcd.caFile)
+      "--etcd-cert" (toString cfg.etcd.certFile)
+      "--etcd-key" "/run/credentials/flint-boot.service/etcd-key.pem"
+      "--etcd-prefix" cfg.etcd.prefix
+    ] else [ "--inventory" (toString cfg.inventory) ];
+
+  args = [ "serve" ] ++ inventorySource ++ [
     "--images" (toString cfg.imageDir)
     "--http" cfg.http.listen
     # Also served at /firmware/ over HTTP, so UEFI HTTP Boot works with TFTP off.
@@ -38,8 +48,25 @@ in
       description = "The package providing bin/flint-boot.";
     };
     inventory = mkOption {
-      type = types.path;
-      description = "The inventory (JSON): profiles, nodes and the policy for unknown machines. Reloaded when it changes.";
+      type = types.nullOr types.path;
+      default = null;
+      description = "The inventory (JSON): profiles, nodes and the policy for unknown machines. Reloaded when it changes. Null with etcd.endpoints: the inventory comes from etcd.";
+    };
+    etcd = {
+      endpoints = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "https://10.0.200.11:2379" "https://10.0.200.12:2379" "https://10.0.200.13:2379" ];
+        description = "etcd's client URLs: the inventory is read from etcd and watched, shared by every boot server given the same cluster (written with `flint-boot inventory put`).";
+      };
+      caFile = mkOption { type = types.path; description = "The CA of etcd's certificates (PEM)."; };
+      certFile = mkOption { type = types.path; description = "The client certificate etcd requires (PEM): flint-boot prepare's DIR/boot-server/boot-server.pem."; };
+      keyFile = mkOption {
+        type = types.strMatching "/.*";
+        example = "/var/lib/secrets/flint-boot/boot-server-key.pem";
+        description = "The client certificate's key, as an absolute path outside the Nix store; loaded as a systemd credential.";
+      };
+      prefix = mkOption { type = types.strMatching "/.*"; default = "/flint/"; description = "Where flint-boot's keys start in etcd."; };
     };
     imageDir = mkOption {
       type = types.path;
@@ -82,6 +109,11 @@ in
   };
 
   config = mkIf cfg.enable {
+    assertions = [{
+      assertion = (cfg.inventory != null) != useEtcd;
+      message = "services.flint-boot: set either inventory (a file) or etcd.endpoints (the inventory shared in etcd), not both and not neither.";
+    }];
+
     systemd.services.flint-boot = {
       description = "flint-boot: PXE boot server (HTTP, TFTP, ProxyDHCP)";
       after = [ "network-online.target" ];
@@ -92,7 +124,8 @@ in
         Type = "notify";
         ExecStart = "${cfg.package}/bin/flint-boot ${concatStringsSep " " (map lib.escapeShellArg args)}";
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
-        LoadCredential = optional cfg.reports.enable "boot-server-key.pem:${cfg.reports.keyFile}";
+        LoadCredential = optional cfg.reports.enable "boot-server-key.pem:${cfg.reports.keyFile}"
+          ++ optional useEtcd "etcd-key.pem:${cfg.etcd.keyFile}";
         Restart = "on-failure";
         # Usage and configuration errors and a missing capability do not fix themselves.
         RestartPreventExitStatus = "64 77 78";

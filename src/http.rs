@@ -289,7 +289,7 @@ fn classify_client_error(url: &Url, err: &hyper_util::client::legacy::Error) -> 
             hint: tls_hint(tls),
         };
     }
-    let detail = error_chain(err);
+    let detail = flint_json::causes(err);
     if err.is_connect() {
         Error::Connect {
             url: url.to_string(),
@@ -338,25 +338,6 @@ fn tls_hint(err: &rustls::Error) -> &'static str {
         ) => " (the server refused this node's client certificate: check `tls.cert`)",
         _ => "",
     }
-}
-
-/// The causes under hyper-util's own "client error (Connect)", which says nothing an operator
-/// can act on.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let Some(first) = err.source() else {
-        return err.to_string();
-    };
-    let mut text = first.to_string();
-    let mut cause = first.source();
-    while let Some(e) = cause {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use flint_boot::http::{Config, router};
-use flint_boot::inventory::SharedInventory;
+use flint_boot::inventory::FileSource;
 use flint_boot::metrics::Metrics;
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
@@ -55,7 +55,7 @@ fn world() -> &'static World {
         )
         .unwrap();
         let metrics = Arc::new(Metrics::default());
-        let shared = SharedInventory::load(&inventory, metrics.clone()).unwrap();
+        let (shared, _) = FileSource::load(&inventory, metrics.clone()).unwrap();
         let config = Config {
             images,
             max_downloads: 4,
@@ -70,7 +70,7 @@ fn world() -> &'static World {
                 .unwrap(),
             router: router(
                 config,
-                Arc::new(shared),
+                shared,
                 metrics,
                 Arc::new(flint_boot::journey::Journeys::new("fuzz", Default::default())),
             ),

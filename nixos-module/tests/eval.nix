@@ -91,35 +91,31 @@ let
       && !(u.serviceConfig ? StateDirectory)) (healthUnits services);
   join = units.chainfire-cluster-join;
   credentials = join.serviceConfig.LoadCredential;
-  boot = evalModule ../boot-server.nix "flint-boot" {
+  bootSettings = {
     enable = true;
     package = "/nix/store/00000000000000000000000000000000-flint-boot";
     inventory = "/etc/flint-boot/inventory.json";
     imageDir = "/srv/images";
     proxyDhcp.interface = "eno1";
   };
-  httpBootOnly = evalModule ../boot-server.nix "flint-boot" {
-    enable = true;
-    package = "/nix/store/00000000000000000000000000000000-flint-boot";
-    inventory = "/etc/flint-boot/inventory.json";
-    imageDir = "/srv/images";
-    proxyDhcp.interface = "eno1";
-    tftp.enable = false;
-  };
-
-  withReports = evalModule ../boot-server.nix "flint-boot" {
-    enable = true;
-    package = "/nix/store/00000000000000000000000000000000-flint-boot";
-    inventory = "/etc/flint-boot/inventory.json";
-    imageDir = "/srv/images";
-    proxyDhcp.interface = "eno1";
+  boot = evalModule ../boot-server.nix "flint-boot" bootSettings;
+  httpBootOnly = evalModule ../boot-server.nix "flint-boot" (bootSettings // { tftp.enable = false; });
+  withReports = evalModule ../boot-server.nix "flint-boot" (bootSettings // {
     reports = {
       enable = true;
       caFile = "/etc/flint-boot/ca.pem";
       certFile = "/etc/flint-boot/boot-server.pem";
       keyFile = "/var/lib/secrets/boot-server-key.pem";
     };
+  });
+  etcdSettings = {
+    endpoints = [ "https://10.0.200.11:2379" "https://10.0.200.12:2379" ];
+    caFile = "/etc/flint-boot/ca.pem";
+    certFile = "/etc/flint-boot/boot-server.pem";
+    keyFile = "/var/lib/secrets/boot-server-key.pem";
   };
+  withEtcd = evalModule ../boot-server.nix "flint-boot" (bootSettings // { inventory = null; etcd = etcdSettings; });
+  withBothSources = evalModule ../boot-server.nix "flint-boot" (bootSettings // { etcd = etcdSettings; });
   reportingNode = evalModule ../node.nix "flint" (nodeSettings // { reportUrl = "https://10.0.200.2:8443/api/reports"; });
 
   checks = {
@@ -161,6 +157,12 @@ let
     "a node's report URL reaches its config; none without it" =
       (renderedOf reportingNode.systemd.services).report_url == "https://10.0.200.2:8443/api/reports"
       && !((renderedOf units) ? report_url);
+    "boot server reads the inventory from etcd with its key as a credential" =
+      withEtcd.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--etcd' 'https://10.0.200.11:2379,https://10.0.200.12:2379' '--etcd-ca' '/etc/flint-boot/ca.pem' '--etcd-cert' '/etc/flint-boot/boot-server.pem' '--etcd-key' '/run/credentials/flint-boot.service/etcd-key.pem' '--etcd-prefix' '/flint/' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--tftp' '0.0.0.0:69' '--proxy-dhcp' 'eno1'"
+      && withEtcd.systemd.services.flint-boot.serviceConfig.LoadCredential == [ "etcd-key.pem:/var/lib/secrets/boot-server-key.pem" ]
+      && all (a: a.assertion) withEtcd.assertions;
+    "boot server refuses a file and etcd at once" = !(all (a: a.assertion) withBothSources.assertions)
+      && all (a: a.assertion) boot.assertions;
     "boot server tells systemd when it is ready" =
       boot.systemd.services.flint-boot.serviceConfig.Type == "notify";
     "boot server errors that need an operator do not restart" =

@@ -29,6 +29,63 @@ pub enum Command {
     /// Show every machine a running boot server has seen: its phase, its last step and how long
     /// ago, stuck machines first.
     Status(StatusArgs),
+    /// Read or write the inventory the boot servers of a site share in etcd.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Validate FILE and write it to etcd, only if the stored inventory is still the one of
+    /// --revision (or, without it, the one this command reads just before): a concurrent change
+    /// is never overwritten (exit 75). An inventory equal to the stored one is not written again.
+    Put(InventoryPutArgs),
+    /// Print the inventory stored in etcd, as written, and its revision on stderr.
+    Get(InventoryGetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryPutArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Write only over this revision (what `inventory get` printed); 0: only if none is stored.
+    #[arg(long, value_name = "N")]
+    pub revision: Option<i64>,
+    /// The inventory (JSON), checked as `serve --inventory` checks it.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryGetArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+/// etcd, where the boot servers of a site share their inventory.
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// etcd's client URLs (repeated or comma-separated), e.g. https://10.0.0.1:2379: the
+    /// inventory is read from etcd and watched, and every boot server given the same cluster
+    /// serves the same inventory.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The CA of etcd's certificates (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// The client certificate etcd requires (PEM), e.g. prepare's boot-server/boot-server.pem.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM); refused when readable by group or others.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// Where flint-boot's keys start in etcd; the inventory is PREFIXinventory.
+    #[arg(long, value_name = "PREFIX", default_value = "/flint/")]
+    pub etcd_prefix: String,
+    /// `serve`: seconds to wait at start for etcd to answer and hold an inventory, then exit 69
+    /// (systemd starts it again). Keep it under the unit's start timeout.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub etcd_start_wait: u64,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +111,8 @@ pub struct ServeArgs {
     pub dhcp: DhcpArgs,
     #[command(flatten)]
     pub reports: ReportsArgs,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }
 
 #[derive(Debug, Args)]
@@ -77,10 +136,11 @@ pub struct ReportsArgs {
 #[derive(Debug, Args)]
 pub struct HttpArgs {
     /// Address to serve HTTP on (boot.ipxe, /ipxe, /images/, /healthz, /metrics), e.g. 0.0.0.0:8080.
-    #[arg(long, value_name = "ADDR", requires_all = ["inventory", "images"])]
+    /// The inventory comes from --inventory or from --etcd.
+    #[arg(long, value_name = "ADDR", requires = "images")]
     pub http: Option<SocketAddr>,
     /// The inventory (JSON); reloaded on SIGHUP and when the file changes.
-    #[arg(long, value_name = "FILE", requires = "http")]
+    #[arg(long, value_name = "FILE", requires = "http", conflicts_with = "etcd")]
     pub inventory: Option<PathBuf>,
     /// Folder of kernels and initrds served at /images/; nothing outside it is reachable.
     #[arg(long, value_name = "DIR", requires = "http")]

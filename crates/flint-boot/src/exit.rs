@@ -18,7 +18,11 @@ pub enum ExitError {
     /// 73: `render` cannot write its output.
     #[error("{0}")]
     CantCreate(String),
-    /// 76: a boot server answered `status` with something other than its fleet view.
+    /// 75: what the command was to replace changed since it was read; read it again.
+    #[error("{0}")]
+    Conflict(String),
+    /// 76: a boot server answered `status` with something other than its fleet view, or etcd
+    /// answered with something other than what its API says.
     #[error("{0}")]
     Protocol(String),
 }
@@ -29,9 +33,24 @@ impl ExitError {
             ExitError::Usage(_) => 64,
             ExitError::Unavailable(_) => 69,
             ExitError::CantCreate(_) => 73,
+            ExitError::Conflict(_) => 75,
             ExitError::Protocol(_) => 76,
             ExitError::Permission(_) => 77,
             ExitError::Config(_) => 78,
+        }
+    }
+
+    /// The same status, its message after `what`.
+    pub fn context(self, what: &str) -> ExitError {
+        let with = |msg: String| format!("{what}: {msg}");
+        match self {
+            ExitError::Usage(m) => ExitError::Usage(with(m)),
+            ExitError::Config(m) => ExitError::Config(with(m)),
+            ExitError::Unavailable(m) => ExitError::Unavailable(with(m)),
+            ExitError::Permission(m) => ExitError::Permission(with(m)),
+            ExitError::CantCreate(m) => ExitError::CantCreate(with(m)),
+            ExitError::Conflict(m) => ExitError::Conflict(with(m)),
+            ExitError::Protocol(m) => ExitError::Protocol(with(m)),
         }
     }
 

@@ -54,6 +54,15 @@ struct AppState {
     boot_script: Arc<str>,
 }
 
+impl AppState {
+    /// The journeys, and where the inventory they are matched against comes from.
+    fn fleet(&self) -> crate::journey::Fleet {
+        let mut fleet = self.journeys.fleet();
+        fleet.inventory = Some(self.inventory.origin());
+        fleet
+    }
+}
+
 pub fn router(
     config: Config,
     inventory: Arc<SharedInventory>,

@@ -266,6 +266,9 @@ pub struct Fleet {
     /// Stuck or failed machines first, the longest idle first; then the rest, the latest step
     /// first.
     pub machines: Vec<Machine>,
+    /// Where the inventory served comes from, and whether it may be out of date.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<crate::inventory::Origin>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -600,16 +603,16 @@ impl Journeys {
     /// machines. Every label value is from a fixed set, all of them exported from the start.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
-        out.push_str("# HELP flint_boot_journey_steps_total Steps of machines' journeys recorded, by kind.\n");
-        out.push_str("# TYPE flint_boot_journey_steps_total counter\n");
-        for (kind, n) in StepKind::ALL.iter().zip(&self.steps_recorded) {
-            let _ = writeln!(
-                out,
-                "flint_boot_journey_steps_total{{step=\"{}\"}} {}",
-                kind.name(),
-                n.load(Ordering::Relaxed)
-            );
-        }
+        crate::metrics::labelled_counters(
+            out,
+            "flint_boot_journey_steps_total",
+            "Steps of machines' journeys recorded, by kind.",
+            "step",
+            StepKind::ALL
+                .map(StepKind::name)
+                .into_iter()
+                .zip(&self.steps_recorded),
+        );
         let counts = self.counts();
         out.push_str("# HELP flint_boot_machines Machines known to this boot server, by phase.\n");
         out.push_str("# TYPE flint_boot_machines gauge\n");
@@ -684,6 +687,7 @@ impl Journeys {
             install_stuck_after_s: self.limits.install_stuck_after.as_secs(),
             counts,
             machines,
+            inventory: None,
         }
     }
 

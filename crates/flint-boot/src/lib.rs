@@ -2,9 +2,12 @@
 //! targets and the scale driver call the packet handling directly.
 
 pub mod dhcp;
+pub mod etcd;
 mod exit;
 pub mod http;
+pub mod identity;
 pub mod inventory;
+pub mod inventory_command;
 pub mod journey;
 pub mod metrics;
 pub mod prepare;

@@ -12,10 +12,12 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 
-use flint_boot::inventory::{self, SharedInventory};
+use flint_boot::inventory::{self, FileSource, SharedInventory, Watcher};
 use flint_boot::journey::{self, Journeys};
 use flint_boot::metrics::Metrics;
-use flint_boot::{ExitError, dhcp, http, prepare, render, reports, served, status, tftp};
+use flint_boot::{
+    ExitError, dhcp, etcd, http, inventory_command, prepare, render, reports, served, status, tftp,
+};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -50,6 +52,11 @@ fn main() -> ExitCode {
                     watch: args.watch,
                 }))
             }),
+        cli::Command::Inventory(command) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ExitError::Unavailable(format!("cannot start runtime: {e}")))
+            .and_then(|rt| rt.block_on(inventory(command))),
         cli::Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -71,13 +78,55 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_inventory(path: &Path, metrics: Arc<Metrics>) -> Result<SharedInventory, ExitError> {
-    SharedInventory::load(path, metrics).map_err(|errors| {
+fn load_inventory(
+    path: &Path,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<SharedInventory>, FileSource), ExitError> {
+    FileSource::load(path, metrics).map_err(|errors| {
         ExitError::Config(format!(
             "inventory rejected ({} problems):\n{errors}",
             errors.0.len()
         ))
     })
+}
+
+fn etcd_client(args: &cli::EtcdArgs) -> Result<Arc<etcd::Etcd>, ExitError> {
+    if !args.etcd_prefix.starts_with('/') || args.etcd_prefix.chars().any(char::is_control) {
+        return Err(ExitError::Usage(format!(
+            "--etcd-prefix {}: expected a key prefix starting with /",
+            flint_json::one_line(&args.etcd_prefix)
+        )));
+    }
+    etcd::Etcd::new(&etcd::Options {
+        endpoints: &args.etcd,
+        ca: args.etcd_ca.as_deref(),
+        cert: args.etcd_cert.as_deref(),
+        key: args.etcd_key.as_deref(),
+    })
+}
+
+async fn inventory(command: cli::InventoryCommand) -> Result<(), ExitError> {
+    match command {
+        cli::InventoryCommand::Put(args) => {
+            let etcd = etcd_client(&args.etcd)?;
+            let key = inventory::etcd_key(&args.etcd.etcd_prefix);
+            let done = inventory_command::put(&etcd, &key, &args.file, args.revision).await?;
+            println!("{done}");
+            Ok(())
+        }
+        cli::InventoryCommand::Get(args) => {
+            let etcd = etcd_client(&args.etcd)?;
+            let key = inventory::etcd_key(&args.etcd.etcd_prefix);
+            let (bytes, revision) = inventory_command::get(&etcd, &key).await?;
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(&bytes)
+                .and_then(|()| std::io::stdout().flush())
+                .map_err(|e| ExitError::CantCreate(format!("stdout: {e}")))?;
+            eprintln!("revision {revision}");
+            Ok(())
+        }
+    }
 }
 
 fn boot_script(public_url: Option<&str>) -> Result<String, ExitError> {
@@ -100,7 +149,9 @@ fn prepare_command(args: cli::PrepareArgs) -> Result<(), ExitError> {
 }
 
 fn render_command(args: &cli::RenderArgs) -> Result<(), ExitError> {
-    let inventory = load_inventory(&args.inventory, Arc::new(Metrics::new()))?.get();
+    let inventory = load_inventory(&args.inventory, Arc::new(Metrics::new()))?
+        .0
+        .get();
     let boot = flint_ipxe::render_static_boot_ipxe(args.public_url.as_deref())
         .map_err(|e| ExitError::Config(format!("--public-url: {e}")))?;
     let files = render::files(&inventory, &boot);
@@ -140,6 +191,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         tftp,
         dhcp,
         reports,
+        etcd: etcd_args,
     } = args;
     if http.http.is_none() && tftp.tftp.is_none() {
         return Err(ExitError::Usage(
@@ -161,8 +213,35 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
 
     // HTTP first: ProxyDHCP answers point at it.
     let mut http_port = None;
-    if let (Some(addr), Some(inv_path), Some(images)) = (http.http, http.inventory, http.images) {
-        let shared = Arc::new(load_inventory(&inv_path, metrics.clone())?);
+    if http.http.is_none() && !etcd_args.etcd.is_empty() {
+        return Err(ExitError::Usage(
+            "--etcd: the inventory it holds is served over HTTP: add --http".into(),
+        ));
+    }
+    if let (Some(addr), Some(images)) = (http.http, http.images) {
+        let (shared, watcher, from) = match (&http.inventory, etcd_args.etcd.is_empty()) {
+            (Some(path), true) => {
+                let (shared, file) = load_inventory(path, metrics.clone())?;
+                (shared, Watcher::File(file), path.display().to_string())
+            }
+            (None, false) => {
+                let client = etcd_client(&etcd_args)?;
+                let key = inventory::etcd_key(&etcd_args.etcd_prefix);
+                let (shared, source) = inventory::EtcdSource::load(
+                    client,
+                    key.clone(),
+                    metrics.clone(),
+                    std::time::Duration::from_secs(etcd_args.etcd_start_wait),
+                )
+                .await?;
+                (shared, Watcher::Etcd(source), format!("etcd {key}"))
+            }
+            _ => {
+                return Err(ExitError::Usage(
+                    "--http: the inventory comes from --inventory FILE or --etcd URL".into(),
+                ));
+            }
+        };
         let listener =
             http_listener(addr).map_err(|e| ExitError::socket(format!("bind HTTP {addr}"), &e))?;
         let app = http::router(
@@ -179,7 +258,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
         );
         http_port = Some(addr.port());
         serving.push(format!("HTTP on {addr}"));
-        tracing::info!(%addr, inventory = %inv_path.display(), images = %images.display(), "http listening");
+        tracing::info!(%addr, inventory = %from, images = %images.display(), "http listening");
         let limits = http::Limits {
             header_timeout: std::time::Duration::from_secs(http.http_header_timeout),
             max_connections: http.http_max_connections as usize,
@@ -201,7 +280,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             services
                 .spawn(async move { ("reports", reports::serve(listener, tls, context).await) });
         }
-        services.spawn(async move { ("inventory watch", inventory::watch(shared).await) });
+        services.spawn(async move { ("inventory watch", watcher.run(shared).await) });
     }
 
     if let (Some(addr), Some(root)) = (tftp.tftp, tftp.tftp_root.clone()) {

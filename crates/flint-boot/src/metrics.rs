@@ -118,6 +118,10 @@ pub struct Metrics {
     pub dhcp_ignored: Family,
     pub inventory_reloads: Family,
     pub inventory_nodes: AtomicU64,
+    /// The etcd revision of the inventory served (0 when it comes from a file).
+    pub inventory_revision: AtomicU64,
+    /// 1 while the inventory's source (etcd) cannot be reached and the last one read serves.
+    pub inventory_stale: AtomicU64,
     pub errors: Family,
     /// By `ReportAnswer::ALL`'s order: every answer is a series from the start, at 0, so an
     /// alert on `increase()` sees the first rejected report.
@@ -178,6 +182,8 @@ impl Metrics {
                 &["result"],
             ),
             inventory_nodes: AtomicU64::new(0),
+            inventory_revision: AtomicU64::new(0),
+            inventory_stale: AtomicU64::new(0),
             errors: Family::new(
                 "flint_boot_errors_total",
                 "Errors of the server itself (socket and file errors), by kind.",
@@ -213,36 +219,73 @@ impl Metrics {
         self.dhcp_answers.render(&mut out);
         self.dhcp_ignored.render(&mut out);
         self.inventory_reloads.render(&mut out);
-        let _ = writeln!(
-            out,
-            "# HELP flint_boot_inventory_nodes Nodes in the inventory being served.\n\
-             # TYPE flint_boot_inventory_nodes gauge\n\
-             flint_boot_inventory_nodes {}",
-            self.inventory_nodes.load(Ordering::Relaxed)
+        gauge(
+            &mut out,
+            "flint_boot_inventory_nodes",
+            "Nodes in the inventory being served.",
+            &self.inventory_nodes,
+        );
+        gauge(
+            &mut out,
+            "flint_boot_inventory_revision",
+            "The etcd revision of the inventory being served (0: read from a file).",
+            &self.inventory_revision,
+        );
+        gauge(
+            &mut out,
+            "flint_boot_inventory_stale",
+            "1 while etcd cannot be reached and the last inventory read from it is served.",
+            &self.inventory_stale,
         );
         self.errors.render(&mut out);
-        out.push_str(
-            "# HELP flint_boot_reports_total Nodes' reports of their first-boot steps, by answer.\n\
-             # TYPE flint_boot_reports_total counter\n",
+        labelled_counters(
+            &mut out,
+            "flint_boot_reports_total",
+            "Nodes' reports of their first-boot steps, by answer.",
+            "answer",
+            ReportAnswer::ALL
+                .map(ReportAnswer::name)
+                .into_iter()
+                .zip(&self.reports),
         );
-        for (answer, n) in ReportAnswer::ALL.iter().zip(&self.reports) {
-            let _ = writeln!(
-                out,
-                "flint_boot_reports_total{{answer=\"{}\"}} {}",
-                answer.name(),
-                n.load(Ordering::Relaxed)
-            );
-        }
         out
     }
 }
 
+fn gauge(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    one_series(out, name, help, "gauge", value);
+}
+
 fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    one_series(out, name, help, "counter", value);
+}
+
+fn one_series(out: &mut String, name: &str, help: &str, kind: &str, value: &AtomicU64) {
     let _ = writeln!(
         out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
         value.load(Ordering::Relaxed)
     );
+}
+
+/// A counter per value of a fixed label set, unlike a `Family` whose series appear on first
+/// use: every value is a series from the start, at 0, so an alert on `increase()` sees its first
+/// event. The values are names from the code, written unescaped.
+pub(crate) fn labelled_counters<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in series {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{value}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -274,5 +317,25 @@ mod tests {
         ] {
             assert!(text.contains(line), "no {line:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn labelled_counters_keep_the_given_order_and_zeros() {
+        let counts = [AtomicU64::new(0), AtomicU64::new(3)];
+        let mut out = String::new();
+        labelled_counters(
+            &mut out,
+            "x_total",
+            "Xs, by kind.",
+            "kind",
+            ["b", "a"].into_iter().zip(&counts),
+        );
+        assert_eq!(
+            out,
+            "# HELP x_total Xs, by kind.\n\
+             # TYPE x_total counter\n\
+             x_total{kind=\"b\"} 0\n\
+             x_total{kind=\"a\"} 3\n"
+        );
     }
 }

@@ -12,9 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::Read as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +25,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::RootCertStore;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -38,6 +34,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
 use crate::ExitError;
+use crate::identity;
 use crate::inventory::SharedInventory;
 use crate::journey::{Journeys, Report, ReportStep, printable};
 use crate::metrics::{Metrics, ReportAnswer};
@@ -61,9 +58,6 @@ const FIELDS: [&str; 8] = [
     "duration_ms",
     "sent_at_ms",
 ];
-/// The largest PEM file read at start: a CA bundle is a few KiB.
-const MAX_PEM: u64 = 1 << 20;
-
 /// The files of `--tls-ca`, `--tls-cert` and `--tls-key`.
 pub struct TlsFiles<'a> {
     pub ca: &'a Path,
@@ -72,93 +66,31 @@ pub struct TlsFiles<'a> {
 }
 
 /// The TLS server: this server's certificate, and a client certificate of the CA required
-/// (rustls checks its chain, validity and the clientAuth key usage). A key readable by group or
-/// others is refused (77), as `prepare` and flint refuse one: it may have been copied. A file
-/// that cannot be read or holds no usable PEM is 78, naming the flag and the file.
+/// (rustls checks its chain, validity and the clientAuth key usage); the files are read as
+/// [`identity::Files::load`] reads them.
 pub fn tls_config(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, ExitError> {
-    let key_meta = std::fs::metadata(files.key).map_err(|e| {
-        ExitError::Config(format!("--tls-key {}: cannot read: {e}", shown(files.key)))
-    })?;
-    let mode = key_meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(ExitError::Permission(format!(
-            "--tls-key {} is readable by group or others (mode {mode:04o}): it may have been \
-             copied; chmod 600 it if it cannot have been, or replace it",
-            shown(files.key)
-        )));
-    }
-    let config = |flag: &str, path: &Path, why: String| {
-        ExitError::Config(format!("{flag} {}: {why}", shown(path)))
+    let files = identity::Files {
+        ca: ("--tls-ca", files.ca),
+        cert: ("--tls-cert", files.cert),
+        key: ("--tls-key", files.key),
     };
-    let certs = |flag: &str, path: &Path| -> Result<Vec<CertificateDer<'static>>, ExitError> {
-        let pem = read_pem(flag, path)?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| config(flag, path, format!("expected PEM certificates: {e}")))?;
-        if certs.is_empty() {
-            return Err(config(flag, path, "no PEM certificate in it".into()));
-        }
-        Ok(certs)
-    };
-    let mut roots = RootCertStore::empty();
-    for ca in certs("--tls-ca", files.ca)? {
-        roots
-            .add(ca)
-            .map_err(|e| config("--tls-ca", files.ca, format!("not a CA certificate: {e}")))?;
-    }
-    let chain = certs("--tls-cert", files.cert)?;
-    let key = PrivateKeyDer::from_pem_slice(&read_pem("--tls-key", files.key)?).map_err(|e| {
-        config(
-            "--tls-key",
-            files.key,
-            format!("expected a PEM private key: {e}"),
-        )
-    })?;
+    let loaded = files.load()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| config("--tls-ca", files.ca, e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(loaded.roots), provider.clone())
+            .build()
+            .map_err(|e| {
+                ExitError::Config(format!("--tls-ca {}: {e}", identity::shown(files.ca.1)))
+            })?;
     let mut tls = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ExitError::Config(format!("TLS: {e}")))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            ExitError::Config(format!(
-                "--tls-cert {} with --tls-key {}: {e}",
-                shown(files.cert),
-                shown(files.key)
-            ))
-        })?;
+        .with_single_cert(loaded.chain, loaded.key)
+        .map_err(|e| files.mismatch(e))?;
     // HTTP/1.1 only; saying so keeps a client that offers h2 from trying it.
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
-}
-
-fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, ExitError> {
-    let cant =
-        |e: std::io::Error| ExitError::Config(format!("{flag} {}: cannot read: {e}", shown(path)));
-    let file = std::fs::File::open(path).map_err(cant)?;
-    // A FIFO or a device would hold the start-up, or never end.
-    if !file.metadata().map_err(cant)?.is_file() {
-        return Err(ExitError::Config(format!(
-            "{flag} {}: not a regular file",
-            shown(path)
-        )));
-    }
-    let mut pem = Vec::new();
-    file.take(MAX_PEM + 1).read_to_end(&mut pem).map_err(cant)?;
-    if pem.len() as u64 > MAX_PEM {
-        return Err(ExitError::Config(format!(
-            "{flag} {}: larger than {MAX_PEM} bytes",
-            shown(path)
-        )));
-    }
-    Ok(pem)
-}
-
-fn shown(path: &Path) -> String {
-    flint_json::one_line(&path.display().to_string())
 }
 
 /// What the listener records into and looks nodes up in.

@@ -289,6 +289,12 @@ impl Selection<'_> {
 impl Inventory {
     /// Reads and validates an inventory file: a regular file of at most `MAX_BYTES`.
     pub fn load(path: &Path) -> Result<Inventory, InventoryErrors> {
+        let text = Inventory::read_text(path)?;
+        Inventory::from_json(&path.display().to_string(), &text)
+    }
+
+    /// An inventory file's text, read as `load` reads it, for a caller that keeps the text too.
+    pub fn read_text(path: &Path) -> Result<String, InventoryErrors> {
         let name = path.display().to_string();
         let refuse = |expected: String| {
             InventoryErrors(vec![InventoryError {
@@ -324,8 +330,7 @@ impl Inventory {
         if bytes.len() as u64 > MAX_BYTES {
             return Err(too_big());
         }
-        let text = String::from_utf8(bytes).map_err(|e| refuse(format!("UTF-8 text ({e})")))?;
-        Inventory::from_json(&name, &text)
+        String::from_utf8(bytes).map_err(|e| refuse(format!("UTF-8 text ({e})")))
     }
 
     /// Parses and validates inventory JSON; `file` only labels errors.

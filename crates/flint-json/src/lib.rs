@@ -22,6 +22,26 @@ pub fn one_line(s: &str) -> String {
     out
 }
 
+/// What went wrong under an HTTP client's own error, whose top line ("client error (Connect)",
+/// "error reading a body from connection") says nothing an operator can act on: its causes,
+/// each once, joined with `: `; the error itself when it has none.
+pub fn causes(err: &dyn std::error::Error) -> String {
+    let Some(first) = err.source() else {
+        return err.to_string();
+    };
+    let mut text = first.to_string();
+    let mut cause = first.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
+
 /// A JSON object read into a map where a key given twice is an error naming it: serde's own
 /// maps keep the last value silently, so a node listed twice in an inventory, or an initial
 /// member named twice, would lose one of its lines without a word. (serde_with's
@@ -96,5 +116,35 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains(r"duplicate key `b\n`"), "{err}");
+    }
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn causes_skip_the_clients_own_line_and_repeats() {
+        let refused = Layer("Connection refused (os error 111)", None);
+        let wrapped = Layer(
+            "tcp connect error: Connection refused (os error 111)",
+            Some(Box::new(refused)),
+        );
+        let top = Layer("client error (Connect)", Some(Box::new(wrapped)));
+        assert_eq!(
+            causes(&top),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(causes(&Layer("alone", None)), "alone");
     }
 }

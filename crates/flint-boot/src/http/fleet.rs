@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
+use crate::inventory::Origin;
 use crate::journey::{Fleet, Machine, Phase};
 
 /// Seconds between the page's reloads.
@@ -26,7 +27,7 @@ pub(super) async fn machines(
     State(state): State<AppState>,
     Query(query): Query<MachinesQuery>,
 ) -> Response {
-    let mut fleet = state.journeys.fleet();
+    let mut fleet = state.fleet();
     if let Some(keep) = query.steps {
         for machine in &mut fleet.machines {
             let drop = machine.steps.len().saturating_sub(keep);
@@ -57,7 +58,7 @@ pub(super) async fn page(State(state): State<AppState>) -> Response {
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        render(&state.journeys.fleet()),
+        render(&state.fleet()),
     )
         .into_response()
 }
@@ -95,6 +96,9 @@ pub fn render(fleet: &Fleet) -> String {
         alarm(stuck),
         alarm(failed),
     );
+    if let Some(origin) = &fleet.inventory {
+        inventory_line(&mut out, origin, fleet.generated_at_ms);
+    }
     if fleet.machines.is_empty() {
         out.push_str("<p id=\"empty\">No machine has asked this server yet.</p>\n");
     } else {
@@ -117,6 +121,33 @@ pub fn render(fleet: &Fleet) -> String {
         ago(fleet.install_stuck_after_s),
     );
     out
+}
+
+/// Where the inventory comes from; marked when etcd cannot be reached, so an operator knows a
+/// change written there has not reached this server yet.
+fn inventory_line(out: &mut String, origin: &Origin, now_ms: u64) {
+    let revision = origin
+        .revision
+        .map(|r| format!(" at revision {r}"))
+        .unwrap_or_default();
+    let from = format!("{} {}{revision}", origin.source, escape(&origin.name));
+    match &origin.stale {
+        None => {
+            let _ = writeln!(
+                out,
+                "<p id=\"inventory\" class=\"note\">inventory: {from}</p>"
+            );
+        }
+        Some(stale) => {
+            let _ = writeln!(
+                out,
+                "<p id=\"inventory\" class=\"alarm\">INVENTORY MAY BE OUT OF DATE: etcd \
+                 unreachable for {}; serving the last inventory read, {from} ({})</p>",
+                ago(now_ms.saturating_sub(stale.since_ms) / 1000),
+                escape(&stale.reason)
+            );
+        }
+    }
 }
 
 fn row(out: &mut String, m: &Machine) {

@@ -55,17 +55,29 @@ impl Server {
     /// As `start`, with `inventory` in the place of `INVENTORY`.
     pub fn start_with_inventory(inventory: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.txt"), b"not for clients").unwrap();
+        std::fs::write(dir.path().join("inventory.json"), inventory).unwrap();
+        let file = dir.path().join("inventory.json");
+        let source = ["--inventory".into(), file.display().to_string()];
+        Server::start_in(dir, &source, extra)
+    }
+
+    /// flint-boot with the inventory from `source` (`--inventory FILE`, `--etcd URL`...), the
+    /// images of `start`; up once `/healthz` answers.
+    pub fn start_from(source: &[String], extra: &[&str]) -> Server {
+        Server::start_in(tempfile::tempdir().unwrap(), source, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, source: &[String], extra: &[&str]) -> Server {
         let images = dir.path().join("images");
         std::fs::create_dir_all(images.join("debian")).unwrap();
         std::fs::write(images.join("debian/vmlinuz"), kernel_bytes()).unwrap();
         std::fs::write(images.join("debian/initrd.img"), b"initrd").unwrap();
-        std::fs::write(dir.path().join("secret.txt"), b"not for clients").unwrap();
-        std::fs::write(dir.path().join("inventory.json"), inventory).unwrap();
         let addr = free_addr();
         let child = Command::new(BIN)
             .arg("serve")
-            .args(["--http", &addr.to_string(), "--inventory"])
-            .arg(dir.path().join("inventory.json"))
+            .args(["--http", &addr.to_string()])
+            .args(source)
             .arg("--images")
             .arg(&images)
             .args(extra)
