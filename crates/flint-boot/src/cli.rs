@@ -86,6 +86,11 @@ pub struct EtcdArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub etcd_start_wait: u64,
+    /// `serve`: hours etcd keeps each journey step this server writes (every boot server's
+    /// fleet view shows every machine's journey from them); older steps expire.
+    #[arg(long, value_name = "HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u64).range(1..=720))]
+    pub journey_retention: u64,
 }
 
 #[derive(Debug, Args)]

@@ -84,6 +84,7 @@ impl From<Error> for ExitError {
 /// One key's value and the revision that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    pub key: Vec<u8>,
     pub bytes: Vec<u8>,
     pub mod_revision: i64,
 }
@@ -112,6 +113,28 @@ pub enum Written {
     /// The key is not as expected: what it holds now (`None`: it does not exist). A write whose
     /// answer was lost and that was tried again finds its own value here.
     Conflict(Option<Entry>),
+}
+
+/// A page of a prefix's keys.
+#[derive(Debug)]
+pub struct Page {
+    pub revision: i64,
+    pub entries: Vec<Entry>,
+    pub more: bool,
+    pub endpoint: usize,
+}
+
+/// etcd's `range_end` for every key that starts with `prefix`: the prefix with its last byte
+/// raised by one (trailing 0xff bytes dropped first).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// The members to ask, and a client for them.
@@ -269,14 +292,33 @@ impl Etcd {
         key: &str,
         start_revision: i64,
     ) -> Result<Watch, Error> {
-        let url = self.endpoint(endpoint).clone();
         let body = json!({"create_request": {
             "key": BASE64.encode(key),
             "start_revision": start_revision.to_string(),
         }});
+        self.open_watch(endpoint, &body).await
+    }
+
+    /// Watches every key that starts with `prefix`, on member `endpoint`, from `start_revision`.
+    pub async fn watch_prefix(
+        &self,
+        endpoint: usize,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<Watch, Error> {
+        let body = json!({"create_request": {
+            "key": BASE64.encode(prefix),
+            "range_end": BASE64.encode(prefix_end(prefix)),
+            "start_revision": start_revision.to_string(),
+        }});
+        self.open_watch(endpoint, &body).await
+    }
+
+    async fn open_watch(&self, endpoint: usize, body: &Value) -> Result<Watch, Error> {
+        let url = self.endpoint(endpoint).clone();
         let response = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.client.request(request(&url, "/v3/watch", &body)),
+            self.client.request(request(&url, "/v3/watch", body)),
         )
         .await
         .map_err(|_| unreachable(&url, format!("no answer within {REQUEST_TIMEOUT:?}")))?
@@ -291,6 +333,74 @@ impl Etcd {
             body,
             buffer: BytesMut::new(),
         })
+    }
+
+    /// Up to `limit` keys under `prefix` written after revision `after`, oldest first, from
+    /// the first member that answers, member `first` first. Keys written in one transaction
+    /// share a revision: a page that ends inside one is read on from that revision again, and
+    /// the caller skips what it has (`more` says whether there is more).
+    pub async fn range_prefix(
+        &self,
+        first: usize,
+        prefix: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        let body = json!({
+            "key": BASE64.encode(prefix),
+            "range_end": BASE64.encode(prefix_end(prefix)),
+            "limit": limit.to_string(),
+            "sort_order": "ASCEND",
+            "sort_target": "MOD",
+            "min_mod_revision": (after + 1).to_string(),
+        });
+        let (endpoint, answer) = self.call_any(first, "/v3/kv/range", &body).await?;
+        let url = self.endpoint(endpoint);
+        let range: RangeAnswer = decode(url, &answer)?;
+        let entries = range
+            .kvs
+            .into_iter()
+            .map(|kv| kv.into_value(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            revision: range.header.revision,
+            entries,
+            more: range.more,
+            endpoint,
+        })
+    }
+
+    /// A lease of `ttl`: keys written with it go when it ends, unless it is renewed.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<i64, Error> {
+        #[derive(Deserialize)]
+        struct Granted {
+            #[serde(rename = "ID", with = "number_text")]
+            id: i64,
+        }
+        let body = json!({"TTL": ttl.as_secs().to_string()});
+        let first = self.preferred.load(Ordering::Relaxed);
+        let (endpoint, answer) = self.call_any(first, "/v3/lease/grant", &body).await?;
+        let granted: Granted = decode(self.endpoint(endpoint), &answer)?;
+        Ok(granted.id)
+    }
+
+    /// Writes every `(key, value)` in one transaction, with `lease`; the revision they got.
+    pub async fn put_all(&self, puts: &[(String, Vec<u8>)], lease: i64) -> Result<i64, Error> {
+        let success: Vec<Value> = puts
+            .iter()
+            .map(|(key, value)| {
+                json!({"request_put": {
+                    "key": BASE64.encode(key),
+                    "value": BASE64.encode(value),
+                    "lease": lease.to_string(),
+                }})
+            })
+            .collect();
+        let body = json!({"success": success});
+        let first = self.preferred.load(Ordering::Relaxed);
+        let (endpoint, answer) = self.call_any(first, "/v3/kv/txn", &body).await?;
+        let txn: TxnAnswer = decode(self.endpoint(endpoint), &answer)?;
+        Ok(txn.header.revision)
     }
 
     /// Whether member `endpoint` answers and follows a leader: a watch on a member that stopped
@@ -475,6 +585,8 @@ struct Header {
 
 #[derive(Debug, Deserialize)]
 struct RawKeyValue {
+    #[serde(default)]
+    key: Option<String>,
     #[serde(default, with = "number_text")]
     mod_revision: i64,
     #[serde(default)]
@@ -483,11 +595,14 @@ struct RawKeyValue {
 
 impl RawKeyValue {
     fn into_value(self, url: &url::Url) -> Result<Entry, Error> {
-        let bytes = BASE64
-            .decode(self.value.unwrap_or_default())
-            .map_err(|e| bad(url, format!("a value that is not base64: {e}")))?;
+        let decode = |text: Option<String>, what: &str| {
+            BASE64
+                .decode(text.unwrap_or_default())
+                .map_err(|e| bad(url, format!("a {what} that is not base64: {e}")))
+        };
         Ok(Entry {
-            bytes,
+            key: decode(self.key, "key")?,
+            bytes: decode(self.value, "value")?,
             mod_revision: self.mod_revision,
         })
     }
@@ -499,6 +614,8 @@ struct RangeAnswer {
     header: Header,
     #[serde(default)]
     kvs: Vec<RawKeyValue>,
+    #[serde(default)]
+    more: bool,
 }
 
 impl RangeAnswer {
@@ -558,6 +675,73 @@ pub enum WatchMessage {
     Progress {
         revision: i64,
     },
+}
+
+/// How often a member a watch runs on is asked whether it still answers and follows a leader:
+/// a paused or cut-off member keeps the watch's connection open and sends nothing.
+const LIVENESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a watch ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The revision it started from is compacted away: read again, then watch anew. No
+    /// outage.
+    Compacted(i64),
+    /// The stream broke, the member stopped answering or etcd ended the watch.
+    Broken(Error),
+}
+
+/// A watch and a probe of its member, so that a member that goes quiet ends it as one that
+/// closes its connection does.
+pub struct LiveWatch<'e> {
+    etcd: &'e Etcd,
+    endpoint: usize,
+    watch: Watch,
+    liveness: tokio::time::Interval,
+}
+
+impl Etcd {
+    pub async fn keep_watching(&self, endpoint: usize, watch: Watch) -> LiveWatch<'_> {
+        let mut liveness = tokio::time::interval(LIVENESS_EVERY);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        liveness.tick().await;
+        LiveWatch {
+            etcd: self,
+            endpoint,
+            watch,
+            liveness,
+        }
+    }
+}
+
+impl LiveWatch<'_> {
+    /// The next changes; the end of the watch when it ends.
+    pub async fn events(&mut self) -> Result<Vec<Event>, Ended> {
+        loop {
+            let message = tokio::select! {
+                message = self.watch.next() => message,
+                _ = self.liveness.tick() => match self.etcd.alive(self.endpoint).await {
+                    Ok(()) => continue,
+                    Err(e) => return Err(Ended::Broken(e)),
+                },
+            };
+            match message.map_err(Ended::Broken)? {
+                WatchMessage::Created { .. } | WatchMessage::Progress { .. } => {}
+                WatchMessage::Canceled {
+                    compact_revision: Some(revision),
+                    ..
+                } => return Err(Ended::Compacted(revision)),
+                WatchMessage::Canceled { reason, .. } => {
+                    return Err(Ended::Broken(Error::Refused {
+                        url: self.watch.url.to_string(),
+                        code: 14,
+                        message: format!("etcd ended the watch: {reason}"),
+                    }));
+                }
+                WatchMessage::Events(events) => return Ok(events),
+            }
+        }
+    }
 }
 
 /// A watch answer, read one line at a time.
@@ -709,6 +893,7 @@ mod tests {
             WatchMessage::Events(events) => assert_eq!(
                 events,
                 [Event::Put(Entry {
+                    key: b"/flint/inventory".to_vec(),
                     bytes: br#"{"a":1}"#.to_vec(),
                     mod_revision: 3
                 })]

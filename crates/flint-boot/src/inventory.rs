@@ -18,17 +18,13 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::ExitError;
-use crate::etcd::{self, Etcd, Event, WatchMessage};
+use crate::etcd::{self, Ended, Etcd, Event};
 use crate::metrics::Metrics;
 
 /// How often the file is checked for changes. Polling the metadata is one `stat` a second, and
 /// unlike inotify it sees every way an operator replaces the file (editor, rename, bind mount,
 /// a ConfigMap's symlink swap).
 const POLL: Duration = Duration::from_secs(1);
-
-/// How often the etcd member a watch runs on is asked whether it still answers and follows a
-/// leader: a paused or cut-off member keeps the watch's connection open and sends nothing.
-const LIVENESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Where the served inventory comes from and whether it is current: the fleet view and
 /// `/api/machines` show it (docs/journeys.md).
@@ -392,11 +388,11 @@ impl EtcdSource {
     pub async fn watch(mut self, shared: Arc<SharedInventory>) -> std::io::Result<()> {
         loop {
             match self.follow(&shared).await {
-                Broken::Compacted(revision) => tracing::info!(
+                Ended::Compacted(revision) => tracing::info!(
                     revision,
                     "etcd compacted the revisions the watch needed; reading the inventory again"
                 ),
-                Broken::Unreachable(e) => {
+                Ended::Broken(e) => {
                     tracing::info!(
                         error = %e, endpoint = %self.etcd.endpoint(self.endpoint),
                         "the watch of the inventory broke; reading it from the other members"
@@ -451,49 +447,27 @@ impl EtcdSource {
         Ok(())
     }
 
-    async fn follow(&mut self, shared: &SharedInventory) -> Broken {
-        let mut watch = match self.etcd.watch(self.endpoint, &self.key, self.next).await {
+    async fn follow(&mut self, shared: &SharedInventory) -> Ended {
+        let watch = match self.etcd.watch(self.endpoint, &self.key, self.next).await {
             Ok(watch) => watch,
-            Err(e) => return Broken::Unreachable(e),
+            Err(e) => return Ended::Broken(e),
         };
-        let mut liveness = tokio::time::interval(LIVENESS_EVERY);
-        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        liveness.tick().await;
+        let etcd = self.etcd.clone();
+        let mut watch = etcd.keep_watching(self.endpoint, watch).await;
         loop {
-            let message = tokio::select! {
-                message = watch.next() => message,
-                _ = liveness.tick() => match self.etcd.alive(self.endpoint).await {
-                    Ok(()) => continue,
-                    Err(e) => return Broken::Unreachable(e),
-                },
+            let events = match watch.events().await {
+                Ok(events) => events,
+                Err(ended) => return ended,
             };
-            match message {
-                Err(e) => return Broken::Unreachable(e),
-                Ok(WatchMessage::Created { .. }) => {}
-                Ok(WatchMessage::Progress { revision }) => self.next = self.next.max(revision + 1),
-                Ok(WatchMessage::Canceled {
-                    compact_revision: Some(revision),
-                    ..
-                }) => return Broken::Compacted(revision),
-                Ok(WatchMessage::Canceled { reason, .. }) => {
-                    return Broken::Unreachable(etcd::Error::Refused {
-                        url: self.etcd.endpoint(self.endpoint).to_string(),
-                        code: 14,
-                        message: format!("etcd ended the watch: {reason}"),
-                    });
-                }
-                Ok(WatchMessage::Events(events)) => {
-                    for event in events {
-                        match event {
-                            Event::Put(entry) => {
-                                self.next = entry.mod_revision + 1;
-                                self.apply(shared, entry, "written to etcd").await;
-                            }
-                            Event::Deleted { revision } => {
-                                self.next = revision + 1;
-                                self.deleted(shared, revision);
-                            }
-                        }
+            for event in events {
+                match event {
+                    Event::Put(entry) => {
+                        self.next = entry.mod_revision + 1;
+                        self.apply(shared, entry, "written to etcd").await;
+                    }
+                    Event::Deleted { revision } => {
+                        self.next = revision + 1;
+                        self.deleted(shared, revision);
                     }
                 }
             }
@@ -533,12 +507,6 @@ impl EtcdSource {
             "the inventory was deleted from etcd; still serving the previous one"
         );
     }
-}
-
-enum Broken {
-    /// The watch's start revision is gone: read again, no outage.
-    Compacted(i64),
-    Unreachable(etcd::Error),
 }
 
 /// Quick at first (a member restarting comes back within a second), then every 5 s at most.

@@ -15,8 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeSet;
@@ -345,19 +345,94 @@ struct FirstBoot {
     healthy: bool,
 }
 
+/// A step from an address not yet tied to a machine, and the image it sent whole, if it did:
+/// the script that ties the address names the images still due.
+struct Waiting {
+    step: Step,
+    whole_image: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     machines: HashMap<Mac, Journey>,
     by_ip: HashMap<IpAddr, Mac>,
-    untied: HashMap<IpAddr, Vec<Step>>,
+    untied: HashMap<IpAddr, Vec<Waiting>>,
 }
 
 pub struct Journeys {
     server: String,
     limits: Limits,
     state: Mutex<State>,
-    /// By `StepKind::ALL`'s order.
+    /// By `StepKind::ALL`'s order: the steps this server saw, not those replayed.
     steps_recorded: [AtomicU64; StepKind::ALL.len()],
+    sink: OnceLock<tokio::sync::mpsc::Sender<Stamped>>,
+    /// The steps shared through etcd (`crate::shared`).
+    pub shared: crate::shared::Counters,
+}
+
+/// What a boot server saw of a machine: what its journey is made of, and what boot servers
+/// share through etcd so that each one's fleet view shows every machine (`crate::shared`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Dhcp {
+        mac: Mac,
+        uuid: Option<Uuid>,
+        from: Option<IpAddr>,
+        ipxe: bool,
+        detail: String,
+    },
+    Binary {
+        ip: IpAddr,
+        file: String,
+        bytes: u64,
+        whole: bool,
+        via: String,
+    },
+    BootScript {
+        ip: IpAddr,
+    },
+    Script {
+        ip: IpAddr,
+        mac: Mac,
+        uuid: Option<Uuid>,
+        name: Option<String>,
+        served: String,
+        images: Vec<String>,
+    },
+    Image {
+        ip: IpAddr,
+        path: String,
+        bytes: u64,
+        whole: bool,
+    },
+    Report {
+        mac: Mac,
+        name: String,
+        ip: IpAddr,
+        runs: Vec<ClusterService>,
+        report: Report,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> StepKind {
+        match self {
+            Event::Dhcp { .. } => StepKind::Dhcp,
+            Event::Binary { .. } => StepKind::Binary,
+            Event::BootScript { .. } => StepKind::BootScript,
+            Event::Script { .. } => StepKind::Script,
+            Event::Image { .. } => StepKind::Image,
+            Event::Report { .. } => StepKind::Report,
+        }
+    }
+}
+
+/// An event, the server that saw it and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamped {
+    pub server: String,
+    pub at_ms: u64,
+    pub event: Event,
 }
 
 /// A script served to a known machine or under a policy.
@@ -380,6 +455,8 @@ impl Journeys {
             limits,
             state: Mutex::new(State::default()),
             steps_recorded: Default::default(),
+            sink: OnceLock::new(),
+            shared: Default::default(),
         }
     }
 
@@ -388,16 +465,11 @@ impl Journeys {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn step(&self, step: StepKind, detail: String) -> Step {
-        let kind = StepKind::ALL.iter().position(|k| *k == step).unwrap_or(0);
-        self.steps_recorded[kind].fetch_add(1, Ordering::Relaxed);
-        Step {
-            step,
-            at_ms: millis(SystemTime::now()),
-            server: self.server.clone(),
-            detail: printable(&detail),
-            sent_at_ms: None,
-        }
+    /// Sends every step this server records, stamped, to `sink` as well (the journeys shared
+    /// through etcd): without blocking, so a full sink loses the step there (counted as
+    /// unshared), never here.
+    pub fn share_to(&self, sink: tokio::sync::mpsc::Sender<Stamped>) {
+        let _ = self.sink.set(sink);
     }
 
     /// ProxyDHCP answered `mac`; `from` is the address it asked from, when it had one. `ipxe`:
@@ -411,68 +483,50 @@ impl Journeys {
         ipxe: bool,
         detail: String,
     ) {
-        let step = self.step(StepKind::Dhcp, detail);
-        let mut state = self.lock();
-        let journey = match from {
-            Some(ip) => self.tie(&mut state, ip, mac),
-            None => self.journey(&mut state, mac),
-        };
-        if ipxe {
-            journey.boots(Phase::Booting);
-        } else {
-            journey.boots(Phase::Seen);
-            journey.images_due.clear();
-        }
-        if uuid.is_some() {
-            journey.uuid = uuid;
-        }
-        push(journey, step, self.limits.steps);
+        self.record(Event::Dhcp {
+            mac,
+            uuid,
+            from,
+            ipxe,
+            detail,
+        });
     }
 
     /// An iPXE binary sent to `ip` (TFTP, or HTTP for UEFI HTTP Boot).
     pub fn binary_sent(&self, ip: IpAddr, file: &str, bytes: u64, whole: bool, via: &str) {
-        let detail = format!("{file} over {via}: {}", sent(bytes, whole));
-        let step = self.step(StepKind::Binary, detail);
-        self.at_address(ip, step, |journey| journey.boots(Phase::Booting));
+        self.record(Event::Binary {
+            ip,
+            file: file.to_owned(),
+            bytes,
+            whole,
+            via: via.to_owned(),
+        });
     }
 
     /// `boot.ipxe` served to `ip`.
     pub fn boot_script_served(&self, ip: IpAddr) {
-        let step = self.step(StepKind::BootScript, "boot.ipxe".into());
-        self.at_address(ip, step, |journey| journey.boots(Phase::Booting));
+        self.record(Event::BootScript { ip });
     }
 
     /// The machine's own script: names its MAC, so its address is tied to it from now on.
     pub fn script_served(&self, script: ScriptServed<'_>) {
-        let detail = match script.name {
-            Some(name) => format!("{name}: {}", script.served),
-            None => format!("unknown machine: {}", script.served),
-        };
-        let step = self.step(StepKind::Script, detail);
-        let mut state = self.lock();
-        // Before its own step: what waited for this script came before it.
-        let journey = self.tie(&mut state, script.ip, script.mac);
-        journey.boots(Phase::Booting);
-        journey.name = script.name.map(printable);
-        journey.ip = Some(script.ip);
-        if script.uuid.is_some() {
-            journey.uuid = script.uuid;
-        }
-        journey.images_due = script.images;
-        push(journey, step, self.limits.steps);
+        self.record(Event::Script {
+            ip: script.ip,
+            mac: script.mac,
+            uuid: script.uuid,
+            name: script.name.map(str::to_owned),
+            served: script.served.to_owned(),
+            images: script.images,
+        });
     }
 
     /// `/images/PATH` sent to `ip`: `whole` when every byte of the file left.
     pub fn image_sent(&self, ip: IpAddr, path: &str, bytes: u64, whole: bool) {
-        let step = self.step(StepKind::Image, format!("{path}: {}", sent(bytes, whole)));
-        let path = path.to_owned();
-        self.at_address(ip, step, move |journey| {
-            if whole {
-                journey.images_due.retain(|due| *due != path);
-                if journey.images_due.is_empty() && journey.phase == Phase::Booting {
-                    journey.phase = Phase::Installer;
-                }
-            }
+        self.record(Event::Image {
+            ip,
+            path: path.to_owned(),
+            bytes,
+            whole,
         });
     }
 
@@ -487,39 +541,202 @@ impl Journeys {
         runs: &[ClusterService],
         report: &Report,
     ) {
-        let mut step = self.step(StepKind::Report, report.detail());
-        step.sent_at_ms = Some(report.sent_at_ms);
-        let mut state = self.lock();
-        let journey = self.journey(&mut state, mac);
-        journey.name = Some(printable(name));
-        journey.ip.get_or_insert(ip);
-        let first_boot = &mut journey.first_boot;
-        let service = report.step.service();
-        if report.ok {
-            first_boot.failing.remove(service);
-            if let Some(joined) = report.step.joins() {
-                first_boot.joined.insert(joined);
-            }
-        } else {
-            first_boot.failing.insert(service);
-        }
-        if report.step == ReportStep::ClusterHealth {
-            first_boot.healthy = report.ok;
-        }
-        // A node in no cluster (no services) joins nothing, so it is never `joined`.
-        let all_joined = !runs.is_empty() && runs.iter().all(|s| first_boot.joined.contains(s));
-        journey.phase = if first_boot.healthy {
-            Phase::Healthy
-        } else if all_joined {
-            Phase::Joined
-        } else {
-            Phase::FirstBoot
+        self.record(Event::Report {
+            mac,
+            name: name.to_owned(),
+            ip,
+            runs: runs.to_vec(),
+            report: report.clone(),
+        });
+    }
+
+    /// A step another boot server recorded (read from etcd): into the journeys as if seen here,
+    /// under its server's name and time; not counted in this server's steps, not shared again.
+    pub fn replay(&self, stamped: &Stamped) {
+        self.apply(stamped);
+    }
+
+    fn record(&self, event: Event) {
+        let kind = event.kind();
+        let index = StepKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.steps_recorded[index].fetch_add(1, Ordering::Relaxed);
+        let stamped = Stamped {
+            server: self.server.clone(),
+            at_ms: millis(SystemTime::now()),
+            event,
         };
-        push(journey, step, self.limits.steps);
+        self.apply(&stamped);
+        if let Some(sink) = self.sink.get()
+            && sink.try_send(stamped).is_err()
+        {
+            self.shared.unshared.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn apply(&self, stamped: &Stamped) {
+        let step = |detail: String| Step {
+            step: stamped.event.kind(),
+            at_ms: stamped.at_ms,
+            server: stamped.server.clone(),
+            detail: printable(&detail),
+            sent_at_ms: None,
+        };
+        // A step older than the machine's latest (another server's, read from etcd after a
+        // later one of this server's) joins the journey in its place but does not move the
+        // machine back: the phase follows the latest step.
+        let late = |journey: &Journey| {
+            journey
+                .steps
+                .back()
+                .is_some_and(|last| last.at_ms > stamped.at_ms)
+        };
+        match &stamped.event {
+            Event::Dhcp {
+                mac,
+                uuid,
+                from,
+                ipxe,
+                detail,
+            } => {
+                let step = step(detail.clone());
+                let mut state = self.lock();
+                let journey = match from {
+                    Some(ip) => self.tie(&mut state, *ip, *mac).0,
+                    None => self.journey(&mut state, *mac),
+                };
+                if !late(journey) {
+                    if *ipxe {
+                        journey.boots(Phase::Booting);
+                    } else {
+                        journey.boots(Phase::Seen);
+                        journey.images_due.clear();
+                    }
+                }
+                if uuid.is_some() {
+                    journey.uuid = *uuid;
+                }
+                push(journey, step, self.limits.steps);
+            }
+            Event::Binary {
+                ip,
+                file,
+                bytes,
+                whole,
+                via,
+            } => {
+                let step = step(format!("{file} over {via}: {}", sent(*bytes, *whole)));
+                self.at_address(*ip, step, None, |journey| {
+                    if !late(journey) {
+                        journey.boots(Phase::Booting);
+                    }
+                });
+            }
+            Event::BootScript { ip } => {
+                let step = step("boot.ipxe".into());
+                self.at_address(*ip, step, None, |journey| {
+                    if !late(journey) {
+                        journey.boots(Phase::Booting);
+                    }
+                });
+            }
+            Event::Script {
+                ip,
+                mac,
+                uuid,
+                name,
+                served,
+                images,
+            } => {
+                let step = step(match name {
+                    Some(name) => format!("{name}: {served}"),
+                    None => format!("unknown machine: {served}"),
+                });
+                let mut state = self.lock();
+                // Before its own step: what waited for this script came before it.
+                let (journey, sent_whole) = self.tie(&mut state, *ip, *mac);
+                journey.name = name.as_deref().map(printable);
+                journey.ip = Some(*ip);
+                if uuid.is_some() {
+                    journey.uuid = *uuid;
+                }
+                if !late(journey) || journey.phase == Phase::Seen {
+                    journey.boots(Phase::Booting);
+                    journey.images_due.clone_from(images);
+                    // Downloads another boot server sent before this script was read here.
+                    journey.images_due.retain(|due| !sent_whole.contains(due));
+                    if journey.images_due.is_empty() && !images.is_empty() {
+                        journey.phase = Phase::Installer;
+                    }
+                }
+                push(journey, step, self.limits.steps);
+            }
+            Event::Image {
+                ip,
+                path,
+                bytes,
+                whole,
+            } => {
+                let step = step(format!("{path}: {}", sent(*bytes, *whole)));
+                let whole = *whole;
+                let whole_image = whole.then(|| path.clone());
+                self.at_address(*ip, step, whole_image, |journey| {
+                    if whole {
+                        journey.images_due.retain(|due| due != path);
+                        if journey.images_due.is_empty() && journey.phase == Phase::Booting {
+                            journey.phase = Phase::Installer;
+                        }
+                    }
+                });
+            }
+            Event::Report {
+                mac,
+                name,
+                ip,
+                runs,
+                report,
+            } => {
+                let mut step = step(report.detail());
+                step.sent_at_ms = Some(report.sent_at_ms);
+                let mut state = self.lock();
+                let journey = self.journey(&mut state, *mac);
+                journey.name = Some(printable(name));
+                journey.ip.get_or_insert(*ip);
+                let first_boot = &mut journey.first_boot;
+                let service = report.step.service();
+                if report.ok {
+                    first_boot.failing.remove(service);
+                    if let Some(joined) = report.step.joins() {
+                        first_boot.joined.insert(joined);
+                    }
+                } else {
+                    first_boot.failing.insert(service);
+                }
+                if report.step == ReportStep::ClusterHealth {
+                    first_boot.healthy = report.ok;
+                }
+                // A node in no cluster (no services) joins nothing, so it is never `joined`.
+                let all_joined =
+                    !runs.is_empty() && runs.iter().all(|s| first_boot.joined.contains(s));
+                journey.phase = if first_boot.healthy {
+                    Phase::Healthy
+                } else if all_joined {
+                    Phase::Joined
+                } else {
+                    Phase::FirstBoot
+                };
+                push(journey, step, self.limits.steps);
+            }
+        }
     }
 
     /// A step from an address: the machine's, when tied; else kept until its script ties it.
-    fn at_address(&self, ip: IpAddr, step: Step, then: impl FnOnce(&mut Journey)) {
+    fn at_address(
+        &self,
+        ip: IpAddr,
+        step: Step,
+        whole_image: Option<String>,
+        then: impl FnOnce(&mut Journey),
+    ) {
         let mut state = self.lock();
         if let Some(mac) = state.by_ip.get(&ip).copied() {
             let journey = self.journey(&mut state, mac);
@@ -532,7 +749,7 @@ impl Journeys {
             if let Some(oldest) = state
                 .untied
                 .iter()
-                .min_by_key(|(_, steps)| steps.first().map_or(0, |s| s.at_ms))
+                .min_by_key(|(_, steps)| steps.first().map_or(0, |w| w.step.at_ms))
                 .map(|(ip, _)| *ip)
             {
                 state.untied.remove(&oldest);
@@ -540,7 +757,7 @@ impl Journeys {
         }
         let waiting = state.untied.entry(ip).or_default();
         if waiting.len() < self.limits.steps {
-            waiting.push(step);
+            waiting.push(Waiting { step, whole_image });
         }
     }
 
@@ -567,23 +784,24 @@ impl Journeys {
     }
 
     /// From now on steps from `ip` are `mac`'s; steps that waited for it join its journey (made
-    /// when new), in time order.
-    fn tie<'s>(&self, state: &'s mut State, ip: IpAddr, mac: Mac) -> &'s mut Journey {
+    /// when new), in time order; the images they sent whole are returned.
+    fn tie<'s>(
+        &self,
+        state: &'s mut State,
+        ip: IpAddr,
+        mac: Mac,
+    ) -> (&'s mut Journey, Vec<String>) {
         // Room first: making it may forget another machine and its addresses, never this tie.
         self.make_room(state, mac);
         state.by_ip.insert(ip, mac);
-        let waiting = state.untied.remove(&ip);
+        let waiting = state.untied.remove(&ip).unwrap_or_default();
         let journey = state.machines.entry(mac).or_insert_with(Journey::new);
-        if let Some(waiting) = waiting {
-            for step in waiting {
-                push(journey, step, self.limits.steps);
-            }
-            journey
-                .steps
-                .make_contiguous()
-                .sort_by_key(|step| step.at_ms);
+        let mut whole_images = Vec::new();
+        for waited in waiting {
+            whole_images.extend(waited.whole_image);
+            push(journey, waited.step, self.limits.steps);
         }
-        journey
+        (journey, whole_images)
     }
 
     /// Machines per phase (every phase, 0 included), `stuck` and `failed`: for `/metrics`,
@@ -603,10 +821,11 @@ impl Journeys {
     /// machines. Every label value is from a fixed set, all of them exported from the start.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
+        self.shared.render(out);
         crate::metrics::labelled_counters(
             out,
             "flint_boot_journey_steps_total",
-            "Steps of machines' journeys recorded, by kind.",
+            "Steps of machines' journeys this server saw, by kind.",
             "step",
             StepKind::ALL
                 .map(StepKind::name)
@@ -728,7 +947,14 @@ fn push(journey: &mut Journey, step: Step, max: usize) {
     if journey.steps.len() >= max.max(2) {
         journey.steps.remove(1);
     }
-    journey.steps.push_back(step);
+    // Steps that waited for their address to be tied, and steps another boot server saw, come
+    // after their time: each goes where its time puts it.
+    let at = journey
+        .steps
+        .iter()
+        .rposition(|s| s.at_ms <= step.at_ms)
+        .map_or(0, |i| i + 1);
+    journey.steps.insert(at, step);
 }
 
 fn sent(bytes: u64, whole: bool) -> String {

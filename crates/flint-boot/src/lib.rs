@@ -14,6 +14,7 @@ pub mod prepare;
 pub mod render;
 pub mod reports;
 pub mod served;
+pub mod shared;
 pub mod status;
 pub mod tftp;
 

@@ -16,7 +16,8 @@ use flint_boot::inventory::{self, FileSource, SharedInventory, Watcher};
 use flint_boot::journey::{self, Journeys};
 use flint_boot::metrics::Metrics;
 use flint_boot::{
-    ExitError, dhcp, etcd, http, inventory_command, prepare, render, reports, served, status, tftp,
+    ExitError, dhcp, etcd, http, inventory_command, prepare, render, reports, served, shared,
+    status, tftp,
 };
 
 fn main() -> ExitCode {
@@ -227,6 +228,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
             (None, false) => {
                 let client = etcd_client(&etcd_args)?;
                 let key = inventory::etcd_key(&etcd_args.etcd_prefix);
+                share_journeys(&client, &etcd_args, &journeys, &mut services);
                 let (shared, source) = inventory::EtcdSource::load(
                     client,
                     key.clone(),
@@ -367,6 +369,32 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     result
+}
+
+/// Every step this server sees goes to etcd, and every other server's comes from it, so that
+/// each fleet view shows every machine.
+fn share_journeys(
+    etcd: &Arc<etcd::Etcd>,
+    args: &cli::EtcdArgs,
+    journeys: &Arc<Journeys>,
+    services: &mut JoinSet<(&'static str, std::io::Result<()>)>,
+) {
+    let prefix = shared::journeys_prefix(&args.etcd_prefix);
+    let run = shared::instance(&server_name());
+    let (sink, steps) = tokio::sync::mpsc::channel(shared::QUEUE);
+    journeys.share_to(sink);
+    let retention = std::time::Duration::from_secs(args.journey_retention * 3600);
+    tracing::info!(prefix = %prefix, run = %run, retention_h = args.journey_retention, "journeys shared through etcd");
+    let (e, p, r, j) = (etcd.clone(), prefix.clone(), run.clone(), journeys.clone());
+    services.spawn(async move {
+        shared::write(e, p, r, retention, steps, j).await;
+        ("journeys to etcd", Ok(()))
+    });
+    let (e, j) = (etcd.clone(), journeys.clone());
+    services.spawn(async move {
+        shared::read(e, prefix, run, j).await;
+        ("journeys from etcd", Ok(()))
+    });
 }
 
 /// What journeys name this server by: its host name, from uname(2) rather than /proc, which the

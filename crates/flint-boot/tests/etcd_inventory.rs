@@ -411,3 +411,165 @@ fn serve_waits_for_the_first_inventory_and_gives_up_with_69() {
     );
     assert_eq!(code(&both), Some(64), "{}", text(&both));
 }
+
+/// An inventory of `n` machines m00.. booting debian/vmlinuz (the image every test server has).
+fn fleet_inventory(dir: &Path, n: usize) -> PathBuf {
+    let nodes: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({"name": format!("m{i:02}"), "mac": format!("52:54:00:00:01:{i:02x}"),
+                               "profile": "node"})
+        })
+        .collect();
+    let inventory = serde_json::json!({
+        "profiles": {"node": {"kernel": "debian/vmlinuz"}},
+        "nodes": nodes,
+        "unknown": {"policy": "refuse"},
+    });
+    let path = dir.join("fleet.json");
+    std::fs::write(&path, inventory.to_string()).unwrap();
+    path
+}
+
+/// Machine `i` boots from the boot servers `via` (one per request: boot.ipxe, its script, its
+/// kernel), from an address of its own in the cluster's /24 (`net`: an address in it).
+fn boot(net: [u8; 4], servers: &[Server], i: usize, via: [usize; 3]) {
+    let ip = net;
+    let from = format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], 100 + i);
+    let paths = [
+        "/boot.ipxe".to_owned(),
+        format!("/ipxe?mac=52-54-00-00-01-{i:02x}"),
+        "/images/debian/vmlinuz".to_owned(),
+    ];
+    for (server, path) in via.iter().zip(&paths) {
+        let out = servers[*server].curl(&["--fail", "--interface", &from, "-o", "/dev/null", path]);
+        assert!(out.status.success(), "machine {i}, {path}: {}", text(&out));
+    }
+}
+
+/// Each machine's steps as one server's view lists them: (name, [(step, server)]).
+fn journeys_of(server: &Server) -> Vec<(String, Vec<(String, String)>)> {
+    let fleet = machines(server);
+    let mut out: Vec<_> = fleet["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let steps = m["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s["step"].as_str().unwrap().to_owned(),
+                        s["server"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            (m["name"].as_str().unwrap_or("-").to_owned(), steps)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn every_boot_servers_view_shows_every_machine_whichever_server_answered_it() {
+    if !etcd::installed_or_say_so() {
+        return;
+    }
+    let cluster = EtcdCluster::start(3);
+    let flags = etcd_flags(&cluster);
+    const MACHINES: usize = 30;
+    let file = fleet_inventory(cluster.dir(), MACHINES);
+    let put = flint_boot(&["inventory", "put", file.to_str().unwrap()], &flags);
+    assert_eq!(code(&put), Some(0), "{}", text(&put));
+    let servers: Vec<Server> = (0..3).map(|_| Server::start_from(&flags, &[])).collect();
+
+    // Machine 0 takes its script from server 0 and its kernel from server 1: server 1 alone
+    // cannot tell whose download it was, the shared steps tell it.
+    let net = cluster.ip(0).octets();
+    boot(net, &servers, 0, [0, 0, 1]);
+    // The rest at once, each request to a server of its own choosing.
+    std::thread::scope(|s| {
+        for i in 1..MACHINES {
+            let servers = &servers;
+            s.spawn(move || boot(net, servers, i, [i % 3, (i + 1) % 3, (i / 3) % 3]));
+        }
+    });
+    let complete = |server: &Server| {
+        let journeys = journeys_of(server);
+        journeys.len() == MACHINES
+            && journeys.iter().all(|(name, steps)| {
+                name != "-"
+                    && steps
+                        .iter()
+                        .map(|(step, _)| step.as_str())
+                        .collect::<Vec<_>>()
+                        == ["boot-script", "script", "image"]
+            })
+    };
+    wait_for(
+        &cluster,
+        "every view to show every machine's 3 steps",
+        || servers.iter().all(complete),
+    );
+    let first = journeys_of(&servers[0]);
+    for server in &servers[1..] {
+        assert_eq!(journeys_of(server), first, "the views differ");
+    }
+    let m00 = &first.iter().find(|(name, _)| name == "m00").unwrap().1;
+    assert_eq!(m00.len(), 3);
+    for server in &servers {
+        let fleet = machines(server);
+        let m00 = fleet["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "m00")
+            .unwrap();
+        assert_eq!(m00["phase"], "installer", "{m00}");
+        assert_eq!(
+            metric(
+                server,
+                "flint_boot_shared_steps_total{outcome=\"unshared\"}"
+            ),
+            "0"
+        );
+        assert_eq!(
+            metric(server, "flint_boot_shared_steps_total{outcome=\"refused\"}"),
+            "0"
+        );
+    }
+    let written: u64 = servers
+        .iter()
+        .map(|s| {
+            metric(s, "flint_boot_shared_steps_total{outcome=\"written\"}")
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        written,
+        3 * MACHINES as u64,
+        "each step written once, by the server that saw it"
+    );
+
+    // A step written past flint-boot (garbage under the prefix): refused, counted, nothing else.
+    let out = cluster.etcdctl(&[
+        "put",
+        "/flint/journeys/intruder-1-0/0000000000000001",
+        "{\"server\":1}",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(&cluster, "the malformed step to be refused", || {
+        servers
+            .iter()
+            .all(|s| metric(s, "flint_boot_shared_steps_total{outcome=\"refused\"}") == "1")
+    });
+
+    // A server started now learns every journey from etcd.
+    let late = Server::start_from(&flags, &[]);
+    wait_for(&cluster, "a new server to show every journey", || {
+        journeys_of(&late) == first
+    });
+}
