@@ -169,6 +169,24 @@ fn table(target: &hyper::Uri, fleet: &Value) -> Result<String, ExitError> {
         }
     }
     out.push('\n');
+    // A fleet view answered from an inventory etcd could not confirm: the operator must know
+    // before trusting what it shows of a change just written.
+    let stale = &fleet["inventory"]["stale"];
+    if stale.is_object() {
+        let since = fleet["generated_at_ms"]
+            .as_u64()
+            .zip(stale["since_ms"].as_u64())
+            .map_or_else(
+                || "?".to_owned(),
+                |(now, since)| ago(now.saturating_sub(since) / 1000),
+            );
+        let _ = writeln!(
+            out,
+            "INVENTORY MAY BE OUT OF DATE: etcd unreachable for {since}; serving revision {}: {}",
+            fleet["inventory"]["revision"].as_i64().unwrap_or(0),
+            printable(stale["reason"].as_str().unwrap_or("?"))
+        );
+    }
     let rows: Vec<[String; 6]> = machines
         .iter()
         .map(|m| {
@@ -276,5 +294,24 @@ mod tests {
             "boot1: seen 0 booting 0 installer 0 first-boot 1 joined 0 healthy 0 stuck 0 failed 1"
         );
         assert!(lines[2].contains("FAILED:first-boot"), "{text}");
+    }
+
+    #[test]
+    fn a_stale_inventory_is_said_before_the_machines() {
+        let target = machines_url("http://h:1").unwrap();
+        let fleet = serde_json::json!({"schema_version": 1, "server": "boot1",
+            "generated_at_ms": 100_000, "counts": {}, "machines": [],
+            "inventory": {"source": "etcd", "name": "/flint/inventory", "revision": 7,
+                          "stale": {"reason": "cannot reach etcd\u{1b}[2J", "since_ms": 40_000}}});
+        let text = table(&target, &fleet).unwrap();
+        let line = text.lines().nth(1).unwrap();
+        assert!(
+            line.starts_with("INVENTORY MAY BE OUT OF DATE: etcd unreachable for 1m 00s; serving revision 7: cannot reach etcd?"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
+        let current = serde_json::json!({"schema_version": 1, "server": "boot1", "counts": {},
+            "machines": [], "inventory": {"source": "etcd", "name": "/flint/inventory", "revision": 7}});
+        assert!(!table(&target, &current).unwrap().contains("OUT OF DATE"));
     }
 }
