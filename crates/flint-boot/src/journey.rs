@@ -303,7 +303,8 @@ struct Journey {
     phase: Phase,
     /// The images its script boots, not yet sent whole.
     images_due: Vec<String>,
-    first_seen: SystemTime,
+    /// Its earliest step's time, whichever server saw it and whenever this one heard of it.
+    first_seen_ms: u64,
     steps: VecDeque<Step>,
     first_boot: FirstBoot,
 }
@@ -316,7 +317,7 @@ impl Journey {
             ip: None,
             phase: Phase::Seen,
             images_due: Vec::new(),
-            first_seen: SystemTime::now(),
+            first_seen_ms: u64::MAX,
             steps: VecDeque::new(),
             first_boot: FirstBoot::default(),
         }
@@ -871,7 +872,7 @@ impl Journeys {
                     stuck: self.is_stuck(j, now_ms),
                     joined: j.first_boot.joined.iter().map(|s| s.name()).collect(),
                     failed: j.failed(),
-                    first_seen_ms: millis(j.first_seen),
+                    first_seen_ms: j.first_seen_ms,
                     last_step_ms: last.at_ms,
                     idle_s: idle_ms / 1000,
                     last_step: last,
@@ -943,6 +944,7 @@ fn tally(machines: impl Iterator<Item = (Phase, bool, bool)>) -> BTreeMap<&'stat
 }
 
 fn push(journey: &mut Journey, step: Step, max: usize) {
+    journey.first_seen_ms = journey.first_seen_ms.min(step.at_ms);
     // The first step says when and how the machine was first seen: it stays.
     if journey.steps.len() >= max.max(2) {
         journey.steps.remove(1);

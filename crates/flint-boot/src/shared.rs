@@ -28,6 +28,10 @@ use crate::journey::{Event, Journeys, Report, ReportStep, Stamped, printable};
 pub const QUEUE: usize = 65_536;
 /// etcd's default `--max-txn-ops`.
 const BATCH: usize = 128;
+/// How long a batch waits for more steps before it is written: in a storm, every write is a
+/// Raft round and a disk sync on every member, so a thousand machines' steps go in tens of
+/// transactions rather than thousands; a step reaches the other servers this much later.
+const LINGER: Duration = Duration::from_millis(100);
 /// Keys read per page when catching up: more than a transaction writes (`BATCH`), so a page
 /// that ends inside a transaction's revision and is read again from it always moves on.
 const PAGE: usize = 1_000;
@@ -107,6 +111,15 @@ pub async fn write(
     loop {
         if steps.recv_many(&mut batch, BATCH).await == 0 {
             return;
+        }
+        let linger = tokio::time::sleep(LINGER);
+        tokio::pin!(linger);
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            tokio::select! {
+                got = steps.recv_many(&mut batch, room) => if got == 0 { break },
+                _ = &mut linger => break,
+            }
         }
         let puts: Vec<(String, Vec<u8>)> = batch
             .drain(..)

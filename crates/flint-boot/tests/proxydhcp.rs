@@ -9,12 +9,10 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use common::dhcp::{self, field, file, guid, opt, recv, send_broadcast};
 use common::netns::{CLIENT_IFACE, CLIENT_IP, Link, SERVER_IFACE, SERVER_IP};
-use dhcproto::v4::{
-    Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption,
-};
-use dhcproto::{Decodable, Decoder, Encodable};
-use socket2::{Domain, Protocol, Socket, Type};
+use dhcproto::Encodable;
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
 const HTTP_PORT: u16 = 8080;
@@ -148,87 +146,24 @@ impl Server {
 /// A UDP socket in the client namespace on `port`, tied to the client's interface so
 /// broadcasts leave through the link.
 fn client_socket(port: u16) -> UdpSocket {
-    bound(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+    dhcp::client_socket(CLIENT_IFACE, port)
 }
 
 fn bound(addr: SocketAddrV4) -> UdpSocket {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind_device(Some(CLIENT_IFACE.as_bytes())).unwrap();
-    s.bind(&SocketAddr::V4(addr).into()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.into()
-}
-
-fn send_broadcast(sock: &UdpSocket, packet: &[u8]) {
-    sock.send_to(packet, (Ipv4Addr::BROADCAST, 67)).unwrap();
-}
-
-fn recv(sock: &UdpSocket) -> Option<(Message, SocketAddr)> {
-    let mut buf = [0u8; 1500];
-    let (n, from) = sock.recv_from(&mut buf).ok()?;
-    Some((
-        Message::decode(&mut Decoder::new(&buf[..n])).expect("our reply decodes"),
-        from,
-    ))
-}
-
-fn guid() -> Vec<u8> {
-    let mut g = vec![0u8];
-    g.extend(1..=16u8);
-    g
+    dhcp::bound(CLIENT_IFACE, addr)
 }
 
 /// A request as a PXE ROM sends it: message type, option 60, option 93 and option 97.
 fn pxe_request(msg: MessageType, arch: u16, class: &str) -> Message {
-    let mut m = Message::new_with_id(
-        0x1234_5678,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &MAC,
-    );
-    m.set_flags(Flags::default().set_broadcast());
-    let o = m.opts_mut();
-    o.insert(DhcpOption::MessageType(msg));
-    o.insert(DhcpOption::ClassIdentifier(
-        format!("{class}:Arch:{arch:05}:UNDI:003016").into_bytes(),
-    ));
-    o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
-        arch,
-    )));
-    o.insert(DhcpOption::ClientMachineIdentifier(guid()));
-    m
+    dhcp::pxe_request(&MAC, msg, arch, class)
 }
 
 fn discover(arch: u16) -> Vec<u8> {
-    pxe_request(MessageType::Discover, arch, "PXEClient")
-        .to_vec()
-        .unwrap()
+    dhcp::discover(&MAC, arch)
 }
 
-/// A DISCOVER as Debian's OVMF sends it for UEFI HTTP Boot over IPv4 (class HTTPClient, arch 16).
 fn http_boot_discover() -> Vec<u8> {
-    pxe_request(MessageType::Discover, 16, "HTTPClient")
-        .to_vec()
-        .unwrap()
-}
-
-/// A NUL-padded field as a string (dhcproto's decoder keeps the terminating NUL).
-fn field(raw: Option<&[u8]>) -> String {
-    let raw = raw.expect("field set");
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8(raw[..end].to_vec()).unwrap()
-}
-
-fn file(m: &Message) -> String {
-    field(m.fname())
-}
-
-fn opt(m: &Message, code: u8) -> Option<&DhcpOption> {
-    m.opts().get(OptionCode::from(code))
+    dhcp::http_boot_discover(&MAC)
 }
 
 #[test]
@@ -329,9 +264,7 @@ fn a_client_already_in_ipxe_gets_the_script_url_not_ipxe_again() {
     let server = Server::start();
     let script = format!("http://{SERVER_IP}:{HTTP_PORT}/boot.ipxe");
     // iPXE's own user class, as iPXE sends it (no RFC 3004 length byte).
-    let mut m = pxe_request(MessageType::Discover, 7, "PXEClient");
-    m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-    let (offer, _) = server.exchange(&m.to_vec().unwrap()).unwrap();
+    let (offer, _) = server.exchange(&dhcp::ipxe_discover(&MAC, 7)).unwrap();
     assert_eq!(file(&offer), script);
     // A NIC ROM that runs iPXE without the user class (FlexBoot) still sends option 175.
     let mut m = pxe_request(MessageType::Discover, 0, "PXEClient");
@@ -530,9 +463,9 @@ fn without_tftp_http_boot_clients_get_the_firmware_url_and_pxe_clients_no_answer
     assert!(response.ends_with("\r\n\r\nipxe.efi"), "{response}");
 
     // A client already in iPXE needs no TFTP either.
-    let mut m = pxe_request(MessageType::Discover, 7, "PXEClient");
-    m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-    let (offer, _) = server.exchange(&m.to_vec().unwrap()).expect("an offer");
+    let (offer, _) = server
+        .exchange(&dhcp::ipxe_discover(&MAC, 7))
+        .expect("an offer");
     assert_eq!(
         file(&offer),
         format!("http://{SERVER_IP}:{HTTP_PORT}/boot.ipxe")

@@ -646,7 +646,7 @@ fn etcdctl_command(endpoints: &[String], ca: &Path) -> Command {
 }
 
 /// Waits up to `timeout` for `child` to exit; `None` when it has not.
-fn reap(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn reap(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
