@@ -86,11 +86,19 @@ pub struct EtcdArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub etcd_start_wait: u64,
-    /// `serve`: hours etcd keeps each journey step this server writes (every boot server's
-    /// fleet view shows every machine's journey from them); older steps expire.
-    #[arg(long, value_name = "HOURS", default_value_t = 24,
-          value_parser = clap::value_parser!(u64).range(1..=720))]
-    pub journey_retention: u64,
+    /// `serve`: how long etcd keeps each journey step this server writes (every boot server's
+    /// fleet view shows every machine's journey from them), e.g. 24h, 90m; older steps expire.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = retention)]
+    pub journey_retention: std::time::Duration,
+}
+
+/// From 10 s (etcd's leases are not much shorter) to 30 days.
+fn retention(text: &str) -> Result<std::time::Duration, String> {
+    let d = flint_config::parse_duration(text)?;
+    if !(10..=30 * 24 * 3600).contains(&d.as_secs()) {
+        return Err(format!("expected from 10s to 720h, got {text:?}"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]

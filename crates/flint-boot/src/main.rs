@@ -383,8 +383,8 @@ fn share_journeys(
     let run = shared::instance(&server_name());
     let (sink, steps) = tokio::sync::mpsc::channel(shared::QUEUE);
     journeys.share_to(sink);
-    let retention = std::time::Duration::from_secs(args.journey_retention * 3600);
-    tracing::info!(prefix = %prefix, run = %run, retention_h = args.journey_retention, "journeys shared through etcd");
+    let retention = args.journey_retention;
+    tracing::info!(prefix = %prefix, run = %run, retention_s = retention.as_secs(), "journeys shared through etcd");
     let (e, p, r, j) = (etcd.clone(), prefix.clone(), run.clone(), journeys.clone());
     services.spawn(async move {
         shared::write(e, p, r, retention, steps, j).await;

@@ -573,3 +573,64 @@ fn every_boot_servers_view_shows_every_machine_whichever_server_answered_it() {
         journeys_of(&late) == first
     });
 }
+
+#[test]
+fn shared_steps_expire_after_the_retention_time() {
+    if !etcd::installed_or_say_so() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let flags = etcd_flags(&cluster);
+    let file = fleet_inventory(cluster.dir(), 1);
+    let put = flint_boot(&["inventory", "put", file.to_str().unwrap()], &flags);
+    assert_eq!(code(&put), Some(0), "{}", text(&put));
+    let server = Server::start_from(&flags, &["--journey-retention", "10s"]);
+    boot(
+        cluster.ip(0).octets(),
+        std::slice::from_ref(&server),
+        0,
+        [0, 0, 0],
+    );
+    let stored = || {
+        let out = cluster.etcdctl(&[
+            "get",
+            "/flint/journeys/",
+            "--prefix",
+            "--keys-only",
+            "--limit",
+            "1",
+            "-w",
+            "json",
+        ]);
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        answer["count"].as_u64().unwrap_or(0)
+    };
+    wait_for(&cluster, "the machine's 3 steps in etcd", || stored() == 3);
+    // Leases end 10 s after they were granted (a new one every 2.5 s): every step goes.
+    wait_for(&cluster, "etcd to forget the steps", || stored() == 0);
+    assert_eq!(
+        journeys_of(&server).len(),
+        1,
+        "the server's own memory keeps it"
+    );
+
+    let refused = etcd::run_bounded(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--journey-retention",
+                "5s",
+            ])
+            .args(["--images", "/nonexistent"])
+            .args(&flags),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code(&refused), Some(64), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("expected from 10s to 720h"),
+        "{}",
+        text(&refused)
+    );
+}

@@ -681,7 +681,7 @@ fn human_duration(d: Duration) -> String {
 }
 
 /// `500ms`, `30s`, `10m`, `1h`: a number and a unit, as operators write them in unit files.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let expected =
         || format!("expected a duration such as \"500ms\", \"30s\" or \"10m\", got {text:?}");
     let split = text
