@@ -92,6 +92,15 @@ pub struct EtcdArgs {
     pub journey_retention: std::time::Duration,
 }
 
+/// 1 to 64 printable ASCII characters: it is shown on the page and in logs as given.
+fn server_name(text: &str) -> Result<String, String> {
+    if (1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(text.to_owned())
+    } else {
+        Err("expected 1 to 64 printable ASCII characters, no spaces".into())
+    }
+}
+
 /// From 10 s (etcd's leases are not much shorter) to 30 days.
 fn retention(text: &str) -> Result<std::time::Duration, String> {
     let d = flint_config::parse_duration(text)?;
@@ -196,6 +205,10 @@ pub struct HttpArgs {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_requests: u32,
+    /// How this server names itself in journeys and the fleet view, e.g. boot2 (default: its
+    /// host name): boot servers that share a host name (containers, cloned VMs) need one each.
+    #[arg(long, value_name = "NAME", value_parser = server_name)]
+    pub server_name: Option<String>,
     /// The URL machines reach this server at, e.g. http://10.0.200.2:8080. Used in DHCP answers
     /// to iPXE; boot.ipxe then chains to it too. Default: the --proxy-dhcp interface's address
     /// and the --http port, and a relative chain in boot.ipxe.
@@ -279,4 +292,17 @@ pub struct PrepareArgs {
     pub cert_days: u32,
     /// The folder to write.
     pub dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_name_is_printable_and_short() {
+        assert_eq!(server_name("boot-2.rack7").unwrap(), "boot-2.rack7");
+        for bad in ["", "boot 2", "boot\u{1b}[2J", "é", &"b".repeat(65)] {
+            assert!(server_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -461,6 +461,11 @@ impl Journeys {
         }
     }
 
+    /// The name this server's steps carry.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere must not stop the recording: the state stays usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())

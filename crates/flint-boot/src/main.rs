@@ -179,7 +179,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), ExitError> {
     raise_file_limit();
     let metrics = Arc::new(Metrics::new());
     let journeys = Arc::new(Journeys::new(
-        server_name(),
+        args.http.server_name.clone().unwrap_or_else(host_name),
         journey::Limits {
             stuck_after: std::time::Duration::from_secs(args.http.stuck_after),
             install_stuck_after: std::time::Duration::from_secs(args.http.install_stuck_after),
@@ -380,7 +380,7 @@ fn share_journeys(
     services: &mut JoinSet<(&'static str, std::io::Result<()>)>,
 ) {
     let prefix = shared::journeys_prefix(&args.etcd_prefix);
-    let run = shared::instance(&server_name());
+    let run = shared::instance(journeys.server());
     let (sink, steps) = tokio::sync::mpsc::channel(shared::QUEUE);
     journeys.share_to(sink);
     let retention = args.journey_retention;
@@ -397,9 +397,9 @@ fn share_journeys(
     });
 }
 
-/// What journeys name this server by: its host name, from uname(2) rather than /proc, which the
-/// shipped unit hides (`ProcSubset=pid`).
-fn server_name() -> String {
+/// What journeys name this server by without `--server-name`: its host name, from uname(2)
+/// rather than /proc, which the shipped unit hides (`ProcSubset=pid`).
+fn host_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())

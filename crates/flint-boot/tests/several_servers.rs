@@ -238,6 +238,7 @@ impl Site {
             .arg(self.path("tftp"))
             .args(["--proxy-dhcp", SERVER_IFACE])
             .args(["--etcd", &self.etcd_urls()])
+            .args(["--server-name", &format!("boot{k}")])
             .env("RUST_LOG", "debug");
         let started = self
             .segment
@@ -607,6 +608,13 @@ fn metric_in(metrics: &str, series: &str) -> Option<u64> {
     })
 }
 
+/// Which boot server (1..) has address `ip`.
+fn server_number(ip: Ipv4Addr) -> usize {
+    (1..=SERVERS)
+        .find(|k| server_ip(*k) == ip)
+        .unwrap_or_else(|| panic!("{ip} is no boot server"))
+}
+
 /// The steps a machine's journey must hold in every view: one `dhcp` per server that
 /// answered each of its 2 DISCOVERs, then the rest from the one server it booted from.
 fn expected_steps(answering: usize) -> Vec<String> {
@@ -784,6 +792,29 @@ fn a_boot_server_killed_leaves_the_others_to_boot_every_machine_in_one_view() {
     for view in [&view2, &view3] {
         assert_eq!(view["inventory"]["source"], "etcd", "{view:#}");
         assert!(view["inventory"].get("stale").is_none(), "{view:#}");
+        // Each step names the server that saw it (--server-name: all three share a host name):
+        // every server answered each DISCOVER it heard; the rest came from the one that booted
+        // the machine.
+        for (m, booted_by) in [
+            (&m1, 1),
+            (&m2, server_number(m2_from)),
+            (&m3, server_number(m3_from)),
+        ] {
+            let machine = view["machines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|j| j["name"] == m.name)
+                .unwrap();
+            for step in machine["steps"].as_array().unwrap() {
+                let server = step["server"].as_str().unwrap();
+                if step["step"] == "dhcp" {
+                    assert!(server.starts_with("boot"), "{machine:#}");
+                } else {
+                    assert_eq!(server, format!("boot{booted_by}"), "{machine:#}");
+                }
+            }
+        }
     }
 
     // Each survivor saw of m1 only its 2 DISCOVERs, and served one machine whole: the rest of
