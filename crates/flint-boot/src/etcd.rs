@@ -115,6 +115,19 @@ pub enum Written {
     Conflict(Option<Entry>),
 }
 
+/// The pause between tries of etcd's members while none answers: quick at first (a member
+/// restarting comes back within a second), then every 5 s at most. The inventory's watch and the
+/// shared journeys both follow it.
+pub fn reconnect_pace() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// A page of a prefix's keys.
 #[derive(Debug)]
 pub struct Page {

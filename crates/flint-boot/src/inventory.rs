@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backon::BackoffBuilder as _;
 use flint_ipxe::{Inventory, InventoryErrors};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
@@ -311,7 +310,7 @@ impl EtcdSource {
         wait: Duration,
     ) -> Result<(Arc<SharedInventory>, EtcdSource), ExitError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = reconnect_pace();
+        let mut pause = etcd::reconnect_pace();
         let mut said_absent = false;
         let (revision, endpoint, entry) = loop {
             let problem = match etcd.get(&key).await {
@@ -400,7 +399,7 @@ impl EtcdSource {
                     self.endpoint = (self.endpoint + 1) % self.etcd.endpoint_count();
                 }
             }
-            let mut pause = reconnect_pace();
+            let mut pause = etcd::reconnect_pace();
             loop {
                 match self.catch_up(&shared).await {
                     Ok(()) => break,
@@ -507,16 +506,6 @@ impl EtcdSource {
             "the inventory was deleted from etcd; still serving the previous one"
         );
     }
-}
-
-/// Quick at first (a member restarting comes back within a second), then every 5 s at most.
-fn reconnect_pace() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// What keeps the served inventory current.

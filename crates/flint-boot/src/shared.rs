@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::BackoffBuilder as _;
 use flint_ipxe::{ClusterService, Mac, Uuid};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -128,7 +127,7 @@ pub async fn write(
                 (format!("{prefix}{instance}/{seq:016x}"), encode(&step))
             })
             .collect();
-        let mut pause = pace();
+        let mut pause = etcd::reconnect_pace();
         loop {
             let result = async {
                 // A new lease every quarter of the retention: keys live between three
@@ -191,7 +190,7 @@ pub async fn read(etcd: Arc<Etcd>, prefix: String, own: String, journeys: Arc<Jo
     };
     let mut said = false;
     loop {
-        let mut pause = pace();
+        let mut pause = etcd::reconnect_pace();
         loop {
             match reader.catch_up(&etcd).await {
                 Ok(()) => break,
@@ -327,15 +326,6 @@ impl Reader {
         let (run, seq) = rest.split_once('/')?;
         Some((run.to_owned(), u64::from_str_radix(seq, 16).ok()?))
     }
-}
-
-fn pace() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// A step as it is stored: JSON, one object, its fields named (docs/etcd-inventory.md). Unknown
