@@ -48,16 +48,23 @@ pub(crate) async fn report(ctx: &Context, asked: Vec<(&'static str, Url)>) -> Se
         let etcd = etcd.clone();
         probes.spawn(async move {
             let health_url = join_path(&client, "/health");
-            let (status, health) = tokio::join!(etcd.status(&client), etcd.healthy(&health_url));
-            match (status, health) {
-                (Ok(status), Ok(healthy)) => Probe {
+            // One after the other, so that `/health` reuses the connection `status` opened: asked
+            // at once, each would pay a TLS handshake of its own, the costliest part of a check
+            // on a small node.
+            let asked = async {
+                let status = etcd.status(&client).await?;
+                let healthy = etcd.healthy(&health_url).await?;
+                Ok::<_, crate::engines::Error>((status, healthy))
+            };
+            match asked.await {
+                Ok((status, healthy)) => Probe {
                     index,
                     leader_of: (status.leader != 0).then_some(status.leader),
                     is_leader: status.is_leader(),
                     healthy: healthy && status.errors.is_empty(),
                     error: (!status.errors.is_empty()).then(|| one_line(&status.errors.join("; "))),
                 },
-                (Err(e), _) | (_, Err(e)) => Probe {
+                Err(e) => Probe {
                     index,
                     leader_of: None,
                     is_leader: false,
