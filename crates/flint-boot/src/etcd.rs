@@ -36,7 +36,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// etcd refuses requests over 1.5 MiB unless `--max-request-bytes` says otherwise; base64 makes
 /// that 2 MiB. A larger answer is not etcd's.
-const MAX_ANSWER: usize = 8 << 20;
+pub const MAX_ANSWER: usize = 8 << 20;
 /// A watch line carries at most one revision's events on one key: the same bound.
 const MAX_WATCH_LINE: usize = MAX_ANSWER;
 /// Asks etcd to end a watch on a member that has lost its leader (gRPC metadata `hasleader`,

@@ -2,12 +2,14 @@
 //! reads everyone else's into its own journeys, so each server's fleet view shows every machine
 //! whichever server answered it (docs/etcd-inventory.md).
 //!
-//! Each step is a key of its own, `PREFIXjourneys/INSTANCE/SEQ`, written once: concurrent
-//! writers never touch the same key, so no step is lost to a race, and a reader needs no lock.
-//! INSTANCE names one run of one server (its name, start time and a random part), SEQ counts
-//! its steps; a step read twice (a page read again, a write retried on another member) is
-//! known by its SEQ and applied once. Every key is written with a lease that ends after the
-//! retention time, so etcd forgets old machines by itself.
+//! Each batch of steps is a key of its own, `PREFIXjourneys/INSTANCE/SEQ`, written once:
+//! concurrent writers never touch the same key, so no step is lost to a race, and a reader needs
+//! no lock. INSTANCE names one run of one server (its name, start time and a random part), SEQ
+//! counts its batches; a batch read twice (a page read again, a write retried on another member)
+//! is known by its SEQ and applied once. Every key is written with a lease that ends after the
+//! retention time, so etcd forgets old machines by itself. A batch is one key rather than a key
+//! per step because etcd's work (and the watchers' echo of it) goes by keys: a storm's thousands
+//! of steps are tens of keys.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,17 +27,22 @@ use crate::journey::{Event, Journeys, Report, ReportStep, Stamped, printable};
 /// Steps waiting to be written while etcd is slow or away; beyond them a step is not shared
 /// (counted), though this server's own view keeps it.
 pub const QUEUE: usize = 65_536;
-/// etcd's default `--max-txn-ops`.
+/// Steps per key at most.
 const BATCH: usize = 128;
 /// How long a batch waits for more steps before it is written: in a storm, every write is a
 /// Raft round and a disk sync on every member, so a thousand machines' steps go in tens of
 /// transactions rather than thousands; a step reaches the other servers this much later.
 const LINGER: Duration = Duration::from_millis(100);
-/// Keys read per page when catching up: more than a transaction writes (`BATCH`), so a page
-/// that ends inside a transaction's revision and is read again from it always moves on.
-const PAGE: usize = 1_000;
+/// Keys read per page when catching up: more than a transaction writes (one), so a page that
+/// ends inside a transaction's revision and is read again from it always moves on; few enough
+/// that a page of the largest batches, in base64 with its JSON around it, stays within the
+/// largest answer read from etcd.
+const PAGE: usize = 8;
 /// The largest step accepted from etcd: a step is a few hundred bytes.
 const MAX_STEP_BYTES: usize = 4_096;
+/// The largest batch accepted from etcd: `BATCH` of the largest steps, one a line.
+const MAX_BATCH_BYTES: usize = BATCH * (MAX_STEP_BYTES + 1);
+const _: () = assert!(PAGE * (MAX_BATCH_BYTES.div_ceil(3) * 4 + 1_024) <= etcd::MAX_ANSWER);
 /// Runs of other servers remembered for their last step (a server restarts as a new run).
 const MAX_RUNS: usize = 4_096;
 
@@ -91,8 +98,7 @@ pub fn instance(server: &str) -> String {
     format!("{name}-{started:x}-{:04x}", fastrand::u16(..))
 }
 
-/// Writes the steps `steps` brings, in batches of one transaction each, until the channel
-/// closes. While etcd refuses or cannot be reached, the batch is tried again with a growing
+/// Writes the steps `steps` brings, in batches of one key each, until the channel closes. While etcd refuses or cannot be reached, the batch is tried again with a growing
 /// pause and the steps behind it wait in the channel.
 pub async fn write(
     etcd: Arc<Etcd>,
@@ -120,13 +126,26 @@ pub async fn write(
                 _ = &mut linger => break,
             }
         }
-        let puts: Vec<(String, Vec<u8>)> = batch
-            .drain(..)
-            .map(|step| {
-                seq += 1;
-                (format!("{prefix}{instance}/{seq:016x}"), encode(&step))
-            })
-            .collect();
+        let mut steps_in_batch = 0;
+        let mut lines = Vec::new();
+        for step in batch.drain(..) {
+            let line = encode(&step);
+            // Every reader would refuse it; kept out, the batch stays within what etcd takes.
+            if line.len() > MAX_STEP_BYTES {
+                counters.unshared.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if !lines.is_empty() {
+                lines.push(b'\n');
+            }
+            lines.extend(line);
+            steps_in_batch += 1;
+        }
+        if steps_in_batch == 0 {
+            continue;
+        }
+        seq += 1;
+        let puts = [(format!("{prefix}{instance}/{seq:016x}"), lines)];
         let mut pause = etcd::reconnect_pace();
         loop {
             let result = async {
@@ -147,7 +166,7 @@ pub async fn write(
                 Ok(_) => {
                     counters
                         .written
-                        .fetch_add(puts.len() as u64, Ordering::Relaxed);
+                        .fetch_add(steps_in_batch, Ordering::Relaxed);
                     if let Some(since) = failing_since.take() {
                         tracing::info!(
                             after_s = since.elapsed().as_secs(),
@@ -261,7 +280,7 @@ impl Reader {
                 .await?;
             self.endpoint = page.endpoint;
             let mut entries = page.entries;
-            // etcd sorts by revision only; within one (a transaction) a run's steps must come
+            // etcd sorts by revision only; within one (a transaction) a run's batches must come
             // in their order, or the later would hide the earlier.
             entries.sort_by(|a, b| (a.mod_revision, &a.key).cmp(&(b.mod_revision, &b.key)));
             let last = entries.last().map(|e| e.mod_revision);
@@ -285,7 +304,7 @@ impl Reader {
 
     fn take(&mut self, entry: &etcd::Entry) {
         let Some((run, seq)) = self.key_parts(&entry.key) else {
-            self.journeys.shared.refused.fetch_add(1, Ordering::Relaxed);
+            self.refuse(entry, "not a key PREFIXjourneys/RUN/SEQ");
             return;
         };
         if run == self.own {
@@ -294,29 +313,37 @@ impl Reader {
         if self.runs.get(&run).is_some_and(|last| seq <= *last) {
             return;
         }
-        match decode(&entry.bytes) {
-            Ok(step) => {
-                self.journeys.replay(&step);
-                self.journeys
-                    .shared
-                    .replayed
-                    .fetch_add(1, Ordering::Relaxed);
-                if self.runs.len() >= MAX_RUNS && !self.runs.contains_key(&run) {
-                    self.runs.clear();
+        if entry.bytes.len() > MAX_BATCH_BYTES {
+            self.refuse(entry, &format!("larger than {MAX_BATCH_BYTES} bytes"));
+            return;
+        }
+        for line in entry.bytes.split(|b| *b == b'\n') {
+            match decode(line) {
+                Ok(step) => {
+                    self.journeys.replay(&step);
+                    self.journeys
+                        .shared
+                        .replayed
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                self.runs.insert(run, seq);
+                Err(why) => self.refuse(entry, &why),
             }
-            Err(why) => {
-                let refused = self.journeys.shared.refused.fetch_add(1, Ordering::Relaxed);
-                // One line per hundred: a writer that sends garbage must not flood the log.
-                if refused.is_multiple_of(100) {
-                    tracing::warn!(
-                        key = printable(&String::from_utf8_lossy(&entry.key)),
-                        why,
-                        "a shared journey step refused"
-                    );
-                }
-            }
+        }
+        if self.runs.len() >= MAX_RUNS && !self.runs.contains_key(&run) {
+            self.runs.clear();
+        }
+        self.runs.insert(run, seq);
+    }
+
+    fn refuse(&self, entry: &etcd::Entry, why: &str) {
+        let refused = self.journeys.shared.refused.fetch_add(1, Ordering::Relaxed);
+        // One line per hundred: a writer that sends garbage must not flood the log.
+        if refused.is_multiple_of(100) {
+            tracing::warn!(
+                key = printable(&String::from_utf8_lossy(&entry.key)),
+                why,
+                "a shared journey step refused"
+            );
         }
     }
 
@@ -668,6 +695,64 @@ mod tests {
             };
             assert_eq!(decode(&encode(&step)).unwrap(), step);
         }
+    }
+
+    #[test]
+    fn a_batch_is_applied_once_its_bad_lines_refused_and_this_runs_own_skipped() {
+        let journeys = Arc::new(Journeys::new("boot1", crate::journey::Limits::default()));
+        let mut reader = Reader {
+            prefix: "/flint/journeys/".into(),
+            own: "boot1-1-0".into(),
+            journeys: journeys.clone(),
+            runs: HashMap::new(),
+            after: 0,
+            endpoint: 0,
+        };
+        let step = |at_ms| Stamped {
+            server: "boot2".into(),
+            at_ms,
+            event: Event::BootScript {
+                ip: "10.0.0.11".parse().unwrap(),
+            },
+        };
+        let mut bytes = encode(&step(1));
+        bytes.extend(b"\n{\"server\":1}\n");
+        bytes.extend(encode(&step(2)));
+        let entry = |key: &str, bytes: &[u8]| etcd::Entry {
+            key: key.as_bytes().to_vec(),
+            bytes: bytes.to_vec(),
+            mod_revision: 1,
+        };
+        let counts = |j: &Journeys| {
+            (
+                j.shared.replayed.load(Ordering::Relaxed),
+                j.shared.refused.load(Ordering::Relaxed),
+            )
+        };
+        reader.take(&entry("/flint/journeys/boot2-1-0/0000000000000001", &bytes));
+        assert_eq!(counts(&journeys), (2, 1), "two steps replayed, one refused");
+        reader.take(&entry("/flint/journeys/boot2-1-0/0000000000000001", &bytes));
+        assert_eq!(
+            counts(&journeys),
+            (2, 1),
+            "a batch read twice is applied once"
+        );
+        reader.take(&entry("/flint/journeys/boot1-1-0/0000000000000001", &bytes));
+        assert_eq!(
+            counts(&journeys),
+            (2, 1),
+            "this run's own batches are not replayed"
+        );
+        reader.take(&entry(
+            "/flint/journeys/boot3-1-0/0000000000000001",
+            &vec![b' '; MAX_BATCH_BYTES + 1],
+        ));
+        reader.take(&entry("/flint/journeys/no-sequence", &bytes));
+        assert_eq!(
+            counts(&journeys),
+            (2, 3),
+            "too large, and a key of no batch"
+        );
     }
 
     #[test]
