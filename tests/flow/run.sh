@@ -392,7 +392,9 @@ first_boot() {
 
 # browse_fleet: flint-boot's fleet page as an operator's browser shows it while node01-03 boot
 # from their disks: Debian's Chromium, headless, loads it; the DOM it built must show the three
-# machines named, in their installer, none stuck; a screenshot is kept (FLINT_FLOW_ARTIFACTS).
+# machines named, none stuck, each in its installer or, when it installed sooner than the others
+# and its first units have reported, in its first boot or joined (it cannot be healthy before
+# the others are up); a screenshot is kept (FLINT_FLOW_ARTIFACTS).
 browse_fleet() {
     local dom=$work/fleet.dom n
     # shellcheck disable=SC2054 # the comma is the window size's
@@ -400,16 +402,21 @@ browse_fleet() {
         --user-data-dir="$work/chromium" --window-size=1280,720)
     ip netns exec "$boot" "${chromium[@]}" --dump-dom http://10.99.0.2:8080/ >"$dom" 2>>"$work/chromium.log" \
         || fail "headless Chromium did not load flint-boot's page: $(tail -3 "$work/chromium.log")"
+    local phase counted=0
     for n in node01 node02 node03; do
-        grep -qF "data-mac=\"${mac[$n]}\" data-phase=\"installer\"><td>$n</td>" "$dom" \
-            || fail "the fleet page in Chromium has no row of $n in its installer: $(grep -F "${mac[$n]}" "$dom")"
+        grep -qE "data-mac=\"${mac[$n]}\" data-phase=\"(installer|first-boot|joined)\"><td>$n</td>" "$dom" \
+            || fail "the fleet page in Chromium has no row of $n in its installer, first boot or joined: $(grep -F "${mac[$n]}" "$dom")"
     done
-    grep -qF 'id="count-installer">installer <b>3</b>' "$dom" || fail "the fleet page does not count 3 machines in their installer"
+    for phase in installer first-boot joined; do
+        n=$(grep -oE "id=\"count-$phase\">$phase <b>[0-9]+</b>" "$dom" | grep -oE '[0-9]+' | tail -1 || true)
+        counted=$((counted + ${n:-0}))
+    done
+    ((counted == 3)) || fail "the fleet page counts $counted machines in their installer, first boot or joined, not 3"
     grep -qF 'id="count-stuck" class="calm">stuck <b>0</b>' "$dom" || fail "the fleet page shows a stuck machine"
     mkdir -p "$artifacts"
     ip netns exec "$boot" "${chromium[@]}" --screenshot="$artifacts/fleet.png" http://10.99.0.2:8080/ \
         >>"$work/chromium.log" 2>&1 || fail "headless Chromium took no screenshot of flint-boot's page"
-    say "   the fleet page in headless Chromium: node01-03 named, in their installer, none stuck (screenshot: $artifacts/fleet.png)"
+    say "   the fleet page in headless Chromium: node01-03 named, in their installer or past it, none stuck (screenshot: $artifacts/fleet.png)"
 }
 artifacts=${FLINT_FLOW_ARTIFACTS:-/var/tmp/flint-flow-artifacts}
 
