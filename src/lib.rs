@@ -1,8 +1,6 @@
 //! flint's node runtime: joins this machine to its clusters at first boot and checks their
 //! health. `main.rs` only parses arguments and maps errors to exit statuses.
 
-#![forbid(unsafe_code)]
-
 pub mod cli;
 pub mod commands;
 pub mod engines;

@@ -11,7 +11,6 @@ use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -125,17 +124,9 @@ fn node_exporter_reads_the_health_textfile_as_its_own_user() {
     );
 
     let health = || {
-        let mut command =
-            node.command(&["health", "--textfile", textfile.to_str().expect("UTF-8")]);
+        let command = node.command(&["health", "--textfile", textfile.to_str().expect("UTF-8")]);
         // The units' UMask=0077.
-        // SAFETY: umask(2) is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-                Ok(())
-            });
-        }
-        let out = FlintProcess::spawn(command).wait(Duration::from_secs(60));
+        let out = FlintProcess::spawn(under_umask(&command, "0077")).wait(Duration::from_secs(60));
         out.assert_code(0, "health --textfile");
         out
     };
@@ -229,4 +220,25 @@ fn node_exporter_reads_the_health_textfile_as_its_own_user() {
             );
         }
     }
+}
+
+/// `command` run by a shell that sets the umask first and then execs it (the workspace has no
+/// unsafe code, so no `pre_exec`).
+fn under_umask(command: &Command, mask: &str) -> Command {
+    let mut shell = Command::new("/bin/sh");
+    shell
+        .arg("-c")
+        .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => shell.env(key, value),
+            None => shell.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        shell.current_dir(dir);
+    }
+    shell
 }

@@ -7,8 +7,6 @@
 //! A crate of its own so that `flint-boot prepare` writes configs checked by the very code the
 //! node runs on them, without linking the node's HTTP client.
 
-#![forbid(unsafe_code)]
-
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
