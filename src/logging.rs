@@ -5,23 +5,11 @@ use std::io::Write as _;
 
 use tracing::Level;
 
-/// `FLINT_LOG` (error, warn, info, debug, trace) overrides the level; `verbose` raises it to debug.
+/// `FLINT_LOG` and `FLINT_LOG_FORMAT` as flint-log reads them for both binaries; `verbose` makes
+/// debug the default level.
 pub fn init(verbose: bool) {
-    let level = std::env::var("FLINT_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Level>().ok())
-        .unwrap_or(if verbose { Level::DEBUG } else { Level::INFO });
-    // No colours: every control character of a line is escaped, the terminal's too.
-    let builder = tracing_subscriber::fmt()
-        .with_writer(|| GuardedLine(Vec::new()))
-        .with_max_level(level)
-        .with_target(false)
-        .with_ansi(false);
-    if crate::systemd::stderr_is_journal() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
+    let default = if verbose { Level::DEBUG } else { Level::INFO };
+    flint_log::init(default, || GuardedLine(Vec::new()));
 }
 
 /// A step line that a retry loop repeats: `info` the first time, `debug` after, so the journal

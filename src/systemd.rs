@@ -1,7 +1,6 @@
 //! Talking to systemd: `sd_notify` status while waiting, the credentials and state directories,
 //! and whether stderr goes to the journal.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,19 +46,4 @@ pub fn state_dir() -> Option<PathBuf> {
         .next()
         .filter(|s| !s.is_empty())
         .map(PathBuf::from)
-}
-
-/// Whether stderr is connected to the journal (`$JOURNAL_STREAM` names stderr's device and
-/// inode), in which case the journal adds timestamps itself.
-pub fn stderr_is_journal() -> bool {
-    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = stream.split_once(':') else {
-        return false;
-    };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-        return false;
-    };
-    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }

@@ -85,15 +85,23 @@ fn journal_lines_carry_no_timestamp_and_each_wait_is_logged_once() {
         .unwrap();
     assert_eq!(status.code(), Some(69));
     let text = std::fs::read_to_string(&log_path).unwrap();
+    // sd-daemon(3)'s priority prefix, which journald takes as the line's priority, then the level.
     for line in text.lines() {
         assert!(
-            line.starts_with(" INFO") || line.starts_with("ERROR") || line.starts_with(" WARN"),
-            "a journal line starts with its level, not a timestamp: {line:?}"
+            line.starts_with("<6> INFO")
+                || line.starts_with("<3>ERROR")
+                || line.starts_with("<4> WARN"),
+            "a journal line starts with its priority and level, not a timestamp: {line:?}"
         );
     }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<3>ERROR gave up waiting for")),
+        "the failure at priority 3 (err), for journalctl -p err:\n{text}"
+    );
     let waits = text
         .lines()
-        .filter(|l| l.starts_with(" INFO waiting for"))
+        .filter(|l| l.starts_with("<6> INFO waiting for"))
         .count();
     assert_eq!(
         waits, 1,
@@ -113,6 +121,59 @@ fn journal_lines_carry_no_timestamp_and_each_wait_is_logged_once() {
         text.lines().all(|l| l.starts_with("20")),
         "timestamped lines expected:\n{text}"
     );
+}
+
+#[test]
+fn flint_log_format_json_writes_one_object_a_line_and_bad_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = unreachable_config(dir.path(), "1s");
+    let join = |env: &[(&str, &str)]| {
+        let mut command = flint();
+        command
+            .args(["--config".as_ref(), config.as_os_str()])
+            .args(["--state-dir".as_ref(), dir.path().join("state").as_os_str()])
+            .args(["join", "etcd"]);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(69));
+        String::from_utf8(output.stderr).unwrap()
+    };
+
+    let text = join(&[("FLINT_LOG_FORMAT", "json"), ("FLINT_LOG", "debug")]);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l:?}")))
+        .collect();
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["message"].is_string(), "{line}");
+    }
+    let level_of = |start: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().unwrap().starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start:?} in {text}"))["level"]
+            .clone()
+    };
+    assert_eq!(level_of("waiting for"), "INFO");
+    assert_eq!(level_of("gave up waiting for"), "ERROR");
+    assert!(
+        lines.iter().any(|l| l["level"] == "DEBUG"),
+        "FLINT_LOG=debug lets debug lines through:\n{text}"
+    );
+
+    let text = join(&[("FLINT_LOG", "loud"), ("FLINT_LOG_FORMAT", "yaml")]);
+    assert!(
+        text.contains(r#"FLINT_LOG="loud" is not a log level (error, warn, info, debug, trace); logging at INFO"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"FLINT_LOG_FORMAT="yaml" is not a log format (text, json); writing text"#),
+        "{text}"
+    );
+    assert!(text.contains("gave up waiting for"), "{text}");
 }
 
 #[test]

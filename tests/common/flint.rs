@@ -23,7 +23,8 @@ pub fn flint_command() -> Command {
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("STATE_DIRECTORY")
         .env_remove("NOTIFY_SOCKET")
-        .env_remove("RUST_LOG")
+        .env_remove("FLINT_LOG")
+        .env_remove("FLINT_LOG_FORMAT")
         .env("NO_COLOR", "1");
     command
 }

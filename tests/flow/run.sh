@@ -194,7 +194,7 @@ background dnsmasq ip netns exec "$site" dnsmasq --conf-file=/dev/null --keep-in
     --dhcp-range=10.99.0.100,10.99.0.199,255.255.255.0,1h "${dhcp_hosts[@]}" \
     --enable-ra --dhcp-range=::,constructor:br0,ra-only --dhcp-leasefile="$work/dnsmasq.leases" \
     --log-dhcp --log-facility=-
-RUST_LOG=info background flint-boot ip netns exec "$boot" "$flint_boot" serve --inventory "$work/inventory.json" \
+FLINT_LOG=info background flint-boot ip netns exec "$boot" "$flint_boot" serve --inventory "$work/inventory.json" \
     --images "$work/images" --http 0.0.0.0:8080 --tftp 0.0.0.0:69 --tftp-root "$work/tftp" --proxy-dhcp eth0 \
     --reports 0.0.0.0:8443 --tls-ca "$prepared/boot-server/ca.pem" \
     --tls-cert "$prepared/boot-server/boot-server.pem" --tls-key "$prepared/boot-server/boot-server-key.pem"

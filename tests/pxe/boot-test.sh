@@ -153,7 +153,7 @@ until_true 10 dnsmasq_ready || {
 # ProxyDHCP on eth0, TFTP and HTTP on every address of the boot namespace. Debug logs show the
 # DHCP packets it leaves alone and EDK2's TFTP size probe.
 flint_log=$work/flint-boot.log
-RUST_LOG=debug background flint-boot ip netns exec "$boot" "$flint_boot" serve --inventory "$work/inventory.json" \
+FLINT_LOG=debug background flint-boot ip netns exec "$boot" "$flint_boot" serve --inventory "$work/inventory.json" \
     --images "$work/images" --http 0.0.0.0:8080 --tftp 0.0.0.0:69 --tftp-root "$work/tftp" --proxy-dhcp eth0
 flint_pid=$last_pid
 boot_server() { ip netns exec "$boot" curl -fsS --max-time 2 "http://10.99.0.2:8080$1"; }

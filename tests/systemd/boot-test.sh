@@ -164,6 +164,7 @@ for u in $units; do
         -p ExecMainStartTimestampMonotonic -p ExecMainExitTimestampMonotonic -p ActiveEnterTimestampMonotonic \
         $u.service > /results/$u.show
     journalctl -b -u $u.service -o cat --no-pager > /results/$u.journal
+    journalctl -b -u $u.service -p err -o cat --no-pager > /results/$u.err
 done
 ls -A /var/lib/flint > /results/state-dir 2>&1
 textfiles=/var/lib/prometheus/node-exporter
@@ -259,6 +260,12 @@ fi
     || fail "the textfile folder holds more than the textfile: $(cat "$work/good/results/textfile-dir")"
 grep -qx 'flint_cluster_healthy{service="chainfire"} 1' "$work/good/results/cluster-health.prom" \
     || fail "no healthy chainfire in the textfile: $(cat "$work/good/results/cluster-health.prom")"
+for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup cluster-health-check; do
+    # journalctl prints "-- No entries --" for none; any line of flint's own is a failure.
+    if grep -v '^-- No entries --$' "$work/good/results/$unit.err"; then
+        fail "$unit succeeded, yet journalctl -p err shows the lines above"
+    fi
+done
 echo "  ok: 4 units succeeded in order; markers; step lines in the journal; STATUS= while waiting;"
 echo "      the textfile written 0644 into the folder tmpfiles.d/flint.conf made"
 
@@ -291,7 +298,12 @@ expect_prop transient flaredb-cluster-join ExecMainStatus 69
 restarts=$(prop transient NRestarts flaredb-cluster-join)
 ((restarts >= 1)) || fail "a join that failed with 69 was not restarted (NRestarts=$restarts)"
 grep -q "gave up waiting for" "$work/transient/results/flaredb-cluster-join.journal" || fail "no deadline line"
-echo "  ok: exit 69, restarted $restarts times by systemd"
+grep -q "gave up waiting for" "$work/transient/results/flaredb-cluster-join.err" \
+    || fail "journalctl -p err -u flaredb-cluster-join does not show the failure: $(cat "$work/transient/results/flaredb-cluster-join.err")"
+if grep -q "waiting for the local flaredb" "$work/transient/results/flaredb-cluster-join.err"; then
+    fail "journalctl -p err shows flint's info lines too: the priority prefix was not read"
+fi
+echo "  ok: exit 69, restarted $restarts times by systemd; journalctl -p err shows the failure and only it"
 
 # --- boot 4: configuration error, not restarted --------------------------------------------------
 echo "boot 4: an unknown field in the configuration"
@@ -300,10 +312,10 @@ boot badconfig
 for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup; do
     expect_prop badconfig "$unit" ExecMainStatus 78
     expect_prop badconfig "$unit" NRestarts 0
-    grep -q "cluster-config.json.*lader_url" "$work/badconfig/results/$unit.journal" \
-        || fail "$unit: no journal line naming the file and the field: $(cat "$work/badconfig/results/$unit.journal")"
+    grep -q "cluster-config.json.*lader_url" "$work/badconfig/results/$unit.err" \
+        || fail "$unit: no line at priority err naming the file and the field: $(cat "$work/badconfig/results/$unit.journal")"
 done
-echo "  ok: exit 78, file and field named in the journal, no restart"
+echo "  ok: exit 78, file and field named in the journal at priority err, no restart"
 
 # --- boot 5: the credential is missing -----------------------------------------------------------
 echo "boot 5: /etc/nixos/secrets/cluster-config.json missing"

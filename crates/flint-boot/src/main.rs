@@ -28,17 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
         }
     };
-    // No env-filter in the workspace; RUST_LOG may still name a single level.
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_ansi(false)
-        .init();
+    flint_log::init(tracing::Level::INFO, std::io::stderr);
     let result = match cli.command {
         cli::Command::Render(args) => render_command(&args),
         cli::Command::Prepare(args) => prepare_command(args),
@@ -73,7 +63,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("flint-boot: {e}");
+            tracing::error!("{e}");
             ExitCode::from(e.code())
         }
     }

@@ -55,7 +55,7 @@ impl Server {
             .arg(images)
             .args(["--tftp", &tftp.to_string(), "--tftp-root"])
             .arg(root)
-            .env("RUST_LOG", "debug")
+            .env("FLINT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -239,7 +239,7 @@ impl Site {
             .args(["--proxy-dhcp", SERVER_IFACE])
             .args(["--etcd", &self.etcd_urls()])
             .args(["--server-name", &format!("boot{k}")])
-            .env("RUST_LOG", "debug");
+            .env("FLINT_LOG", "debug");
         let started = self
             .segment
             .spawn(&format!("boot server {k}"), command, &self.server_log(k));

@@ -144,3 +144,70 @@ fn no_ready_while_a_listener_cannot_be_bound() {
         );
     }
 }
+
+/// In the journal (`$JOURNAL_STREAM` names stderr), each line starts with its syslog priority, so
+/// `journalctl -p err -u flint-boot` finds the failure; `FLINT_LOG_FORMAT=json` writes objects.
+#[test]
+fn journal_lines_carry_their_priority_and_json_lines_their_level() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.json");
+    let render = |env: &[(&str, String)], stderr: Stdio| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["render", "--inventory"])
+            .arg(&missing)
+            .arg(dir.path().join("out"))
+            .env_remove("FLINT_LOG")
+            .env_remove("FLINT_LOG_FORMAT")
+            .stderr(stderr);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.status().unwrap()
+    };
+
+    let path = dir.path().join("journal");
+    let file = std::fs::File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let status = render(&[("JOURNAL_STREAM", stream)], Stdio::from(file));
+    assert_ne!(status.code(), Some(0));
+    let log = std::fs::read_to_string(&path).unwrap();
+    let missing_text = missing.display().to_string();
+    // The error and each of its problems, a line each, all at priority 3 (err).
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<3>ERROR inventory rejected")),
+        "the failure at priority 3, without a timestamp: {log:?}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<3>") && l.contains(&missing_text)),
+        "the problem's own line at priority 3: {log:?}"
+    );
+    assert!(
+        log.lines().all(|l| l.starts_with('<')),
+        "every line with its priority: {log:?}"
+    );
+
+    let path = dir.path().join("json");
+    let file = std::fs::File::create(&path).unwrap();
+    render(
+        &[("FLINT_LOG_FORMAT", "json".to_owned())],
+        Stdio::from(file),
+    );
+    let log = std::fs::read_to_string(&path).unwrap();
+    let failure = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+        })
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR object: {log:?}"));
+    assert!(
+        failure["message"].as_str().unwrap().contains(&missing_text),
+        "{failure}"
+    );
+    assert!(failure["timestamp"].is_string(), "{failure}");
+}

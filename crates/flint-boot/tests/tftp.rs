@@ -30,7 +30,7 @@ impl Server {
             .args(["serve", "--tftp", &addr.to_string(), "--tftp-root"])
             .arg(dir.path().join("root"))
             .args(["--tftp-max-transfers", &max_transfers.to_string()])
-            .env("RUST_LOG", "debug")
+            .env("FLINT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

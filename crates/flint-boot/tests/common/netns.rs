@@ -76,7 +76,7 @@ impl Link {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.server_ns, program])
             .args(args)
-            .env("RUST_LOG", "debug")
+            .env("FLINT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

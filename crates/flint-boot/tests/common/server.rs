@@ -81,7 +81,7 @@ impl Server {
             .arg("--images")
             .arg(&images)
             .args(extra)
-            .env("RUST_LOG", "debug")
+            .env("FLINT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
