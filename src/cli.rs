@@ -18,7 +18,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/flint";
 
 /// flint joins this machine to its clusters at first boot and checks their health.
 #[derive(Debug, Parser)]
-#[command(version, about, help_expected = true)]
+#[command(version, about, help_expected = true, after_help = crate::exit::help())]
 pub struct Cli {
     /// cluster-config.json to read when $CREDENTIALS_DIRECTORY has none.
     #[arg(long, global = true, value_name = "PATH")]
@@ -36,6 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Join this node to a service's cluster, once (a marker records it).
+    #[command(after_help = crate::exit::help())]
     Join {
         /// The service whose cluster to join.
         service: JoinService,
@@ -44,8 +45,10 @@ pub enum Command {
         phase: Option<join_etcd::Phase>,
     },
     /// Run IAM's initial setup (first organization and admin), once, after flaredb has joined.
+    #[command(after_help = crate::exit::help())]
     IamSetup,
     /// Check each service's quorum, leader and members; exit 1 when unhealthy.
+    #[command(after_help = crate::exit::help())]
     Health {
         /// Print the report as JSON.
         #[arg(long)]
@@ -70,6 +73,7 @@ pub enum Command {
         wait: bool,
     },
     /// Show this node's join state and what a join would do; with a flag, recover.
+    #[command(after_help = crate::exit::help())]
     NodeJoin(node_join::Args),
 }
 

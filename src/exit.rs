@@ -2,39 +2,62 @@
 
 use std::fmt;
 
-/// What a run of flint ended with. The numbers are part of flint's interface: systemd units
-/// stop restarting on the permanent ones (64, 65, 77, 78).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// Done, already done, or healthy.
-    Success,
-    /// `flint health` found a service without quorum or without exactly one leader.
-    Unhealthy,
-    /// The command line was wrong.
-    Usage,
-    /// A server answered something flint cannot accept (malformed, or a conflicting membership).
-    BadAnswer,
-    /// The deadline passed while a service was unreachable or not ready.
-    Unavailable,
-    /// A secret readable by others, a file flint may not read, or a peer that failed TLS
-    /// verification.
-    Permission,
-    /// The configuration is missing or invalid.
-    Config,
+/// The table of statuses: each variant, its number and what it tells an operator. The enum,
+/// `code`, `meaning` and `ALL` are made from it, so `--help` and the man pages (flint-dist)
+/// list exactly what the code returns.
+macro_rules! exit_statuses {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal, $meaning:literal;)*) => {
+        /// What a run of flint ended with. The numbers are part of flint's interface: systemd
+        /// units stop restarting on the permanent ones (64, 65, 77, 78).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ExitStatus {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ExitStatus {
+            pub const ALL: &[ExitStatus] = &[$(ExitStatus::$variant),*];
+
+            pub fn code(self) -> u8 {
+                match self {
+                    $(ExitStatus::$variant => $code,)*
+                }
+            }
+
+            /// One line for `--help` and the man pages' EXIT STATUS.
+            pub fn meaning(self) -> &'static str {
+                match self {
+                    $(ExitStatus::$variant => $meaning,)*
+                }
+            }
+        }
+    };
 }
 
-impl ExitStatus {
-    pub fn code(self) -> u8 {
-        match self {
-            ExitStatus::Success => 0,
-            ExitStatus::Unhealthy => 1,
-            ExitStatus::Usage => 64,
-            ExitStatus::BadAnswer => 65,
-            ExitStatus::Unavailable => 69,
-            ExitStatus::Permission => 77,
-            ExitStatus::Config => 78,
-        }
+exit_statuses! {
+    /// Done, already done, or healthy.
+    Success = 0, "done, done before (a marker), or healthy";
+    /// `flint health` found a service without quorum or without exactly one leader.
+    Unhealthy = 1, "flint health: a service without quorum, without one leader, or a member missing";
+    /// The command line was wrong.
+    Usage = 64, "the command line is wrong";
+    /// A server answered something flint cannot accept (malformed, or a conflicting membership).
+    BadAnswer = 65, "a server answered what flint cannot accept (malformed, a conflicting member)";
+    /// The deadline passed while a service was unreachable or not ready.
+    Unavailable = 69, "the deadline passed while a service was unreachable or not ready (retried)";
+    /// A secret readable by others, a file flint may not read, or a peer that failed TLS
+    /// verification.
+    Permission = 77, "a secret readable by others, a file flint may not read, or TLS verification failed";
+    /// The configuration is missing or invalid.
+    Config = 78, "the configuration is missing or invalid (the line names the file and field)";
+}
+
+/// The exit statuses as `--help` ends with them.
+pub fn help() -> String {
+    let mut text = String::from("Exit status:\n");
+    for status in ExitStatus::ALL {
+        text.push_str(&format!("  {:>2}  {}\n", status.code(), status.meaning()));
     }
+    text
 }
 
 impl fmt::Display for ExitStatus {

@@ -203,3 +203,31 @@ fn exit_78_configuration() {
         "nothing sent with a bad config"
     );
 }
+
+/// `--help` of every command ends with the statuses this file produces, from the table the code
+/// exits by (`flint::exit::ExitStatus`), so an operator reads them where they look first.
+#[test]
+fn every_command_help_lists_every_exit_status() {
+    for args in [
+        &["--help"][..],
+        &["join", "--help"],
+        &["iam-setup", "--help"],
+        &["health", "--help"],
+        &["node-join", "--help"],
+    ] {
+        let out = run_bounded(flint_command().args(args), Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let statuses = help
+            .split_once("Exit status:\n")
+            .unwrap_or_else(|| panic!("no exit statuses in {args:?}:\n{help}"))
+            .1;
+        for status in flint::exit::ExitStatus::ALL {
+            let line = format!("{:>4}  {}", status.code(), status.meaning());
+            assert!(
+                statuses.lines().any(|l| l == line),
+                "{line:?} missing in {args:?}:\n{help}"
+            );
+        }
+    }
+}

@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "flint-boot",
     version,
-    about = "Boot server for bare-metal nodes: HTTP, TFTP and ProxyDHCP for iPXE"
+    about = "Boot server for bare-metal nodes: HTTP, TFTP and ProxyDHCP for iPXE",
+    after_help = crate::exit::help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -19,18 +20,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the boot services until SIGTERM or SIGINT; SIGHUP reloads the inventory.
+    #[command(after_help = crate::exit::help())]
     Serve(Box<ServeArgs>),
     /// Write boot.ipxe and every script `serve` can answer as static files under DIR.
+    #[command(after_help = crate::exit::help())]
     Render(RenderArgs),
     /// Write every node's secrets folder (cluster-config.json, CA and node certificates,
     /// tokens) from the inventory's cluster, under DIR/nodes/NAME; what stays with the operator
     /// (the CA key, the tokens' originals) goes to DIR/cluster. Reruns change nothing.
+    #[command(after_help = crate::exit::help())]
     Prepare(PrepareArgs),
     /// Show every machine a running boot server has seen: its phase, its last step and how long
     /// ago, stuck machines first.
+    #[command(after_help = crate::exit::help())]
     Status(StatusArgs),
     /// Read or write the inventory the boot servers of a site share in etcd.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = crate::exit::help())]
     Inventory(InventoryCommand),
 }
 
@@ -39,8 +44,10 @@ pub enum InventoryCommand {
     /// Validate FILE and write it to etcd, only if the stored inventory is still the one of
     /// --revision (or, without it, the one this command reads just before): a concurrent change
     /// is never overwritten (exit 75). An inventory equal to the stored one is not written again.
+    #[command(after_help = crate::exit::help())]
     Put(InventoryPutArgs),
     /// Print the inventory stored in etcd, as written, and its revision on stderr.
+    #[command(after_help = crate::exit::help())]
     Get(InventoryGetArgs),
 }
 

@@ -1,9 +1,10 @@
 //! flint-boot's services as a library: the `flint-boot` binary wires them together; the fuzz
 //! targets and the scale driver call the packet handling directly.
 
+pub mod cli;
 pub mod dhcp;
 pub mod etcd;
-mod exit;
+pub mod exit;
 pub mod http;
 pub mod identity;
 pub mod inventory;

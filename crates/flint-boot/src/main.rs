@@ -1,8 +1,6 @@
 //! `flint-boot`: the boot server of the pre-install phase (HTTP, TFTP, ProxyDHCP) and the
 //! static renderer of its scripts.
 
-mod cli;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,7 +14,7 @@ use flint_boot::inventory::{self, FileSource, SharedInventory, Watcher};
 use flint_boot::journey::{self, Journeys};
 use flint_boot::metrics::Metrics;
 use flint_boot::{
-    ExitError, dhcp, etcd, http, inventory_command, prepare, render, reports, served, shared,
+    ExitError, cli, dhcp, etcd, http, inventory_command, prepare, render, reports, served, shared,
     status, tftp,
 };
 

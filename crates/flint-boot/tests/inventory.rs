@@ -126,3 +126,33 @@ fn an_inventory_beyond_64_mib_is_refused_at_start_and_on_reload() {
     assert!(s.log().contains("still serving the previous one"));
     assert!(script(&s).contains("booting node01"));
 }
+
+/// `--help` of every command ends with flint-boot's exit statuses, from the table the code exits
+/// by.
+#[test]
+fn every_command_help_lists_every_exit_status() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["render", "--help"],
+        &["prepare", "--help"],
+        &["status", "--help"],
+        &["inventory", "put", "--help"],
+        &["inventory", "get", "--help"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let statuses = help
+            .split_once("Exit status:\n")
+            .unwrap_or_else(|| panic!("no exit statuses in {args:?}:\n{help}"))
+            .1;
+        for (code, meaning) in flint_boot::exit::EXIT_STATUSES {
+            let line = format!("{code:>4}  {meaning}");
+            assert!(
+                statuses.lines().any(|l| l == line),
+                "{line:?} missing in {args:?}:\n{help}"
+            );
+        }
+    }
+}
