@@ -148,6 +148,19 @@ pub enum Ignored {
     NoBinary(Firmware),
 }
 
+/// Every `Ignored::reason`, for `flint_boot_dhcp_ignored_total` to show at 0 from the start.
+pub(crate) const IGNORED_REASONS: [&[&str]; 9] = [
+    &["malformed"],
+    &["not-request"],
+    &["not-pxe"],
+    &["no-arch"],
+    &["unsupported-arch"],
+    &["message-type"],
+    &["no-http"],
+    &["no-tftp"],
+    &["no-binary"],
+];
+
 impl Ignored {
     pub fn reason(&self) -> &'static str {
         match self {
@@ -347,7 +360,7 @@ pub async fn serve(
             Ok((len, SocketAddr::V4(from))) => (len, from),
             Ok(_) => continue,
             Err(e) => {
-                metrics.errors.inc(&["dhcp-recv"]);
+                metrics.error(crate::metrics::ErrorKind::DhcpRecv);
                 tracing::warn!(port = port.number(), error = %e, "dhcp receive");
                 continue;
             }
@@ -391,7 +404,7 @@ pub async fn serve(
                         }
                     }
                     Err(e) => {
-                        metrics.errors.inc(&["dhcp-send"]);
+                        metrics.error(crate::metrics::ErrorKind::DhcpSend);
                         tracing::warn!(port = port.number(), %mac, to = %a.to, error = %e, "dhcp send");
                     }
                 }
@@ -406,6 +419,30 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_reason_is_known_to_the_metrics() {
+        use super::*;
+        let reasons: Vec<&str> = [
+            Ignored::Malformed(request::Malformed::Cookie),
+            Ignored::NotRequest,
+            Ignored::NotPxe,
+            Ignored::NoArch,
+            Ignored::UnsupportedArch(99),
+            Ignored::MessageType {
+                message_type: None,
+                port: 67,
+            },
+            Ignored::NoHttp,
+            Ignored::NoTftp,
+            Ignored::NoBinary(Firmware::Bios),
+        ]
+        .iter()
+        .map(Ignored::reason)
+        .collect();
+        let known: Vec<&str> = IGNORED_REASONS.iter().map(|r| r[0]).collect();
+        assert_eq!(reasons, known);
+    }
+
     use super::*;
 
     #[test]

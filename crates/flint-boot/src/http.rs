@@ -249,7 +249,8 @@ async fn count(State(gate): State<Gate>, req: Request, next: Next) -> Response {
     let route = route(req.uri().path());
     let slot = if is_download(req.uri().path()) {
         // Never closed, so acquiring only waits.
-        gate.downloads.clone().acquire_owned().await.ok()
+        let permit = gate.downloads.clone().acquire_owned().await.ok();
+        permit.map(|permit| DownloadSlot::new(permit, gate.metrics.clone()))
     } else {
         None
     };
@@ -280,7 +281,7 @@ async fn count(State(gate): State<Gate>, req: Request, next: Next) -> Response {
         });
     gate.metrics.http_requests.inc(&[route, status.as_str()]);
     if status.is_server_error() {
-        gate.metrics.errors.inc(&["http"]);
+        gate.metrics.error(crate::metrics::ErrorKind::Http);
         tracing::warn!(
             path = uri.path(),
             status = status.as_u16(),
@@ -325,7 +326,31 @@ struct Counted {
     inner: Body,
     metrics: Arc<Metrics>,
     delivery: Option<Delivery>,
-    _slot: Option<OwnedSemaphorePermit>,
+    _slot: Option<DownloadSlot>,
+}
+
+/// A download's slot, counted in `flint_boot_http_downloads_in_flight` while it is held.
+struct DownloadSlot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl DownloadSlot {
+    fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.downloads_in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for DownloadSlot {
+    fn drop(&mut self) {
+        self.metrics
+            .downloads_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl http_body::Body for Counted {

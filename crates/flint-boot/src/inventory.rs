@@ -53,11 +53,20 @@ pub struct SharedInventory {
     metrics: Arc<Metrics>,
 }
 
+/// The inventory's node count, and each of its profiles a series of the scripts served from
+/// the start, at 0.
+fn count(metrics: &Metrics, inventory: &Inventory) {
+    metrics
+        .inventory_nodes
+        .store(inventory.nodes().len() as u64, Ordering::Relaxed);
+    for profile in inventory.profiles().keys() {
+        metrics.scripts.add(&[profile], 0);
+    }
+}
+
 impl SharedInventory {
     fn new(inventory: Inventory, origin: Origin, metrics: Arc<Metrics>) -> Self {
-        metrics
-            .inventory_nodes
-            .store(inventory.nodes().len() as u64, Ordering::Relaxed);
+        count(&metrics, &inventory);
         Self {
             current: RwLock::new(Arc::new(inventory)),
             origin: Mutex::new(origin),
@@ -80,15 +89,12 @@ impl SharedInventory {
     }
 
     fn replace(&self, inventory: Inventory, revision: Option<i64>) {
-        let nodes = inventory.nodes().len();
+        count(&self.metrics, &inventory);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(inventory);
         self.origin
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .revision = revision;
-        self.metrics
-            .inventory_nodes
-            .store(nodes as u64, Ordering::Relaxed);
         self.metrics.inventory_reloads.inc(&["ok"]);
         if let Some(revision) = revision {
             self.metrics

@@ -14,6 +14,10 @@ pub struct Family {
     help: &'static str,
     kind: &'static str,
     labels: &'static [&'static str],
+    /// The label values known in advance: their series are rendered from the start, at 0, so
+    /// that an alert on `increase()` sees the first event (a series that appears at 1 has no
+    /// increase to show).
+    known: &'static [&'static [&'static str]],
     series: Mutex<BTreeMap<Vec<String>, u64>>,
 }
 
@@ -23,12 +27,14 @@ impl Family {
         help: &'static str,
         kind: &'static str,
         labels: &'static [&'static str],
+        known: &'static [&'static [&'static str]],
     ) -> Self {
         Self {
             name,
             help,
             kind,
             labels,
+            known,
             series: Mutex::new(BTreeMap::new()),
         }
     }
@@ -51,7 +57,12 @@ impl Family {
     fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
-        for (values, n) in self.lock().iter() {
+        let mut series = self.lock();
+        for values in self.known {
+            let key = values.iter().map(|v| (*v).to_owned()).collect();
+            series.entry(key).or_default();
+        }
+        for (values, n) in series.iter() {
             out.push_str(self.name);
             if !values.is_empty() {
                 out.push('{');
@@ -107,6 +118,30 @@ impl ReportAnswer {
     }
 }
 
+/// What failed in the server itself (`flint_boot_errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    DhcpRecv,
+    DhcpSend,
+    TftpSocket,
+    TftpIo,
+    Http,
+}
+
+impl ErrorKind {
+    const KNOWN: [&'static [&'static str]; 5] = [
+        &["dhcp-recv"],
+        &["dhcp-send"],
+        &["tftp-socket"],
+        &["tftp-io"],
+        &["http"],
+    ];
+
+    fn name(self) -> &'static str {
+        Self::KNOWN[self as usize][0]
+    }
+}
+
 pub struct Metrics {
     pub http_requests: Family,
     pub http_bytes: AtomicU64,
@@ -126,6 +161,10 @@ pub struct Metrics {
     /// By `ReportAnswer::ALL`'s order: every answer is a series from the start, at 0, so an
     /// alert on `increase()` sees the first rejected report.
     pub reports: [AtomicU64; ReportAnswer::ALL.len()],
+    /// Image downloads holding a slot (`--http-max-downloads`).
+    pub downloads_in_flight: AtomicU64,
+    /// TFTP transfers holding a slot (`--tftp-max-transfers`).
+    tftp_in_flight: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -142,6 +181,7 @@ impl Metrics {
                 "HTTP requests answered, by route and status.",
                 "counter",
                 &["route", "status"],
+                &[],
             ),
             http_bytes: AtomicU64::new(0),
             scripts: Family::new(
@@ -149,12 +189,15 @@ impl Metrics {
                 "iPXE scripts served at /ipxe, by profile (or the policy: menu, refuse).",
                 "counter",
                 &["profile"],
+                // The inventory's profiles are added at 0 when it is loaded.
+                &[&["menu"], &["refuse"]],
             ),
             tftp_transfers: Family::new(
                 "flint_boot_tftp_transfers_total",
                 "TFTP transfers, by outcome.",
                 "counter",
                 &["outcome"],
+                &crate::tftp::OUTCOMES,
             ),
             tftp_bytes: AtomicU64::new(0),
             tftp_waiting: Family::new(
@@ -162,24 +205,28 @@ impl Metrics {
                 "TFTP read requests not started at once: queued (every slot taken), duplicate (a retransmission of a queued or running one), queue-full (left unanswered), abandoned (its client silent too long when its turn came).",
                 "counter",
                 &["event"],
+                &[&["queued"], &["duplicate"], &["queue-full"], &["abandoned"]],
             ),
             dhcp_answers: Family::new(
                 "flint_boot_dhcp_answers_total",
                 "ProxyDHCP offers (port 67) and acks (port 4011), by client arch and what was handed out.",
                 "counter",
                 &["port", "arch", "boot"],
+                &[],
             ),
             dhcp_ignored: Family::new(
                 "flint_boot_dhcp_ignored_total",
                 "DHCP packets not answered, by reason.",
                 "counter",
                 &["reason"],
+                &crate::dhcp::IGNORED_REASONS,
             ),
             inventory_reloads: Family::new(
                 "flint_boot_inventory_reloads_total",
                 "Inventory reloads, by result (a rejected inventory leaves the previous one serving).",
                 "counter",
                 &["result"],
+                &[&["ok"], &["rejected"]],
             ),
             inventory_nodes: AtomicU64::new(0),
             inventory_revision: AtomicU64::new(0),
@@ -189,9 +236,21 @@ impl Metrics {
                 "Errors of the server itself (socket and file errors), by kind.",
                 "counter",
                 &["kind"],
+                &ErrorKind::KNOWN,
             ),
             reports: [const { AtomicU64::new(0) }; ReportAnswer::ALL.len()],
+            downloads_in_flight: AtomicU64::new(0),
+            tftp_in_flight: AtomicU64::new(0),
         }
+    }
+
+    pub fn tftp_in_flight(&self, transfers: usize) {
+        self.tftp_in_flight
+            .store(transfers as u64, Ordering::Relaxed);
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors.inc(&[kind.name()]);
     }
 
     pub fn report(&self, answer: ReportAnswer) {
@@ -200,6 +259,45 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP flint_boot_build_info The running flint-boot's version.\n\
+             # TYPE flint_boot_build_info gauge\n\
+             flint_boot_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let (open, limit) = file_descriptors();
+        for (name, help, value) in [
+            (
+                "process_open_fds",
+                "Open file descriptors (each connection, transfer and download holds one).",
+                open,
+            ),
+            (
+                "process_max_fds",
+                "The soft limit on open file descriptors (RLIMIT_NOFILE).",
+                limit,
+            ),
+        ] {
+            if let Some(value) = value {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+                );
+            }
+        }
+        gauge(
+            &mut out,
+            "flint_boot_http_downloads_in_flight",
+            "Image downloads being sent, each holding one of --http-max-downloads slots.",
+            &self.downloads_in_flight,
+        );
+        gauge(
+            &mut out,
+            "flint_boot_tftp_transfers_in_flight",
+            "TFTP transfers being sent, each holding one of --tftp-max-transfers slots.",
+            &self.tftp_in_flight,
+        );
         self.http_requests.render(&mut out);
         counter(
             &mut out,
@@ -250,6 +348,17 @@ impl Metrics {
         );
         out
     }
+}
+
+/// This process's open file descriptors and their soft limit, each when it can be read.
+fn file_descriptors() -> (Option<u64>, Option<u64>) {
+    let open = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|entries| entries.count() as u64);
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    (open, limit)
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: &AtomicU64) {

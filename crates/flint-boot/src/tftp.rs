@@ -185,6 +185,7 @@ pub async fn serve(
             }
             s.free -= 1;
             s.active.push((peer, raw.clone()));
+            metrics.tftp_in_flight(s.active.len());
         }
         let (config, metrics, slots) = (config.clone(), metrics.clone(), slots.clone());
         let journeys = journeys.clone();
@@ -200,7 +201,9 @@ pub async fn serve(
                 }
                 let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
                 s.finished(peer, &raw);
-                match s.next(&metrics) {
+                let next = s.next(&metrics);
+                metrics.tftp_in_flight(s.active.len());
+                match next {
                     Some(next) => (peer, raw) = next,
                     None => break,
                 }
@@ -232,13 +235,13 @@ fn handle(
     let sock = match std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)) {
         Ok(s) => s,
         Err(e) => {
-            metrics.errors.inc(&["tftp-socket"]);
+            metrics.error(crate::metrics::ErrorKind::TftpSocket);
             tracing::error!(%peer, error = %e, "tftp: cannot bind transfer socket");
             return;
         }
     };
     if let Err(e) = sock.connect(peer) {
-        metrics.errors.inc(&["tftp-socket"]);
+        metrics.error(crate::metrics::ErrorKind::TftpSocket);
         tracing::error!(%peer, error = %e, "tftp: cannot connect transfer socket");
         return;
     }
@@ -294,12 +297,23 @@ fn handle(
             journeys.binary_sent(peer.ip(), file, bytes, false, "tftp");
         }
         Outcome::Io(e) => {
-            metrics.errors.inc(&["tftp-io"]);
+            metrics.error(crate::metrics::ErrorKind::TftpIo);
             tracing::error!(%peer, file, bytes, ms, error = %e, "tftp transfer failed");
             journeys.binary_sent(peer.ip(), file, bytes, false, "tftp");
         }
     }
 }
+
+/// Every `Outcome::label`, for `flint_boot_tftp_transfers_total` to show at 0 from the start.
+pub(crate) const OUTCOMES: [&[&str]; 7] = [
+    &["sent"],
+    &["refused"],
+    &["options-declined"],
+    &["aborted"],
+    &["timed-out"],
+    &["too-slow"],
+    &["failed"],
+];
 
 impl Outcome {
     fn label(&self) -> &'static str {
@@ -593,5 +607,28 @@ impl<'f> ReadAhead<'f> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_known_to_the_metrics() {
+        let labels: Vec<&str> = [
+            Outcome::Done,
+            Outcome::Refused(1, String::new()),
+            Outcome::ClientError(packet::ERR_OPTIONS, String::new()),
+            Outcome::ClientError(0, String::new()),
+            Outcome::TimedOut,
+            Outcome::TooSlow,
+            Outcome::Io(io::Error::other("x")),
+        ]
+        .iter()
+        .map(Outcome::label)
+        .collect();
+        let known: Vec<&str> = OUTCOMES.iter().map(|o| o[0]).collect();
+        assert_eq!(labels, known);
     }
 }

@@ -473,8 +473,60 @@ fn image_downloads_beyond_the_bound_wait_for_a_slot_and_scripts_do_not() {
         "a second download did not wait for the slot: {:?}",
         String::from_utf8_lossy(&waiting.stdout)
     );
+    assert!(
+        s.get("/metrics")
+            .contains("\nflint_boot_http_downloads_in_flight 1\n"),
+        "the hog's download holds the one slot"
+    );
     drop(hog);
     assert_eq!(s.get("/images/debian/initrd.img"), "initrd");
+    wait_for("every slot given back", || {
+        s.get("/metrics")
+            .contains("\nflint_boot_http_downloads_in_flight 0\n")
+    });
+}
+
+/// What an alert needs from the first scrape: every series whose labels are known in advance at
+/// 0 (an `increase()` sees the first rejected reload), the build, and the descriptors against
+/// their limit.
+#[test]
+fn metrics_show_every_known_series_from_the_start() {
+    let s = Server::start(&[]);
+    let metrics = s.get("/metrics");
+    for line in [
+        "flint_boot_inventory_reloads_total{result=\"rejected\"} 0",
+        "flint_boot_inventory_reloads_total{result=\"ok\"} 0",
+        "flint_boot_scripts_served_total{profile=\"worker\"} 0",
+        "flint_boot_scripts_served_total{profile=\"control-plane\"} 0",
+        "flint_boot_scripts_served_total{profile=\"menu\"} 0",
+        "flint_boot_tftp_transfers_total{outcome=\"failed\"} 0",
+        "flint_boot_tftp_transfers_total{outcome=\"sent\"} 0",
+        "flint_boot_tftp_waiting_total{event=\"queue-full\"} 0",
+        "flint_boot_dhcp_ignored_total{reason=\"no-binary\"} 0",
+        "flint_boot_errors_total{kind=\"tftp-io\"} 0",
+        "flint_boot_errors_total{kind=\"http\"} 0",
+        "flint_boot_http_downloads_in_flight 0",
+        "flint_boot_tftp_transfers_in_flight 0",
+        &format!(
+            "flint_boot_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "want {line:?} in\n{metrics}"
+        );
+    }
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let (open, limit) = (value("process_open_fds"), value("process_max_fds"));
+    assert!(3 < open && open < limit, "{open} of {limit}");
 }
 
 #[test]
