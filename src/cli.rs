@@ -75,6 +75,23 @@ pub enum Command {
     /// Show this node's join state and what a join would do; with a flag, recover.
     #[command(after_help = crate::exit::help())]
     NodeJoin(node_join::Args),
+    /// Check a configuration and the files it names, without the network or the state directory.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// What `flint config` does.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE (by default the one the units read) and every file it names: tokens
+    /// private and not empty, the CA usable, the client certificate chaining to it, its key
+    /// private and matching, the IAM admin's public key; exit 0, or with the first problem's
+    /// status.
+    #[command(after_help = crate::exit::help())]
+    Check {
+        /// The cluster-config.json to check [default: as the other commands locate it].
+        file: Option<PathBuf>,
+    },
 }
 
 /// The services `flint join` joins.
@@ -203,6 +220,9 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
         Command::NodeJoin(args) => {
             let ctx = Context::new(config_path(), state)?;
             node_join::run(&ctx, args).await
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            commands::config_check::run(&file.unwrap_or_else(config_path))
         }
     }
 }

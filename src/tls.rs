@@ -32,6 +32,25 @@ pub enum Error {
     /// rustls refused the combination (a key that does not match its certificate, say).
     #[error("TLS configuration rejected: {0}")]
     Rejected(rustls::Error),
+    /// The client certificate and its key cannot be used together (a key of another
+    /// certificate, most often).
+    #[error(
+        "the client certificate {} and the key {} do not go together",
+        cert.display(),
+        key.display()
+    )]
+    Identity {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    /// The client certificate does not chain to the configured CA as one valid now for client
+    /// authentication: every server of the cluster would refuse it.
+    #[error("the client certificate {} would be refused by the cluster's servers", path.display())]
+    Untrusted {
+        path: PathBuf,
+        source: rustls::Error,
+    },
 }
 
 impl Classify for Error {
@@ -42,9 +61,61 @@ impl Classify for Error {
                 source: pem::Error::Io(io),
                 ..
             } if io.kind() == std::io::ErrorKind::PermissionDenied => ExitStatus::Permission,
+            // As a peer that fails verification does (77): the same certificate, refused.
+            Error::Untrusted { .. } => ExitStatus::Permission,
             _ => ExitStatus::Config,
         }
     }
+}
+
+/// What `flint config check` verifies of the TLS files, short of a handshake: everything
+/// `client_config` needs (the CA as trust anchors, the key private and matching the
+/// certificate), and that the certificate chains to the CA as a client certificate valid now,
+/// as the cluster's servers verify it. The files checked, for the operator.
+pub fn check(files: &TlsFiles) -> Result<Vec<String>, Error> {
+    client_config(Some(files))?;
+    let anchors = load_certs(&files.ca, "CA certificates")?;
+    let mut checked = vec![format!(
+        "TLS CA {}: {} certificate(s)",
+        files.ca.display(),
+        anchors.len()
+    )];
+    let Some(identity) = &files.client else {
+        return Ok(checked);
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in anchors {
+        roots.add(cert).map_err(|source| Error::BadAnchor {
+            path: files.ca.clone(),
+            source,
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| Error::Rejected(rustls::Error::General(e.to_string())))?;
+    let chain = load_certs(&identity.cert, "client certificate")?;
+    let (end_entity, intermediates) = chain
+        .split_first()
+        .expect("load_certs returns one at least");
+    verifier
+        .verify_client_cert(
+            end_entity,
+            intermediates,
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map_err(|source| Error::Untrusted {
+            path: identity.cert.clone(),
+            source,
+        })?;
+    checked.push(format!(
+        "TLS client certificate {}: chains to the CA, valid now for client authentication; its \
+         key {} matches it and is private",
+        identity.cert.display(),
+        identity.key.display()
+    ));
+    Ok(checked)
 }
 
 /// Builds the client configuration from the files named in `cluster-config.json`; without a
@@ -79,7 +150,11 @@ pub fn client_config(files: Option<&TlsFiles>) -> Result<ClientConfig, Error> {
             let key = PrivateKeyDer::from_pem_slice(&pem).map_err(key_error)?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(Error::Rejected)
+                .map_err(|source| Error::Identity {
+                    cert: identity.cert.clone(),
+                    key: identity.key.clone(),
+                    source,
+                })
         }
     }
 }

@@ -214,6 +214,7 @@ fn every_command_help_lists_every_exit_status() {
         &["iam-setup", "--help"],
         &["health", "--help"],
         &["node-join", "--help"],
+        &["config", "check", "--help"],
     ] {
         let out = run_bounded(flint_command().args(args), Duration::from_secs(10));
         assert_eq!(out.status.code(), Some(0), "{args:?}");

@@ -84,7 +84,7 @@ pub async fn run(ctx: &Context) -> crate::Result<()> {
 
 /// The admin's public key, refusing a file that holds a private key: only the public half may
 /// ever leave the node.
-fn read_public_key(
+pub(crate) fn read_public_key(
     config_file: &std::path::Path,
     path: &std::path::Path,
 ) -> Result<String, config::Error> {

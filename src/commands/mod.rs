@@ -1,6 +1,7 @@
 //! One module per subcommand, and what they share: the loaded configuration, the state
 //! directory, the HTTP client and the deadline.
 
+pub mod config_check;
 pub mod health;
 pub mod iam_setup;
 pub mod join_admin;

@@ -147,6 +147,7 @@ mod tests {
             "flint-iam-setup.1",
             "flint-health.1",
             "flint-node-join.1",
+            "flint-config.1",
             "flint.bash",
             "_flint",
             "flint.fish",
@@ -217,7 +218,7 @@ mod tests {
                 "the help's own text left in {stem}"
             );
         }
-        assert_eq!(seen, 11, "5 pages of flint, 6 of flint-boot");
+        assert_eq!(seen, 12, "6 pages of flint, 6 of flint-boot");
         // flint's are the statuses the code returns: the table is the enum.
         let flint = std::fs::read_to_string(dir.path().join("man/flint-health.1")).unwrap();
         assert!(flint.contains("\\fB78\\fR"), "{flint}");
