@@ -38,6 +38,7 @@ let
   ];
 
   bindsPrivilegedPorts = cfg.tftp.enable || cfg.proxyDhcp.enable;
+  sandbox = import ./sandbox.nix { inherit lib; };
 in
 {
   options.services.flint-boot = {
@@ -119,7 +120,8 @@ in
       after = [ "network-online.target" ];
       wants = [ "network-online.target" ];
       wantedBy = [ "multi-user.target" ];
-      serviceConfig = {
+      # The sandbox of systemd/flint-boot.service (systemd/sandbox.conf), with its capability.
+      serviceConfig = sandbox // {
         # READY=1 once every listener is bound.
         Type = "notify";
         ExecStart = "${cfg.package}/bin/flint-boot ${concatStringsSep " " (map lib.escapeShellArg args)}";
@@ -133,28 +135,12 @@ in
         # filter keeps flint-boot from raising the limit itself.
         LimitNOFILE = 65536;
         DynamicUser = true;
-        # Ports 67, 69 and 4011 are privileged; nothing else is.
-        AmbientCapabilities = optional bindsPrivilegedPorts "CAP_NET_BIND_SERVICE";
-        CapabilityBoundingSet = optional bindsPrivilegedPorts "CAP_NET_BIND_SERVICE";
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
+        # Ports 67, 69 and 4011 are privileged; nothing else is. An empty bounding set, never an
+        # absent one, when none of them is bound.
+        AmbientCapabilities = if bindsPrivilegedPorts then "CAP_NET_BIND_SERVICE" else "";
+        CapabilityBoundingSet = if bindsPrivilegedPorts then "CAP_NET_BIND_SERVICE" else "";
         # AF_NETLINK: finding the ProxyDHCP interface's address.
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
+        RestrictAddressFamilies = "AF_UNIX AF_INET AF_INET6 AF_NETLINK";
       };
     };
 

@@ -86,38 +86,10 @@ let
     };
   };
 
-  # The sandbox of systemd/*.service: root without any capability (it reads root-owned secrets),
-  # a read-only system, no devices, a system call filter. Each unit adds the one place it writes.
-  hardening = {
-    CapabilityBoundingSet = "";
-    AmbientCapabilities = "";
-    NoNewPrivileges = true;
-    ProtectSystem = "strict";
-    ProtectHome = true;
-    PrivateTmp = true;
-    PrivateDevices = true;
-    PrivateMounts = true;
-    PrivateIPC = true;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
-    ProtectProc = "invisible";
-    ProcSubset = "pid";
-    RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    MemoryDenyWriteExecute = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
-    SystemCallErrorNumber = "EPERM";
-    DevicePolicy = "closed";
-    KeyringMode = "private";
-    UMask = "0077";
+  # The sandbox of systemd/*.service, from systemd/sandbox.conf: root without any capability (it
+  # reads root-owned secrets), a read-only system, no devices, a system call filter. Each unit adds
+  # the one place it writes.
+  hardening = import ./sandbox.nix { inherit lib; } // {
     LoadCredential = lib.mapAttrsToList (name: path: "${name}:${toString path}") credentials;
   };
 

@@ -47,6 +47,24 @@ for path in "$repo"/systemd/*.service "$repo"/systemd/*.timer; do
         printf '%-32s %s\n' "$unit" "$(grep -o 'Overall exposure level.*' <<<"$out")"
     fi
 done
+# Every unit's sandbox is systemd/sandbox.conf's, line for line (flint-boot.service's with its
+# own capability and address families), so that a hardening change cannot reach some units only.
+sandbox_settings() { sed -n '/^CapabilityBoundingSet=/,/^UMask=/p' "$1"; }
+own_to_boot='^(CapabilityBoundingSet|AmbientCapabilities|RestrictAddressFamilies)=|^# AF_|^# journal'
+for path in "$repo"/systemd/*.service; do
+    unit=$(basename "$path")
+    if [[ $unit == flint-boot.service ]]; then
+        differs=$(diff <(grep -Ev "$own_to_boot" "$repo/systemd/sandbox.conf" | sed -n '/^NoNewPrivileges=/,$p') \
+            <(sandbox_settings "$path" | grep -Ev "$own_to_boot") || true)
+    else
+        differs=$(diff <(sed -n '/^CapabilityBoundingSet=/,$p' "$repo/systemd/sandbox.conf") <(sandbox_settings "$path") || true)
+    fi
+    if [[ -n $differs ]]; then
+        printf 'sandbox %s: not systemd/sandbox.conf'"'"'s (< sandbox.conf, > the unit):\n%s\n' "$unit" "$differs"
+        failed=1
+    fi
+done
+((failed)) || printf '%-32s %s\n' sandbox.conf "every unit's sandbox is this file's"
 # tmpfiles.d/flint.conf, applied to an empty root: the textfile folder the health units write to
 # must come out of it, or those units would fail on a node without node_exporter.
 tmpfiles_root=$root/tmpfiles

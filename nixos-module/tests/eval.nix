@@ -118,6 +118,16 @@ let
   withBothSources = evalModule ../boot-server.nix "flint-boot" (bootSettings // { etcd = etcdSettings; });
   reportingNode = evalModule ../node.nix "flint" (nodeSettings // { reportUrl = "https://10.0.200.2:8443/api/reports"; });
 
+  # A unit file's settings (Key=value lines; a key on several lines is a list), to hold the
+  # modules' sandbox to the Debian units' own.
+  unitSettings = file: builtins.mapAttrs (_: values: if length values == 1 then head values else values)
+    (builtins.mapAttrs (_: map (s: builtins.elemAt s 1)) (builtins.groupBy head
+      (filter (m: m != null) (map (builtins.match "([A-Za-z]+)=(.*)") (lib.splitString "\n" (builtins.readFile file))))));
+  sandboxKeys = attrNames (import ../sandbox.nix { inherit lib; });
+  sameSandbox = unitFile: serviceConfig:
+    let unit = unitSettings unitFile; in
+    all (key: serviceConfig ? ${key} && serviceConfig.${key} == unit.${key}) sandboxKeys;
+
   checks = {
     "every node unit is rendered" = all (u: units ? ${u})
       [ "chainfire-cluster-join" "flaredb-cluster-join" "iam-initial-setup" "cluster-health-check" "flint-health" ];
@@ -144,7 +154,7 @@ let
     "join units keep their state directory" = join.serviceConfig.StateDirectory == "flint"
       && join.serviceConfig.StateDirectoryMode == "0700";
     "boot server binds privileged ports with one capability" =
-      boot.systemd.services.flint-boot.serviceConfig.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ];
+      boot.systemd.services.flint-boot.serviceConfig.AmbientCapabilities == "CAP_NET_BIND_SERVICE";
     "boot server serves the iPXE binaries over TFTP and HTTP" =
       boot.systemd.services.flint-boot.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint-boot/bin/flint-boot 'serve' '--inventory' '/etc/flint-boot/inventory.json' '--images' '/srv/images' '--http' '0.0.0.0:8080' '--tftp-root' '/nix/store/00000000000000000000000000000000-ipxe' '--tftp' '0.0.0.0:69' '--proxy-dhcp' 'eno1'";
     "boot server without TFTP still has the binaries for UEFI HTTP Boot" =
@@ -163,6 +173,16 @@ let
       && all (a: a.assertion) withEtcd.assertions;
     "boot server refuses a file and etcd at once" = !(all (a: a.assertion) withBothSources.assertions)
       && all (a: a.assertion) boot.assertions;
+    "node units keep the Debian units' sandbox" =
+      all (name: sameSandbox ../../systemd/${name}.service units.${name}.serviceConfig)
+        [ "chainfire-cluster-join" "flaredb-cluster-join" "iam-initial-setup" "cluster-health-check" "flint-health" ]
+      && all (name: sameSandbox ../../systemd/${name}.service etcdBootstrap.systemd.services.${name}.serviceConfig)
+        [ "etcd-cluster-join" "etcd-cluster-promote" ];
+    "boot server keeps the Debian unit's sandbox" =
+      sameSandbox ../../systemd/flint-boot.service boot.systemd.services.flint-boot.serviceConfig;
+    "boot server without privileged ports has no capability, not every one" =
+      let config = (evalModule ../boot-server.nix "flint-boot" (bootSettings // { tftp.enable = false; proxyDhcp.enable = false; })).systemd.services.flint-boot.serviceConfig;
+      in config.CapabilityBoundingSet == "" && config.AmbientCapabilities == "";
     "boot server tells systemd when it is ready" =
       boot.systemd.services.flint-boot.serviceConfig.Type == "notify";
     "boot server errors that need an operator do not restart" =
