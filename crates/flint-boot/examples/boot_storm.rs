@@ -1,7 +1,7 @@
 //! boot_storm: N simulated machines PXE-booting at once from one flint-boot, from one process.
 //!
 //! Each machine has its own MAC and SMBIOS UUID and goes through the steps a NIC ROM and then
-//! iPXE go through (`shared/notes/pxe-protocol.md`):
+//! iPXE go through (`docs/pxe-firmware.md`):
 //!
 //! Every machine behaves as its firmware does, with the firmware's own retransmission schedule,
 //! and fails where the firmware gives up; nothing is tried again that the firmware would not try

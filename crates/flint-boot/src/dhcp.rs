@@ -1,4 +1,4 @@
-//! ProxyDHCP (PXE spec; `notes/pxe-protocol.md`): beside the site's own DHCP server, which keeps
+//! ProxyDHCP (PXE spec; `docs/pxe-firmware.md`): beside the site's own DHCP server, which keeps
 //! handing out addresses, tell PXE clients where to boot from. Port 67 answers DISCOVERs with an
 //! offer that carries no address; port 4011 answers the REQUEST some UEFI firmware sends there.
 

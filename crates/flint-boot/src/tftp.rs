@@ -45,7 +45,7 @@ pub struct Config {
     pub max_transfers: usize,
     /// 1468 keeps a DATA packet inside a 1500-byte Ethernet frame; larger blocks fragment.
     pub max_blksize: u16,
-    /// tftp-hpa fails above 64 and gains level off near there (notes/pxe-protocol.md).
+    /// Larger windows only make a lost block cost more resent blocks (docs/pxe-firmware.md).
     pub max_windowsize: u16,
     pub timeout: Duration,
     pub retries: u32,
