@@ -35,7 +35,8 @@ let
     "--tls-ca" (toString cfg.reports.caFile)
     "--tls-cert" (toString cfg.reports.certFile)
     "--tls-key" "/run/credentials/flint-boot.service/boot-server-key.pem"
-  ];
+  ]
+  ++ cfg.extraArgs;
 
   bindsPrivilegedPorts = cfg.tftp.enable || cfg.proxyDhcp.enable;
   sandbox = import ./sandbox.nix { inherit lib; };
@@ -44,9 +45,8 @@ in
   options.services.flint-boot = {
     enable = mkEnableOption "flint-boot, the PXE boot server (HTTP, TFTP, ProxyDHCP)";
 
-    package = mkOption {
-      type = types.package;
-      description = "The package providing bin/flint-boot.";
+    package = lib.mkPackageOption pkgs "flint-boot" {
+      extraDescription = "nixpkgs has none: nixos-module/overlay.nix adds it, or set this option.";
     };
     inventory = mkOption {
       type = types.nullOr types.path;
@@ -105,6 +105,12 @@ in
         example = "/var/lib/secrets/flint-boot/boot-server-key.pem";
         description = "The listener's private key, as an absolute path outside the Nix store (a path value would copy the key into the world-readable store); loaded as a systemd credential.";
       };
+    };
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--server-name" "boot2" "--stuck-after" "1800" ];
+      description = "More arguments to `flint-boot serve` (see its --help), after the module's own, each passed as one word: the options this module has no setting for.";
     };
     openFirewall = mkOption { type = types.bool; default = false; description = "Open the HTTP, TFTP and ProxyDHCP ports."; };
   };

@@ -1,9 +1,9 @@
 # services.flint: flint's first-boot join and health units on a NixOS node.
 #
-# The typed options render cluster-config.json (docs/configuration.md). That file holds no secret,
-# only the names of credentials: every secret (client key, join token, IAM bootstrap token) stays
-# in a file outside the Nix store and reaches flint through systemd's LoadCredential=, so it is
-# never copied into the world-readable store.
+# `settings` is cluster-config.json itself (docs/configuration.md); the typed options fill it in.
+# That file holds no secret, only the names of credentials: every secret (client key, join token,
+# IAM bootstrap token) stays in a file outside the Nix store and reaches flint through systemd's
+# LoadCredential=, so it is never copied into the world-readable store.
 { config, lib, pkgs, ... }:
 
 let
@@ -32,7 +32,10 @@ let
     local_url = s.localUrl;
   };
 
-  settings = dropNulls {
+  settingsFormat = pkgs.formats.json { };
+
+  # The typed options' fields of cluster-config.json, each one a default that `settings` overrides.
+  typedSettings = dropNulls {
     node_id = cfg.nodeId;
     bootstrap = cfg.bootstrap;
     leader_url = cfg.leaderUrl;
@@ -61,7 +64,14 @@ let
     };
   };
 
-  configFile = (pkgs.formats.json { }).generate "cluster-config.json" settings;
+  # Checked by flint itself when the system is built, so that a bad setting fails the build with
+  # flint's own message instead of every unit at first boot. The files it names are credentials,
+  # there only once a unit starts: --config-only leaves them unopened.
+  configFile = pkgs.runCommand "cluster-config.json"
+    { rendered = settingsFormat.generate "cluster-config.json" cfg.settings; } ''
+    ${cfg.package}/bin/flint config check --config-only "$rendered"
+    cp "$rendered" "$out"
+  '';
 
   serviceOptions = name: port: {
     leaderUrl = mkOption {
@@ -131,9 +141,8 @@ in
   options.services.flint = {
     enable = mkEnableOption "flint's first-boot cluster join and health check units";
 
-    package = mkOption {
-      type = types.package;
-      description = "The flint package (its static binary).";
+    package = lib.mkPackageOption pkgs "flint" {
+      extraDescription = "nixpkgs has none: nixos-module/overlay.nix adds it, or set this option.";
     };
 
     join = mkOption {
@@ -251,6 +260,20 @@ in
       };
     };
 
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = { timeouts.total = "20m"; expected_members = 3; };
+      description = ''
+        cluster-config.json, every field as docs/configuration.md documents it: checked by
+        `flint config check --config-only` when the system is built. The typed options above set
+        their fields here as defaults; a field set here wins over them, and fields they lack
+        (`expected_members`, the sections' `paths`, ...) are set here. File fields name
+        credentials (`ca.pem`, `node.pem`, `node-key.pem`, `join-token`, `iam-admin.pub`,
+        `iam-bootstrap-token`), loaded by the typed `*File` options; the secrets never belong here.
+      '';
+    };
+
     healthCheck = {
       enable = mkOption { type = types.bool; default = true; description = "Run cluster-health-check at first boot and a periodic check for node_exporter."; };
       interval = mkOption { type = types.str; default = "1min"; description = "How often the periodic check runs."; };
@@ -271,6 +294,8 @@ in
   };
 
   config = mkIf cfg.enable {
+    services.flint.settings = lib.mapAttrsRecursive (_: lib.mkDefault) typedSettings;
+
     assertions = [
       {
         assertion = lib.all notInStore (lib.filter (p: p != null) [ cfg.tls.keyFile cfg.joinTokenFile cfg.iam.bootstrapTokenFile ]);

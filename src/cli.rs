@@ -91,6 +91,10 @@ pub enum ConfigCommand {
     Check {
         /// The cluster-config.json to check [default: as the other commands locate it].
         file: Option<PathBuf>,
+        /// Validate the configuration alone and list the files it names without opening them:
+        /// for a build that renders it before those files are where the units will read them.
+        #[arg(long)]
+        config_only: bool,
     },
 }
 
@@ -221,8 +225,8 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
             let ctx = Context::new(config_path(), state)?;
             node_join::run(&ctx, args).await
         }
-        Command::Config(ConfigCommand::Check { file }) => {
-            commands::config_check::run(&file.unwrap_or_else(config_path))
+        Command::Config(ConfigCommand::Check { file, config_only }) => {
+            commands::config_check::run(&file.unwrap_or_else(config_path), config_only)
         }
     }
 }

@@ -15,14 +15,12 @@ fn node() -> (Lab, Node) {
     (lab, node)
 }
 
-/// Runs `flint config check` on the node's file (written by `Node::command`, named by
-/// `--config`) with a state directory that must stay absent.
-fn check(node: &Node) -> (Option<i32>, String, String) {
+/// Runs `flint config check` with `flags` on the node's file (written by `Node::command`, named
+/// by `--config`) with a state directory that must stay absent.
+fn check(node: &Node, flags: &[&str]) -> (Option<i32>, String, String) {
     let _ = std::fs::remove_dir_all(&node.state_dir);
-    let out = run_bounded(
-        &mut node.command(&["config", "check"]),
-        Duration::from_secs(10),
-    );
+    let args = [&["config", "check"], flags].concat();
+    let out = run_bounded(&mut node.command(&args), Duration::from_secs(10));
     assert!(
         !node.state_dir.exists(),
         "config check made the state directory"
@@ -37,7 +35,7 @@ fn check(node: &Node) -> (Option<i32>, String, String) {
 #[test]
 fn a_node_folder_as_the_units_read_it_passes_without_the_network() {
     let (_lab, node) = node();
-    let (code, stdout, stderr) = check(&node);
+    let (code, stdout, stderr) = check(&node, &[]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     for line in [
         "ok  configuration ",
@@ -142,7 +140,7 @@ fn each_broken_file_is_named_with_the_status_the_units_would_exit_with() {
     for case in cases {
         let (lab, mut node) = node();
         (case.breaks)(&lab, &mut node);
-        let (code, stdout, stderr) = check(&node);
+        let (code, stdout, stderr) = check(&node, &[]);
         assert_eq!(code, Some(case.code), "{}: {stdout}{stderr}", case.what);
         let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
         assert!(
@@ -152,4 +150,61 @@ fn each_broken_file_is_named_with_the_status_the_units_would_exit_with() {
             case.says
         );
     }
+}
+
+/// As a build renders the file: the secrets it names are not there yet (on NixOS they become
+/// credentials only when the units start).
+fn without_the_files_it_names(node: &Node) {
+    for entry in std::fs::read_dir(&node.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+}
+
+#[test]
+fn config_only_validates_the_configuration_and_opens_none_of_its_files() {
+    let (_lab, node) = node();
+    without_the_files_it_names(&node);
+
+    let (code, stdout, stderr) = check(&node, &["--config-only"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "ok  configuration {}: valid (node {}; services chainfire, flaredb, iam)\n",
+            node.config_path().display(),
+            node.id
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l
+            == "files not checked (--config-only): join token join-token, TLS CA ca.pem, \
+                TLS client certificate client.pem, TLS client key client-key.pem, \
+                IAM bootstrap token iam-token, IAM admin's public key admin.pub.pem"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+
+    let (code, stdout, stderr) = check(&node, &[]);
+    assert_eq!(code, Some(78), "without --config-only: {stdout}{stderr}");
+    assert!(stderr.contains(JOIN_TOKEN_FILE), "{stderr}");
+}
+
+#[test]
+fn config_only_still_refuses_an_invalid_configuration_naming_the_field() {
+    let (_lab, mut node) = node();
+    without_the_files_it_names(&node);
+    node.config["timeouts"]["total"] = json!("2 days");
+
+    let (code, stdout, stderr) = check(&node, &["--config-only"]);
+    assert_eq!(code, Some(78), "{stdout}{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains("ERROR")
+            && l.contains(&node.config_path().display().to_string())
+            && l.contains("`timeouts.total`")),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("not checked"), "{stdout}");
 }

@@ -1,12 +1,14 @@
 # A NixOS VM test for nixpkgs' test driver: node1 runs a one-member etcd cluster; node2 boots
 # with services.flint joining etcd (learner, then promoted) and ends with two voting members.
+# flint is built from this repository through its overlay, and checks node2's cluster-config.json
+# while node2 is built.
 #
-#   nix-build nixos-module/tests/etcd-join.nix --arg pkgs 'import <nixpkgs> {}' \
-#     --arg flint '(import <nixpkgs> {}).callPackage ./nixos-module/flint-package.nix {}'
+#   nix-build nixos-module/tests/etcd-join.nix --arg pkgs 'import <nixpkgs> {}'
 # (see the README's "NixOS" section).
-{ pkgs, flint }:
+{ pkgs }:
 
-pkgs.testers.runNixOSTest {
+# The test's nodes share its pkgs (read-only to them): the overlay goes here, not in a node.
+(pkgs.extend (import ../overlay.nix)).testers.runNixOSTest {
   name = "flint-etcd-join";
 
   nodes = {
@@ -40,7 +42,6 @@ pkgs.testers.runNixOSTest {
       };
       services.flint = {
         enable = true;
-        package = flint;
         join = [ "etcd" ];
         nodeId = "node2";
         leaderUrl = "http://node1:2379";
@@ -48,7 +49,8 @@ pkgs.testers.runNixOSTest {
         allowPlaintext = true;
         etcd.localUrl = "http://127.0.0.1:2379";
         iam.setup = false;
-        timeouts.total = "3m";
+        # Over the typed option's default (timeouts.total, 10m).
+        settings.timeouts.total = "3m";
       };
     };
   };

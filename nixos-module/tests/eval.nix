@@ -1,23 +1,60 @@
 # Evaluates the NixOS modules here, without nixpkgs (which cannot be fetched in CI), against a
 # small stand-in for the parts of nixpkgs' lib and module system they use: option defaults merged
-# with a node's settings, mkIf/mkMerge, pkgs.formats.json. It checks what the modules render, not
-# the module system itself; nixpkgs' VM test (etcd-join.nix) covers the rest where Nix is at hand.
+# with a node's settings, mkIf/mkMerge, mkDefault in a freeform option, mkPackageOption,
+# pkgs.formats.json, runCommand, and the repository's overlay. It checks what the modules render,
+# not the module system itself; nixpkgs' VM test (etcd-join.nix) covers the rest where Nix is at
+# hand.
 #
 #   nix-instantiate --eval --strict --json nixos-module/tests/eval.nix
 let
   inherit (builtins) all attrNames concatStringsSep elem filter foldl' fromJSON head isAttrs
-    length listToAttrs mapAttrs toJSON;
+    isList length listToAttrs mapAttrs stringLength substring toJSON;
 
   lib = rec {
     mkOption = args: { _option = true; } // args;
     mkEnableOption = what: mkOption { default = false; description = "Whether to enable ${what}."; };
     mkIf = cond: value: { _if = true; inherit cond value; };
     mkMerge = list: { _merge = true; inherit list; };
+    mkOverride = priority: content: { _type = "override"; inherit priority content; };
+    mkDefault = mkOverride 1000;
+    literalExpression = text: { _type = "literalExpression"; inherit text; };
+    # nixpkgs' own (lib/options.nix), over the stand-ins here.
+    mkPackageOption = pkgs: name:
+      { nullable ? false, default ? name, example ? null, extraDescription ? "", pkgsText ? "pkgs" }:
+      let
+        name' = if isList name then last name else name;
+        default' = toList default;
+        defaultText = showAttrPath default';
+        defaultValue = attrByPath default' (throw "${defaultText} cannot be found in ${pkgsText}") pkgs;
+        defaults =
+          if default != null then { default = defaultValue; defaultText = literalExpression "${pkgsText}.${defaultText}"; }
+          else optionalAttrs nullable { default = null; };
+      in
+      mkOption (defaults // {
+        description = "The ${name'} package to use." + (if extraDescription == "" then "" else " ") + extraDescription;
+        type = (if nullable then types.nullOr else id) types.package;
+      } // optionalAttrs (example != null) {
+        example = literalExpression (if isList example then "${pkgsText}.${showAttrPath example}" else example);
+      });
     types = let t = name: { inherit name; }; in {
       bool = t "bool"; str = t "str"; path = t "path"; package = t "package";
       strMatching = _: t "strMatching"; enum = _: t "enum"; listOf = _: t "listOf"; nullOr = _: t "nullOr";
-      attrsOf = _: t "attrsOf";
+      attrsOf = _: t "attrsOf"; submodule = _: t "submodule";
     };
+    id = x: x;
+    toList = x: if isList x then x else [ x ];
+    showAttrPath = path: concatStringsSep "." (map (part:
+      if builtins.match "[a-zA-Z_][a-zA-Z0-9_'-]*" part != null then part else toJSON part) path);
+    attrByPath = path: default: set:
+      if path == [ ] then set
+      else if set ? ${head path} then attrByPath (builtins.tail path) default set.${head path}
+      else default;
+    mapAttrsRecursive = f: set: let
+      recurse = path: mapAttrs (name: value:
+        if isAttrs value then recurse (path ++ [ name ]) value else f (path ++ [ name ]) value);
+    in recurse [ ] set;
+    cleanSource = src: src;
+    licenses.asl20 = "asl20";
     optional = cond: x: if cond then [ x ] else [ ];
     optionals = cond: xs: if cond then xs else [ ];
     optionalAttrs = cond: x: if cond then x else { };
@@ -32,11 +69,20 @@ let
     toInt = s: fromJSON s;
   };
 
-  pkgs = {
-    formats.json = { }: { generate = _name: value: toJSON value; };
+  # A derivation's output is its text here: a generated file is its JSON, a runCommand its name,
+  # inputs and script (as JSON), so the checks below read what a build would run.
+  basePkgs = {
+    inherit lib;
+    formats.json = { }: { type = { name = "json"; }; generate = _name: value: toJSON value; };
+    runCommand = name: env: script: toJSON { runCommand = name; inherit env script; };
+    callPackage = path: overrides:
+      let f = import path; in f (builtins.intersectAttrs (builtins.functionArgs f) pkgs // overrides);
+    rustPlatform.buildRustPackage = attrs: attrs // { outPath = "/nix/store/00000000000000000000000000000000-${attrs.pname}"; };
     ipxe = "/nix/store/00000000000000000000000000000000-ipxe";
     coreutils = "/nix/store/00000000000000000000000000000000-coreutils";
   };
+  # nixpkgs with the overlay users add (nixos-module/overlay.nix): pkgs.flint and pkgs.flint-boot.
+  pkgs = basePkgs // import ../overlay.nix pkgs basePkgs;
 
   # Option declarations -> their defaults; then the node's settings on top.
   defaults = opts:
@@ -52,16 +98,36 @@ let
     else if isAttrs v then mapAttrs (_: resolve) v
     else v;
 
+  # Definitions of a freeform value merged as the module system merges them: only those of the
+  # highest priority count (a plain definition 100, mkDefault 1000); attribute sets merge by
+  # attribute, lists concatenate, anything else must be defined once or alike.
+  priorityOf = def: if isAttrs def && def._type or null == "override" then def.priority else 100;
+  contentOf = def: if isAttrs def && def._type or null == "override" then contentOf def.content else def;
+  mergeDefinitions = defs:
+    let
+      top = foldl' (p: d: if priorityOf d < p then priorityOf d else p) (priorityOf (head defs)) defs;
+      kept = map contentOf (filter (d: priorityOf d == top) defs);
+    in
+    if all isAttrs kept then mapAttrs (name: _: mergeDefinitions (builtins.catAttrs name kept)) (foldl' (a: b: a // b) { } kept)
+    else if all isList kept then builtins.concatLists kept
+    else if all (d: d == head kept) kept then head kept
+    else throw "conflicting definitions: ${toJSON kept}";
+
   evalModule = path: name: settings:
     let
       module = import path { inherit config lib pkgs; };
-      cfg = recursiveUpdate (defaults module.options.services.${name}) settings;
+      options = module.options.services.${name};
+      evaluated = resolve module.config;
+      cfg = recursiveUpdate (defaults options) (removeAttrs settings [ "settings" ])
+        # The freeform option: the module's own definitions (the typed options' defaults) with the node's.
+        // lib.optionalAttrs (options ? settings) {
+          settings = mergeDefinitions [ (evaluated.services.${name}.settings or { }) (settings.settings or { }) ];
+        };
       config = { services.${name} = cfg; };
-    in resolve module.config;
+    in evaluated;
 
   nodeSettings = {
     enable = true;
-    package = "/nix/store/00000000000000000000000000000000-flint";
     nodeId = "node04";
     leaderUrl = "https://node01.example.com:2379";
     raftAddr = "10.0.200.13:2380";
@@ -77,8 +143,12 @@ let
     join = [ "chainfire" "flaredb" "etcd" ];
     etcd.initialCluster = { node01 = "https://10.0.200.11:2380"; node02 = "https://10.0.200.12:2380"; };
   });
-  renderedOf = services: fromJSON (builtins.elemAt (builtins.split "cluster-config.json:"
-    (head (filter (c: lib.hasPrefix "cluster-config.json:" c) services.chainfire-cluster-join.serviceConfig.LoadCredential))) 2);
+  # How cluster-config.json is built (its credential's value is the stand-in runCommand's JSON),
+  # and the file it renders.
+  configBuildOf = services: fromJSON (let
+    credential = head (filter (c: lib.hasPrefix "cluster-config.json:" c) services.chainfire-cluster-join.serviceConfig.LoadCredential);
+  in substring (stringLength "cluster-config.json:") (stringLength credential) credential);
+  renderedOf = services: fromJSON (configBuildOf services).env.rendered;
   # node_exporter's textfile folder where NixOS operators often put it, and a node without the check.
   nixTextfiles = evalModule ../node.nix "flint" (nodeSettings // { healthCheck.textfileDir = "/var/lib/prometheus-node-exporter-text-files"; });
   noHealth = evalModule ../node.nix "flint" (nodeSettings // { healthCheck.enable = false; });
@@ -93,7 +163,6 @@ let
   credentials = join.serviceConfig.LoadCredential;
   bootSettings = {
     enable = true;
-    package = "/nix/store/00000000000000000000000000000000-flint-boot";
     inventory = "/etc/flint-boot/inventory.json";
     imageDir = "/srv/images";
     proxyDhcp.interface = "eno1";
@@ -117,6 +186,14 @@ let
   withEtcd = evalModule ../boot-server.nix "flint-boot" (bootSettings // { inventory = null; etcd = etcdSettings; });
   withBothSources = evalModule ../boot-server.nix "flint-boot" (bootSettings // { etcd = etcdSettings; });
   reportingNode = evalModule ../node.nix "flint" (nodeSettings // { reportUrl = "https://10.0.200.2:8443/api/reports"; });
+  # settings over the typed options: one field of a section replaced, one added, one top-level
+  # field replaced; the typed options' other fields stay.
+  tunedNode = evalModule ../node.nix "flint" (nodeSettings // {
+    settings = { timeouts.total = "20m"; expected_members = 3; tls.ca = "/etc/ssl/flint/ca.pem"; leader_url = "https://node02.example.com:2379"; };
+  });
+  withExtraArgs = evalModule ../boot-server.nix "flint-boot" (bootSettings // { extraArgs = [ "--server-name" "boot 2" ]; });
+  ownFlint = evalModule ../node.nix "flint" (nodeSettings // { package = "/nix/store/11111111111111111111111111111111-flint"; });
+  packageOption = module: name: (import module { inherit lib pkgs; config = { }; }).options.services.${name}.package;
 
   # A unit file's settings (Key=value lines; a key on several lines is a list), to hold the
   # modules' sandbox to the Debian units' own.
@@ -185,12 +262,22 @@ let
       in config.CapabilityBoundingSet == "" && config.AmbientCapabilities == "";
     "boot server tells systemd when it is ready" =
       boot.systemd.services.flint-boot.serviceConfig.Type == "notify";
+    "the packages default to the repository's overlay, as nixpkgs names them" =
+      let node = packageOption ../node.nix "flint"; boot = packageOption ../boot-server.nix "flint-boot"; in
+      node.default.cargoBuildFlags == [ "--package" "flint" ] && node.defaultText.text == "pkgs.flint"
+      && boot.default.cargoBuildFlags == [ "--package" "flint-boot" ] && boot.defaultText.text == "pkgs.flint-boot"
+      && boot.default.meta.mainProgram == "flint-boot"
+      && join.serviceConfig.ExecStart == "/nix/store/00000000000000000000000000000000-flint/bin/flint join chainfire";
+    "a package of one's own replaces the overlay's" =
+      ownFlint.systemd.services.chainfire-cluster-join.serviceConfig.ExecStart == "/nix/store/11111111111111111111111111111111-flint/bin/flint join chainfire"
+      && lib.hasPrefix "/nix/store/11111111111111111111111111111111-flint/bin/flint config check" (configBuildOf ownFlint.systemd.services).script;
+    "boot server passes extraArgs last, each one word" =
+      withExtraArgs.systemd.services.flint-boot.serviceConfig.ExecStart == boot.systemd.services.flint-boot.serviceConfig.ExecStart + " '--server-name' 'boot 2'";
     "boot server errors that need an operator do not restart" =
       boot.systemd.services.flint-boot.serviceConfig.RestartPreventExitStatus == "64 77 78";
   };
 
-  # cluster-config.json as the module renders it (the credential's value is the JSON itself here).
-  rendered = fromJSON (builtins.elemAt (builtins.split "cluster-config.json:" (head (filter (c: lib.hasPrefix "cluster-config.json:" c) credentials))) 2);
+  rendered = renderedOf units;
   configChecks = {
     "config names secrets by credential" = rendered.tls == { ca = "ca.pem"; cert = "node.pem"; key = "node-key.pem"; }
       && rendered.join_token_file == "join-token"
@@ -201,6 +288,21 @@ let
       (renderedOf etcdBootstrap.systemd.services).etcd.initial_cluster
         == { node01 = "https://10.0.200.11:2380"; node02 = "https://10.0.200.12:2380"; }
       && !((renderedOf units).chainfire ? initial_cluster);
+    "flint checks cluster-config.json when the system is built, without the credentials" =
+      let build = configBuildOf units; in
+      build.runCommand == "cluster-config.json"
+      && build.script == ''
+        /nix/store/00000000000000000000000000000000-flint/bin/flint config check --config-only "$rendered"
+        cp "$rendered" "$out"
+      '';
+    "settings override the typed options and add fields" =
+      let tuned = renderedOf tunedNode.systemd.services; in
+      tuned.timeouts == { total = "20m"; request = "10s"; connect = "5s"; }
+      && tuned.expected_members == 3
+      && tuned.tls == { ca = "/etc/ssl/flint/ca.pem"; cert = "node.pem"; key = "node-key.pem"; }
+      && tuned.leader_url == "https://node02.example.com:2379"
+      && removeAttrs tuned [ "timeouts" "expected_members" "tls" "leader_url" ] == removeAttrs rendered [ "timeouts" "tls" "leader_url" ];
+    "without settings the typed options' defaults are the file" = rendered.timeouts == { total = "10m"; request = "10s"; connect = "5s"; };
     "config has no null and no unknown field" = all (k: elem k [ "node_id" "bootstrap" "leader_url" "raft_addr" "peers"
       "allow_plaintext" "report_url" "tls" "join_token_file" "timeouts" "chainfire" "flaredb" "iam" ]) (attrNames rendered);
   };
