@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what scripts/demo.sh (and its --quick demo), scripts/test.sh and bench/run need on a Debian 12 machine, as root.
 # Idempotent: apt-get update runs only when a package is missing, the Rust musl target and
-# components are added only when missing, cargo-nextest and cargo-fuzz are installed only when absent.
+# components are added only when missing, cargo-nextest, cargo-fuzz and cargo-deb are installed only
+# when absent.
 # No daemon a package ships is started by the install.
 # Run it (bash scripts/setup.sh); it changes nothing that is already in place.
 set -euo pipefail
@@ -28,6 +29,7 @@ setup_main() {
         ipxe                      # Debian's iPXE files as installed (ipxe.efi is a link into /boot), served in tests/links.rs
         lzop                      # tests/flow: the root file system image, which the installer stand-in unpacks with busybox
         chromium                  # tests/flow: flint-boot's fleet page in a real browser (headless: its DOM and a screenshot)
+        lintian                   # scripts/release.sh: the Debian packages must be lintian-clean
     )
     local -a missing=()
     local pkg
@@ -93,6 +95,13 @@ setup_main() {
     if ! cargo fuzz --version >/dev/null 2>&1; then
         echo "setup: installing cargo-fuzz"
         cargo install cargo-fuzz --locked
+    fi
+    # The Debian packages (scripts/release.sh). One version, so that a release is the same bytes
+    # on every machine that builds it.
+    local cargo_deb=3.8.0
+    if [[ $(cargo deb --version 2>/dev/null) != *" $cargo_deb"* ]]; then
+        echo "setup: installing cargo-deb $cargo_deb"
+        cargo install cargo-deb --version "$cargo_deb" --locked
     fi
 }
 

@@ -3,13 +3,15 @@
 #
 #   sudo scripts/test.sh        (Debian 12; installs what it needs through scripts/setup.sh)
 #
-# Checks, in order: rustfmt; shellcheck on the scripts; no aws-lc-rs in the dependency graph; clippy with
-# warnings denied; the release binaries for x86_64-unknown-linux-musl are static, flint at most 3 MiB
-# and flint-boot at most 4 MiB; the systemd units verify and have an exposure of 2.0 or less; the
-# whole test suite under cargo-nextest (.config/nextest.toml bounds every test); the seed's whole flow
-# in QEMU VMs (tests/flow/run.sh, as scripts/demo.sh runs it); every fuzz target for 10 s
-# (scripts/fuzz.sh). Every check runs even when an earlier one failed, and the script exits
-# non-zero when any failed.
+# Checks, in order: rustfmt; shellcheck on the scripts; no file citing a document outside the
+# repository; no aws-lc-rs in the dependency graph; clippy with warnings denied; the release
+# (scripts/release.sh): static x86_64-unknown-linux-musl binaries, flint at most 3 MiB and
+# flint-boot at most 4 MiB, lintian-clean Debian packages, the same bytes from a second build; the
+# NixOS modules; the systemd units verify and have an exposure of 2.0 or less; the whole test
+# suite under cargo-nextest (.config/nextest.toml bounds every test; the systemd boot tests
+# install the release's packages); the whole deployment flow in QEMU VMs (tests/flow/run.sh, as
+# scripts/demo.sh runs it); every fuzz target for 10 s (scripts/fuzz.sh). Every check runs even
+# when an earlier one failed, and the script exits non-zero when any failed.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,6 +47,20 @@ lint_shell() {
     shellcheck -x "${files[@]}"
 }
 
+# docs/ holds the design; a citation of a document outside the repository points nowhere for a
+# reader. Tracked and new (not ignored) files are searched; the pattern is built from pieces so
+# that this function does not match itself.
+no_outside_citations() {
+    local d=DESIGN n=notes s=shared hits
+    hits=$(git ls-files -z --cached --others --exclude-standard |
+        xargs -0 grep -nIsE -- "$d\.md|$d'|$s/$n|\.\./$s/|work/$s/|$n/(pxe-protocol|etcd-gateway|peer-figures|vm-lab)|(pxe-protocol|peer-figures|vm-lab|deployment-flow)\.md") || true
+    if [[ -n $hits ]]; then
+        printf 'cites a document outside the repository (docs/design.md and its links hold the design):\n%s\n' "$hits"
+        return 1
+    fi
+    echo "no file cites a document outside the repository"
+}
+
 # `cargo tree -i` fails with "did not match any packages" when the package is absent: that is the pass.
 no_aws_lc_rs() {
     local out rc=0
@@ -78,24 +94,28 @@ static_binary() {
     fi
 }
 
-# The node binary and the boot server both ship as one static file.
-static_release_binaries() {
+# The release as scripts/release.sh makes it: the node binary and the boot server each one static
+# file, the Debian packages lintian-clean, and a second build from a copy elsewhere the same bytes.
+# Its packages are what the tests that boot systemd install (FLINT_PACKAGES).
+release() {
     local rc=0
-    cargo build --release --locked --target "$target" -p flint -p flint-boot || return 1
+    scripts/release.sh --check-reproducible || return 1
     static_binary flint 3 || rc=1
     static_binary flint-boot 4 || rc=1
     return "$rc"
 }
+export FLINT_PACKAGES=$repo/target/release-dist
 
 section "setup (scripts/setup.sh)"
 bash scripts/setup.sh
 
 check "cargo fmt --all -- --check" cargo fmt --all -- --check
 check "shellcheck" lint_shell
+check "no citation of documents outside the repository" no_outside_citations
 check "no aws-lc-rs (cargo tree -i aws-lc-rs --target all)" no_aws_lc_rs
 check "cargo clippy --workspace --all-targets -- -D warnings" \
     cargo clippy --workspace --all-targets --locked -- -D warnings
-check "static musl release binaries, flint at most 3 MiB, flint-boot at most 4 MiB" static_release_binaries
+check "the release (scripts/release.sh): static binaries, flint at most 3 MiB and flint-boot 4 MiB, lintian-clean packages, reproducible" release
 units() { cargo build --locked -p flint -p flint-boot && scripts/check-units.sh; }
 # Debian's nix-instantiate parses the NixOS modules and evaluates what they render against a
 # stand-in for nixpkgs' lib (nixpkgs itself cannot be fetched here).
@@ -110,14 +130,14 @@ nix_modules() {
 check "NixOS modules parse and render (nix-instantiate)" nix_modules
 check "systemd units: systemd-analyze verify and security (scripts/check-units.sh)" units
 check "cargo nextest run --workspace --no-fail-fast" cargo nextest run --workspace --no-fail-fast --locked
-# The seed's flow, bare machines to a validated cluster in QEMU VMs: after the test suite, whose VM
+# The deployment flow, bare machines to a validated cluster in QEMU VMs: after the test suite, whose VM
 # tests would otherwise share the two cores with it.
 flow() {
     local bin=target/$target/release
     cargo build --release --locked --target "$target" -p flint -p flint-boot -p flint-testserver || return 1
     tests/flow/run.sh "$bin/flint" "$bin/flint-boot" "$bin/flint-testserver"
 }
-check "the seed's flow in QEMU VMs, bare machines to a validated 4-node cluster (tests/flow/run.sh)" flow
+check "the deployment flow in QEMU VMs, bare machines to a validated 4-node cluster (tests/flow/run.sh)" flow
 check "fuzz targets, 10 s each (scripts/fuzz.sh 10)" scripts/fuzz.sh 10
 
 printf '\n==> scripts/test.sh: %d of %d checks ok in %d s\n' "${#passed[@]}" $((${#passed[@]} + ${#failed[@]})) \

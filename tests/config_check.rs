@@ -208,3 +208,28 @@ fn config_only_still_refuses_an_invalid_configuration_naming_the_field() {
     );
     assert!(!stdout.contains("not checked"), "{stdout}");
 }
+
+/// The example configuration the flint package installs (docs/examples/cluster-config.json) is
+/// valid, for the services a node of the deployment flow runs.
+#[test]
+fn the_packaged_example_configuration_is_valid() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/cluster-config.json");
+    let out = run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+            .args(["config", "check", "--config-only"])
+            .arg(&example),
+        Duration::from_secs(10),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("valid (node node04; services chainfire, flaredb, iam)"),
+        "{stdout}"
+    );
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Boots systemd/flint-boot.service as shipped under a real systemd (PID 1 of a systemd-nspawn
-# container holding a Debian 12 root, with a network namespace of its own) and checks:
+# Boots flint-boot.service as the flint-boot package installs it (dpkg -i, maintainer scripts and
+# all) under a real systemd (PID 1 of a systemd-nspawn container holding a Debian 12 root, with a
+# network namespace of its own) and checks:
 #   boot 1: with /etc/default/flint-boot, the unit (Type=notify) becomes active with flint-boot's
 #           STATUS= text, and a unit ordered after it finds HTTP answering and the TFTP socket
 #           bound at its first try: systemd starts it only once flint-boot said READY=1;
@@ -8,17 +9,22 @@
 #           key, root's and 0600, loaded as a credential for the dynamic user), the real flint
 #           of a prepared node reports a failed join, and the fleet view shows it, under the
 #           container's host name;
-#   boot 2: without /etc/default/flint-boot, the unit does not start, and the journal says why.
+#   boot 2: without /etc/default/flint-boot, the package's enabled unit is skipped at boot, and
+#           systemd says why.
 #
-#   tests/systemd/boot-server-test.sh FLINT_BOOT FLINT
+#   tests/systemd/boot-server-test.sh PACKAGES FLINT_BOOT
 #
+# PACKAGES is the folder scripts/release.sh writes (flint-boot's package, and flint's for the node
+# that reports); FLINT_BOOT prepares node01's folder on the host.
 # The container has only its own loopback (--private-network): nothing it binds reaches the host.
 set -euo pipefail
 
-flint_boot=$(realpath "$1")
-flint=$(realpath "$2")
+packages=$(realpath "$1")
+flint_boot=$(realpath "$2")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
+flint_boot_deb=$(compgen -G "$packages/flint-boot_*_amd64.deb") ||
+    { echo "no flint-boot package in $packages" >&2; exit 1; }
+flint_deb=$(compgen -G "$packages/flint_*_amd64.deb") || { echo "no flint package in $packages" >&2; exit 1; }
 base=$("$here/make-root.sh")
 
 work=$(mktemp -d /var/tmp/flint-boot-unit-test.XXXXXX)
@@ -29,16 +35,28 @@ fail() {
     exit 1
 }
 
-# install_root NAME: the base root with flint-boot, its unit as shipped and enabled, an
+# dpkg_install ROOT DEB...: the packages installed in ROOT as dpkg does it, maintainer scripts
+# (which enable the units) included.
+dpkg_install() {
+    local root=$1 deb
+    shift
+    for deb in "$@"; do
+        cp "$deb" "$root/tmp/"
+        chroot "$root" dpkg -i "/tmp/${deb##*/}" >>"$work/dpkg.log" 2>&1 ||
+            fail "dpkg -i ${deb##*/}: $(tail -5 "$work/dpkg.log")"
+        rm "$root/tmp/${deb##*/}"
+    done
+}
+
+# install_root NAME: the base root with the flint-boot package (which enables its unit), an
 # inventory, an iPXE binary, and a unit that reports to the host once flint-boot is up.
 install_root() {
     local root=$work/$1
     cp -a "$base" "$root"
-    install -m 755 "$flint_boot" "$root/usr/bin/flint-boot"
-    install -m 644 "$repo/systemd/flint-boot.service" "$root/etc/systemd/system/"
-    mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/flint-boot" \
-        "$root/srv/flint-boot/images" "$root/usr/lib/ipxe" "$root/results"
-    ln -sf /etc/systemd/system/flint-boot.service "$root/etc/systemd/system/multi-user.target.wants/"
+    dpkg_install "$root" "$flint_boot_deb"
+    [[ $(systemctl --root="$root" is-enabled flint-boot.service) == enabled ]] ||
+        fail "the flint-boot package did not enable flint-boot.service"
+    mkdir -p "$root/etc/flint-boot" "$root/srv/flint-boot/images" "$root/usr/lib/ipxe" "$root/results"
     printf '%s\n' '{"profiles": {"w": {"kernel": "k"}}, "unknown": {"policy": "default", "profile": "w"}}' \
         >"$root/etc/flint-boot/inventory.json"
     printf 'ipxe.efi' >"$root/usr/lib/ipxe/ipxe.efi"
@@ -73,7 +91,7 @@ if [[ -x /usr/bin/flint ]]; then
 fi
 # TFTP answers from a port of the transfer's own, which bash's connected /dev/udp never hears.
 ss -Hlun 'sport = :69' >/results/tftp
-systemctl show -p ActiveState -p SubState -p Result -p StatusText flint-boot.service >/results/flint-boot.show
+systemctl show -p ActiveState -p SubState -p Result -p StatusText -p ConditionResult flint-boot.service >/results/flint-boot.show
 journalctl -b -u flint-boot.service -o cat --no-pager >/results/flint-boot.journal
 touch /results/done
 systemctl poweroff --no-block
@@ -113,7 +131,10 @@ UNIT
 cp -a "$work/prepared/nodes/node01" "$r/etc/nixos/secrets"
 jq '.timeouts = {"total": "2s"}' "$work/prepared/nodes/node01/cluster-config.json" \
     >"$r/etc/nixos/secrets/cluster-config.json"
-install -m 755 "$flint" "$r/usr/bin/flint"
+dpkg_install "$r" "$flint_deb"
+# This node only reports: its first-boot units are not what this test boots.
+systemctl --root="$r" --quiet disable chainfire-cluster-join.service flaredb-cluster-join.service \
+    iam-initial-setup.service cluster-health-check.service flint-health.timer
 cat >"$r/etc/default/flint-boot" <<'ENV'
 FLINT_BOOT_ARGS="--http 127.0.0.1:8080 --inventory /etc/flint-boot/inventory.json --images /srv/flint-boot/images --tftp 127.0.0.1:69 --tftp-root /usr/lib/ipxe --reports 127.0.0.1:8443 --tls-ca /etc/flint-boot/ca.pem --tls-cert /etc/flint-boot/boot-server.pem --tls-key /run/credentials/flint-boot.service/boot-server-key.pem"
 ENV
@@ -145,8 +166,9 @@ echo "PASS reports: the key as a credential of the dynamic user; node01's real f
 install_root unconfigured
 boot unconfigured
 journal=$(cat "$work/unconfigured/results/flint-boot.journal")
-[[ $(show unconfigured ActiveState) != active ]] || fail "flint-boot.service started without its settings"
-grep -qi 'environment' <<<"$journal" ||
-    fail "the journal does not say the environment file is missing:"$'\n'"$journal"
-echo "PASS unconfigured: not started ($(show unconfigured ActiveState)/$(show unconfigured Result)); journal: $(grep -i -m1 environment <<<"$journal")"
+[[ $(show unconfigured ActiveState) == inactive && $(show unconfigured ConditionResult) == no ]] ||
+    fail "flint-boot.service without its settings is $(show unconfigured ActiveState), condition $(show unconfigured ConditionResult)"
+grep -q 'ConditionPathExists=/etc/default/flint-boot' <<<"$journal" ||
+    fail "the journal does not say the settings file is missing:"$'\n'"$journal"
+echo "PASS unconfigured: skipped ($(show unconfigured ActiveState), condition $(show unconfigured ConditionResult)); journal: $(grep -m1 ConditionPathExists <<<"$journal")"
 echo "all boots passed"

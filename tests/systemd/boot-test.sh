@@ -17,17 +17,23 @@
 #           complete example (relative tls paths, read beside the file in /etc/nixos/secrets):
 #           every etcd starts within seconds, every unit succeeds on its first run.
 #
-#   tests/systemd/boot-test.sh FLINT FLINT_TESTSERVER
+#   tests/systemd/boot-test.sh PACKAGES FLINT_TESTSERVER
+#
+# PACKAGES is the folder scripts/release.sh writes: flint is installed in each root from its
+# Debian packages with dpkg, maintainer scripts and all, as an operator installs it, so the
+# packages (their files, units and the units they enable) are what is tested.
 #
 # Why a container and not a VM: /dev/kvm does not work here and a TCG-emulated VM boots in tens of
 # seconds; systemd-nspawn runs a real systemd as PID 1 in a second, sharing the host's loopback,
 # where the test servers listen. Everything runs on 127.0.0.0/8 and stops by PID.
 set -euo pipefail
 
-flint=$(realpath "$1")
+packages=$(realpath "$1")
 testserver=$(realpath "$2")
+flint_deb=$(compgen -G "$packages/flint_*_amd64.deb") || { echo "no flint package in $packages" >&2; exit 1; }
+flint_etcd_deb=$(compgen -G "$packages/flint-etcd_*_amd64.deb") ||
+    { echo "no flint-etcd package in $packages" >&2; exit 1; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 base=$("$here/make-root.sh")
 
 work=$(mktemp -d /var/tmp/flint-boot-test.XXXXXX)
@@ -98,30 +104,38 @@ control() { curl -sS --max-time 5 -X "$1" "http://$net.1:$2$3" ${4:+-d "$4"}; }
 # --- a container root with flint's units --------------------------------------------------------
 chain_units=(chainfire flaredb iam chainfire-cluster-join flaredb-cluster-join iam-initial-setup cluster-health-check)
 
-# install_root NAME CONFIG_JSON [UNIT...]: a fresh copy of the base root with flint, its units,
-# stand-ins for the local services, the secrets, and the units that report to the host. The
-# UNITs (default: the first-boot chain) are enabled and reported on.
+# install_root NAME CONFIG_JSON [UNIT...]: a fresh copy of the base root with flint's packages
+# installed, stand-ins for the local services, the secrets, and the units that report to the
+# host. The UNITs (default: the first-boot chain) are enabled and reported on; the flint units
+# the package enabled and the test does not use are disabled, as an operator would. A root
+# whose UNITs include etcd's also gets flint-etcd.
 install_root() {
     local name=$1 config=$2 root=$work/$1
     shift 2
     local -a units=("$@")
     ((${#units[@]})) || units=("${chain_units[@]}")
     cp -a "$base" "$root"
-    install -m 755 "$flint" "$root/usr/bin/flint"
-    cp -r "$repo"/systemd/. "$root/etc/systemd/system/"
-    install -D -m 644 "$repo/systemd/tmpfiles.d/flint.conf" "$root/usr/lib/tmpfiles.d/flint.conf"
-    mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/nixos/secrets" "$root/results"
+    local -a debs=("$flint_deb")
+    [[ " ${units[*]} " == *" etcd-cluster-join "* ]] && debs+=("$flint_etcd_deb")
+    cp "${debs[@]}" "$root/tmp/"
+    chroot "$root" dpkg -i "${debs[@]/#*\//\/tmp\/}" >"$work/$name.dpkg.log" 2>&1 ||
+        fail "dpkg -i ${debs[*]##*/} in $name: $(tail -5 "$work/$name.dpkg.log")"
+    rm -f "${debs[@]/#*\//$root\/tmp\/}"
+    mkdir -p "$root/etc/nixos/secrets" "$root/results"
     local unit
     for unit in chainfire flaredb iam; do
         printf '[Unit]\nDescription=stand-in for the local %s (its API is the test server on the host)\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n' \
             "$unit" >"$root/etc/systemd/system/$unit.service"
     done
-    for unit in "${units[@]}" flint-report; do
-        ln -sf "/etc/systemd/system/$unit.service" "$root/etc/systemd/system/multi-user.target.wants/$unit.service"
+    # The timer's first run is minutes after boot, past every boot here.
+    systemctl --root="$root" --quiet disable flint-health.timer
+    for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup cluster-health-check; do
+        [[ " ${units[*]} " == *" $unit "* ]] || systemctl --root="$root" --quiet disable "$unit.service"
     done
+    systemctl --root="$root" --quiet enable "${units[@]/%/.service}"
     printf '%s\n' "${units[*]}" >"$root/etc/flint-report-units"
-    ln -sf /etc/systemd/system/flint-status-sampler.service \
-        "$root/etc/systemd/system/multi-user.target.wants/flint-status-sampler.service"
+    ln -sf /etc/systemd/system/flint-report.service "$root/etc/systemd/system/multi-user.target.wants/"
+    ln -sf /etc/systemd/system/flint-status-sampler.service "$root/etc/systemd/system/multi-user.target.wants/"
     install -m 600 "$pki/ca.pem" "$pki/join-token" "$pki/iam-token" "$pki/admin.pub" "$root/etc/nixos/secrets/"
     printf '%s\n' "$config" >"$root/etc/nixos/secrets/cluster-config.json"
     chmod 600 "$root/etc/nixos/secrets/cluster-config.json"
@@ -212,6 +226,42 @@ config() {
          "admin": {"name": "root", "public_key_file": "/etc/nixos/secrets/admin.pub"}}}
 JSON
 }
+
+# --- the packages, as dpkg installs and removes them ----------------------------------------------
+echo "packages: dpkg -i, what they enable, dpkg --purge"
+pkgroot=$work/packages
+cp -a "$base" "$pkgroot"
+# In a container (not a chroot): the maintainer scripts' systemd-tmpfiles needs /proc. (Its
+# /tmp is a fresh tmpfs: the packages wait in /root.)
+cp "$flint_deb" "$flint_etcd_deb" "$pkgroot/root/"
+in_root() { systemd-nspawn --quiet --register=no --keep-unit -D "$pkgroot" -- "$@" </dev/null; }
+in_root dpkg -i "/root/${flint_deb##*/}" "/root/${flint_etcd_deb##*/}" >"$work/packages.dpkg.log" 2>&1 ||
+    fail "dpkg -i: $(tail -5 "$work/packages.dpkg.log")"
+enabled() { systemctl --root="$pkgroot" is-enabled "$1" 2>/dev/null || true; }
+for unit in chainfire-cluster-join.service flaredb-cluster-join.service iam-initial-setup.service \
+    cluster-health-check.service flint-health.timer; do
+    [[ $(enabled "$unit") == enabled ]] || fail "the flint package left $unit $(enabled "$unit"), not enabled"
+done
+# etcd's units run when etcd.service, through the drop-in, wants them; enabled, they would run
+# on their own too.
+for unit in etcd-cluster-join.service etcd-cluster-promote.service; do
+    [[ $(enabled "$unit") == disabled ]] || fail "flint-etcd left $unit $(enabled "$unit"), not disabled"
+done
+grep -q '^Wants=etcd-cluster-join.service etcd-cluster-promote.service$' \
+    "$pkgroot/usr/lib/systemd/system/etcd.service.d/flint.conf" || fail "etcd.service's drop-in is not installed"
+[[ $(readlink "$pkgroot/usr/bin/node-join") == flint ]] || fail "no node-join link to flint"
+[[ -d $pkgroot/var/lib/prometheus/node-exporter ]] || fail "the postinst did not create the textfile folder"
+in_root node-join --help >/dev/null 2>>"$work/packages.dpkg.log" || fail "node-join --help fails in the installed root"
+zcat "$pkgroot/usr/share/man/man1/flint-join.1.gz" | grep -q '^\.SH "EXIT STATUS"' ||
+    fail "flint-join(1) has no EXIT STATUS section"
+in_root dpkg --purge flint-etcd flint >>"$work/packages.dpkg.log" 2>&1 ||
+    fail "dpkg --purge: $(tail -5 "$work/packages.dpkg.log")"
+left=$(find "$pkgroot/etc/systemd/system" "$pkgroot/usr/lib/systemd/system" \( -name '*cluster-join*' -o \
+    -name 'iam-initial-setup*' -o -name 'cluster-health-check*' -o -name 'flint*' -o -name 'etcd-cluster-*' \) -print)
+[[ -z $left ]] || fail "dpkg --purge left $left"
+[[ ! -e $pkgroot/usr/bin/flint ]] || fail "dpkg --purge left /usr/bin/flint"
+rm -rf "$pkgroot"
+echo "  ok: installed with dpkg, the chain's units and the timer enabled, etcd's pulled in by etcd's drop-in; purged without a trace"
 
 # --- boot 1: the whole chain ---------------------------------------------------------------------
 echo "boot 1: first boot, the chain in order"

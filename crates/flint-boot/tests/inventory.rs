@@ -156,3 +156,35 @@ fn every_command_help_lists_every_exit_status() {
         }
     }
 }
+
+/// The example inventory the flint-boot package installs (docs/examples/inventory.json) is one
+/// flint-boot serves: `render` validates it as `serve` does and writes every node's script.
+#[test]
+fn the_packaged_example_inventory_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/inventory.json");
+    let web = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("render")
+        .arg("--inventory")
+        .arg(&example)
+        .arg(web.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in 1..=4 {
+        let script = web
+            .path()
+            .join(format!("mac-52-54-00-00-00-0{n}.default.ipxe"));
+        let script = std::fs::read_to_string(&script)
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(
+            script.contains(&format!("booting node0{n} profile cp")),
+            "{script}"
+        );
+    }
+}

@@ -1,9 +1,9 @@
 //! `flint-dist DIR`: writes what a package installs beside the binaries, from the same clap
 //! definitions the binaries parse with and the same exit status tables they exit by, so none of
-//! it drifts from `--help`: `DIR/man/PROGRAM.1` and `DIR/man/PROGRAM-SUBCOMMAND.1` for each
-//! subcommand of `flint` and `flint-boot`, each with an EXIT STATUS section, and
-//! `DIR/completions/` for bash, zsh and fish. Kept out of the node binary, which stays small:
-//! packaging runs this once.
+//! it drifts from `--help`: `DIR/PROGRAM/man/PROGRAM.1` and `DIR/PROGRAM/man/PROGRAM-SUBCOMMAND.1`
+//! for each subcommand of `flint` and `flint-boot`, each with an EXIT STATUS section, and
+//! `DIR/PROGRAM/completions/` for bash, zsh and fish. One folder per program, as each goes into
+//! its own package. Kept out of the node binary, which stays small: packaging runs this once.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,12 +60,12 @@ fn programs() -> [Program; 2] {
 }
 
 fn write_all(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let man = dir.join("man");
-    std::fs::create_dir_all(&man)?;
-    let completions = dir.join("completions");
-    std::fs::create_dir_all(&completions)?;
     let mut written = Vec::new();
     for program in programs() {
+        let man = dir.join(program.name).join("man");
+        std::fs::create_dir_all(&man)?;
+        let completions = dir.join(program.name).join("completions");
+        std::fs::create_dir_all(&completions)?;
         let command = (program.command)();
         written.push(write_page(
             &man,
@@ -166,17 +166,20 @@ mod tests {
                 "{expected} in {names:?}"
             );
         }
-        let man = dir.path().join("man");
+        let man = dir.path().join("flint/man");
         let join = std::fs::read_to_string(man.join("flint-join.1")).unwrap();
         assert!(join.contains("phase") && join.contains("etcd"), "{join}");
         let node_join = std::fs::read_to_string(man.join("flint-node-join.1")).unwrap();
         assert!(node_join.contains("abandon"), "{node_join}");
-        let bash = std::fs::read_to_string(dir.path().join("completions/flint.bash")).unwrap();
+        let bash =
+            std::fs::read_to_string(dir.path().join("flint/completions/flint.bash")).unwrap();
         assert!(
             bash.contains("iam-setup") && bash.contains("--textfile"),
             "{bash}"
         );
-        let bash = std::fs::read_to_string(dir.path().join("completions/flint-boot.bash")).unwrap();
+        let bash =
+            std::fs::read_to_string(dir.path().join("flint-boot/completions/flint-boot.bash"))
+                .unwrap();
         assert!(
             bash.contains("prepare") && bash.contains("--proxy-dhcp"),
             "{bash}"
@@ -220,7 +223,7 @@ mod tests {
         }
         assert_eq!(seen, 12, "6 pages of flint, 6 of flint-boot");
         // flint's are the statuses the code returns: the table is the enum.
-        let flint = std::fs::read_to_string(dir.path().join("man/flint-health.1")).unwrap();
+        let flint = std::fs::read_to_string(dir.path().join("flint/man/flint-health.1")).unwrap();
         assert!(flint.contains("\\fB78\\fR"), "{flint}");
         assert!(
             flint.contains("the configuration is missing or invalid"),
