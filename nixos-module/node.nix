@@ -369,8 +369,8 @@ in
           serviceConfig = healthSandbox // {
             Type = "oneshot";
             RemainAfterExit = true;
-            # The seed's validation writes and reads back once, at first boot; the periodic
-            # check below writes nothing.
+            # The deployment flow's validation writes and reads back once, at first boot; the
+            # periodic check below writes nothing.
             # --wait: peers still starting are waited for, up to timeouts.total.
             ExecStart = "${cfg.package}/bin/flint health --wait --write-check --textfile ${textfile}";
             NotifyAccess = "main";

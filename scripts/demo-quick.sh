@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The quick demo (`scripts/demo.sh --quick`, under a minute after the build): the seed's preparation
-# and validation around flint's join, on this machine's loopback, without VMs: four nodes prepared
-# from one inventory, a fourth node joined to a 3-member etcd cluster.
+# The quick demo (`scripts/demo.sh --quick`, under a minute after the build): the deployment
+# flow's preparation and validation around flint's join, on this machine's loopback, without VMs:
+# four nodes prepared from one inventory, a fourth node joined to a 3-member etcd cluster.
 #
 #   sudo scripts/demo.sh --quick    (Debian 12; installs what it needs through scripts/setup.sh)
 #
@@ -69,7 +69,7 @@ demo_failed() {
 trap 'demo_failed $LINENO' ERR
 started=$SECONDS
 lab_init 120
-step "Preparation (the seed's phase 1): every node's secrets folder from one inventory"
+step "Preparation (the deployment flow's phase 1): every node's secrets folder from one inventory"
 lab_pick_net
 lab_prepare 4 3
 say "the inventory (the boot server serves the same file): node01-03 the initial members, node04 joins"
@@ -119,7 +119,7 @@ total=$(wc -l <<<"$members")
 [[ -s $LAB_STATE/.etcd-joined ]] || lab_die "no marker at $LAB_STATE/.etcd-joined after the promote phase"
 ok "4 voting members; flint left its marker: $(jq -c . "$LAB_STATE/.etcd-joined")"
 
-step "flint health, as the seed validates: 4 members expected (the config says so), one leader, a write read back from each"
+step "flint health, as the deployment flow validates: 4 members expected (the config says so), one leader, a write read back from each"
 show "${flint_cmd[@]}" health --write-check 2>&1 | indent
 health=$("${flint_cmd[@]}" health --json --write-check) \
     || lab_die "flint health --json --write-check exited non-zero: $health"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command one: the seed's deployment flow, bare machines to a validated cluster, on this
+# README command one: the deployment flow, bare machines to a validated cluster, on this
 # machine (tests/flow/run.sh): four QEMU machines PXE-boot from flint-boot, install, boot from their
 # disks and form etcd, chainfire, flaredb and IAM through flint's first-boot units, then a timeline.
 #

@@ -1,6 +1,6 @@
 //! The first-boot chain through the real `flint` binary against the test double
 //! (`flint-testserver`) over HTTPS with client certificates and bearer tokens: nodes 1–3 are the
-//! initial members (`"bootstrap": true`), node 4 joins; each node runs the seed's order
+//! initial members (`"bootstrap": true`), node 4 joins; each node runs the first-boot order
 //! `join chainfire` → `join flaredb` → `iam-setup` → `health` with its own state dir.
 mod common;
 
@@ -10,7 +10,7 @@ use common::{
 };
 use serde_json::{Value, json};
 
-/// The seed's order on every node.
+/// The first-boot order on every node.
 const CHAIN: &[&[&str]] = &[
     &["join", "chainfire"],
     &["join", "flaredb"],

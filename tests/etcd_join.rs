@@ -386,7 +386,7 @@ fn bootstrap_nodes_wait_for_a_leader_and_quorum_then_mark() {
     assert!(first.marker().is_none(), "no marker without a leader");
 }
 
-/// The seed's simultaneous 3-node bootstrap, as the units order it: `--phase add` before etcd
+/// The simultaneous 3-node bootstrap, as the units order it: `--phase add` before etcd
 /// starts returns at once (it used to wait for a leader that its own etcd, not yet started, was
 /// needed to elect: `timeouts.total`, then 69), writing the initial cluster into etcd.env; etcd
 /// starts from it; `--phase promote` waits for a leader and a quorum of healthy members.

@@ -157,7 +157,7 @@ fn the_expected_member_count_names_a_missing_or_an_extra_member() {
     assert_eq!(json["schema_version"], 1, "{json:#}");
     assert_eq!(etcd_report(&json)["expected_members"], 3, "{json:#}");
 
-    // One short: the seed's phase 5 expects the node that joined later too.
+    // One short: the deployment flow's validation expects the node that joined later too.
     node.config["expected_members"] = json!(4);
     let (out, json) = health_json(&node);
     out.assert_code(1, "health with a member missing");

@@ -98,7 +98,7 @@ fn status_prints_each_service_and_changes_nothing() {
             out.describe()
         );
     }
-    // The services in the seed's order, each once.
+    // The services in first-boot order, each once.
     let order: Vec<usize> = ["chainfire:", "flaredb:", "iam:"]
         .iter()
         .map(|h| text.find(h).expect("heading"))
@@ -264,7 +264,7 @@ fn force_reruns_a_join_whose_marker_exists() {
     assert_eq!(s.iam.state()["iam"]["org"], common::ORG);
 }
 
-/// The binary run under the name `node-join` (a symlink, as the seed installs it).
+/// The binary run under the name `node-join` (a symlink, as the packages install it).
 fn run_as_node_join(lab: &Lab, node: &Node, args: &[&str]) -> FlintOutput {
     let bin = lab.path().join("bin");
     std::fs::create_dir_all(&bin).expect("create bin dir");

@@ -1,8 +1,8 @@
-//! The seed's first and last phases around its middle: `flint-boot prepare` writes the four
-//! nodes' folders from one inventory (node01–03 the initial members, node04 joining); the cluster
-//! runs from those folders only — real etcd with the prepared certificates, the chainfire,
+//! The deployment flow's first and last phases around its middle: `flint-boot prepare` writes the
+//! four nodes' folders from one inventory (node01–03 the initial members, node04 joining); the
+//! cluster runs from those folders only — real etcd with the prepared certificates, the chainfire,
 //! flaredb and IAM test servers each node with its own — flint joins every node with the
-//! prepared configs, and `flint health --write-check` validates as the seed's phase 5 does. Then
+//! prepared configs, and `flint health --write-check` validates the cluster as the flow does. Then
 //! a member that does not replicate, an extra member and a stopped leader: each found and named.
 //! Every node's first-boot steps are reported to a real `flint-boot serve --reports` running
 //! with the prepared boot-server folder, whose fleet view must show each node joined and healthy.
@@ -30,7 +30,7 @@ fn flint_boot_binary() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_flint")).with_file_name("flint-boot")
 }
 
-/// The seed's four nodes on the lab's addresses, all running the four services.
+/// Four nodes on the lab's addresses (node01–03 initial), each running the four services.
 fn inventory(lab: &Lab) -> Value {
     let nodes: Vec<Value> = (0..NODES)
         .map(|i| {
@@ -279,8 +279,8 @@ fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} in {report:#}"))
 }
 
-/// What the seed's phase 5 expects of a cluster service: 4 members, one leader, all healthy, and
-/// the write read back from each of them.
+/// What the deployment flow's validation expects of a cluster service: 4 members, one leader, all
+/// healthy, and the write read back from each of them.
 #[track_caller]
 fn assert_validated(report: &Value, name: &str) {
     let s = service(report, name);
@@ -309,7 +309,7 @@ fn assert_validated(report: &Value, name: &str) {
 }
 
 #[test]
-fn prepared_folders_bring_up_the_seed_cluster_and_validation_names_each_fault() {
+fn prepared_folders_bring_up_a_four_node_cluster_and_validation_names_each_fault() {
     let lab = Lab::new();
     let prepared = prepare(&lab);
     let boot = BootServer::start(&lab, &prepared);
@@ -417,7 +417,7 @@ fn prepared_folders_bring_up_the_seed_cluster_and_validation_names_each_fault() 
     }
     assert_eq!(fleet["counts"]["healthy"], NODES, "{fleet:#}");
 
-    // Phase 5, from node04 and from node01: 4 members, one leader, healthy, the write read back
+    // Validation, from node04 and from node01: 4 members, one leader, healthy, the write read back
     // from every member of every service.
     for i in [3, 0] {
         let (out, report) = health(&prepared, i);

@@ -218,7 +218,7 @@ let
       && elem "iam-bootstrap-token:/etc/nixos/secrets/iam-token" credentials;
     "no capability at all" = join.serviceConfig.CapabilityBoundingSet == "";
     "assertions hold for a sound node" = all (a: a.assertion) node.assertions;
-    "ordering follows the seed" = elem "chainfire-cluster-join.service" units.flaredb-cluster-join.after
+    "first-boot order: chainfire's join, then flaredb's, then IAM's setup" = elem "chainfire-cluster-join.service" units.flaredb-cluster-join.after
       && elem "flaredb-cluster-join.service" units.iam-initial-setup.after;
     "health units write only the textfile, in Debian's node_exporter folder by default" =
       writesTextfileIn "/var/lib/prometheus/node-exporter" units;
@@ -282,7 +282,7 @@ let
     "config names secrets by credential" = rendered.tls == { ca = "ca.pem"; cert = "node.pem"; key = "node-key.pem"; }
       && rendered.join_token_file == "join-token"
       && rendered.iam.bootstrap_token_file == "iam-bootstrap-token";
-    "config carries the seed's fields" = rendered.node_id == "node04" && rendered.raft_addr == "10.0.200.13:2380"
+    "config carries node_id, bootstrap, leader_url and raft_addr" = rendered.node_id == "node04" && rendered.raft_addr == "10.0.200.13:2380"
       && rendered.leader_url == "https://node01.example.com:2379" && rendered.bootstrap == false;
     "a bootstrap node's initial etcd members reach the config" =
       (renderedOf etcdBootstrap.systemd.services).etcd.initial_cluster

@@ -248,7 +248,7 @@ EOF
     lab_info "CA, server certificate (SANs 127.0.0.1, ${LAB_NET}.11-$((10 + LAB_MAX_MEMBERS))), client certificate in $pki"
 }
 
-# The seed's preparation phase for the lab: an inventory of N nodes that run etcd on its
+# The deployment flow's preparation phase for the lab: an inventory of N nodes that run etcd on its
 # registered ports (the first INITIAL the initial members, N members expected in all), and
 # `flint-boot prepare`'s folders: each node's certificates, its cluster-config.json, and the
 # operator's client certificate for etcdctl. The members and flint then take everything from them.

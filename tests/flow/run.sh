@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's deployment flow, bare machines to a validated cluster, on this machine: QEMU VMs (no
+# The deployment flow, bare machines to a validated cluster, on this machine: QEMU VMs (no
 # KVM here: software emulation) on a bridge inside network namespaces of our own.
 #   1. Preparation: `flint-boot prepare` writes every node's folder from the inventory; flint-boot
 #      serves the same inventory, iPXE and the installer profile; the site's ordinary DHCP
@@ -15,12 +15,13 @@
 #      in member mode on each machine, etcd is Debian's, forming its cluster.
 #   5. node01, the leader_url of every config, is powered off; node04 powers on, PXE-boots,
 #      installs, boots and joins every service through its peers; node01 powers on again.
-#   6. Validation as the seed's phase 5, from outside (the workstation): `flint health
-#      --expect-members 4 --write-check`, `etcdctl member list`, flint-boot's /metrics and each
-#      machine's journey (its PXE boot, then its units' reports, to healthy); and each node's own
+#   6. Validation, from outside (the workstation): `flint health --expect-members 4
+#      --write-check`, `etcdctl member list`, flint-boot's /metrics and each machine's journey
+#      (its PXE boot, then its units' reports, to healthy); and each node's own
 #      first-boot health check, from its journal.
-# Prints a timeline (seconds from each machine's power-on to each step) beside the seed's
-# durations. Bounded in time; stops what it started, removes its namespaces and files.
+# Prints a timeline (seconds from each machine's power-on to each step) beside the manual
+# procedure's stated durations. Bounded in time; stops what it started, removes its namespaces
+# and files.
 #
 #   tests/flow/run.sh FLINT FLINT_BOOT FLINT_TESTSERVER     (as root; static binaries)
 set -euo pipefail
@@ -536,7 +537,7 @@ say "   /api/machines: each machine's journey, from its ProxyDHCP answer to its 
 # --- the journals --------------------------------------------------------------------------------
 step "Each machine's journal, copied out of its disk once it is switched off"
 # journald writes to the disk every 5 s (the root's journald.conf.d): wait that long, then pull the
-# power of every machine, as the seed's operator would inspect a disk after the fact.
+# power of every machine, as an operator would inspect a disk after the fact.
 sleep 6
 declare -A qemu_rss_kib=()
 for n in "${nodes[@]}"; do
@@ -634,7 +635,7 @@ phase_span() {
     printf '%.1f' "$longest"
 }
 say ""
-printf '   %-36s %9s    %s\n' "phase (the longest machine)" "this run" "the seed's deployment flow"
+printf '   %-36s %9s    %s\n' "phase (the longest machine)" "this run" "the manual procedure's stated durations"
 printf '   %-36s %7s s    %s\n' "PXE (power-on -> kernel)" "$(phase_span power-on kernel)" "2-5 min" \
     "installation (kernel -> installed)" "$(phase_span kernel installed)" "30-60 min" \
     "first boot (rebooted -> healthy)" "$(phase_span rebooted healthy)" "5-10 min"

@@ -12,7 +12,7 @@
 #   boot 6: /var/lib/flint unusable: systemd's line says so (238), no restart loop;
 #   boot 7: etcd: the add unit before etcd.service (which reads etcd.env), the promote unit after,
 #           against a real 3-member etcd cluster on the host: the node ends a voting member;
-#   boot 8: the seed's simultaneous 3-node bootstrap: three containers boot at once, each with
+#   boot 8: the simultaneous 3-node bootstrap: three containers boot at once, each with
 #           Debian's etcd and flint's etcd units, TLS on both sides, and configuration.md's
 #           complete example (relative tls paths, read beside the file in /etc/nixos/secrets):
 #           every etcd starts within seconds, every unit succeeds on its first run.
@@ -274,7 +274,7 @@ for unit in chainfire-cluster-join flaredb-cluster-join iam-initial-setup cluste
     expect_prop good "$unit" ExecMainStatus 0
     expect_prop good "$unit" ActiveState active
 done
-# The seed's order, as systemd ran it: each step started after the previous one ended.
+# The first-boot order, as systemd ran it: each step started after the previous one ended.
 order=(chainfire:ActiveEnterTimestampMonotonic chainfire-cluster-join flaredb:ActiveEnterTimestampMonotonic
     flaredb-cluster-join iam:ActiveEnterTimestampMonotonic iam-initial-setup cluster-health-check)
 previous_end=0

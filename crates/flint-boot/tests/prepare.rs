@@ -1,4 +1,4 @@
-//! `flint-boot prepare` through the binary: the seed's four nodes, each folder checked with
+//! `flint-boot prepare` through the binary: a four-node cluster, each folder checked with
 //! openssl (a verifier flint did not write) and loaded by the config code flint runs; reruns that
 //! change nothing, a node added, keys rotated, names changed; and every refusal (a bad
 //! inventory, a CA key readable by others, ...) with its exit status and nothing written.
@@ -15,9 +15,9 @@ fn flint_boot() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flint-boot"))
 }
 
-/// The seed's four nodes: node01–03 the initial members, node04 joining later; every node runs
+/// Four nodes: node01–03 the initial members, node04 joining later; every node runs
 /// etcd, chainfire, flaredb and IAM.
-fn seed_inventory() -> Value {
+fn four_node_inventory() -> Value {
     let node = |i: u32, initial: bool| {
         json!({"name": format!("node0{i}"), "mac": format!("52:54:00:00:00:0{i}"),
                "profile": "cp", "raft_addr": format!("10.0.200.1{i}:2380"), "initial": initial,
@@ -172,9 +172,9 @@ const NODE_FILES: [&str; 11] = [
 ];
 
 #[test]
-fn the_seed_nodes_get_folders_openssl_and_flint_accept() {
+fn four_nodes_get_folders_openssl_and_flint_accept() {
     let lab = Lab::new();
-    lab.write_inventory(&seed_inventory());
+    lab.write_inventory(&four_node_inventory());
     let report = lab.prepare_ok(&[]);
     assert!(
         report.contains("5 folders: 5 created, 0 updated, 0 unchanged"),
@@ -312,14 +312,14 @@ fn the_seed_nodes_get_folders_openssl_and_flint_accept() {
 #[test]
 fn a_rerun_changes_nothing_and_a_new_node_changes_nothing_else() {
     let lab = Lab::new();
-    lab.write_inventory(&seed_inventory());
+    lab.write_inventory(&four_node_inventory());
     lab.prepare_ok(&[]);
     let before = snapshot(&lab.out());
     let report = lab.prepare_ok(&[]);
     assert!(report.contains("0 files written"), "{report}");
     assert_eq!(snapshot(&lab.out()), before, "a rerun rewrote something");
 
-    let mut inventory = seed_inventory();
+    let mut inventory = four_node_inventory();
     inventory["nodes"].as_array_mut().unwrap().push(json!(
         {"name": "node05", "mac": "52:54:00:00:00:05", "profile": "cp",
          "raft_addr": "10.0.200.15:2380", "services": ["chainfire", "flaredb"]}));
@@ -355,7 +355,7 @@ fn a_rerun_changes_nothing_and_a_new_node_changes_nothing_else() {
 #[test]
 fn keys_are_replaced_only_with_rotate_keys_and_certificates_follow_the_inventory() {
     let lab = Lab::new();
-    lab.write_inventory(&seed_inventory());
+    lab.write_inventory(&four_node_inventory());
     lab.prepare_ok(&[]);
     let key = |name: &str, file: &str| fs::read(lab.node(name).join(file)).unwrap();
     let node04_key = key("node04", "server-key.pem");
@@ -363,7 +363,7 @@ fn keys_are_replaced_only_with_rotate_keys_and_certificates_follow_the_inventory
     let config = key("node04", "cluster-config.json");
 
     // A new name: the certificates are reissued for the same key.
-    let mut inventory = seed_inventory();
+    let mut inventory = four_node_inventory();
     inventory["cluster"]["domain"] = json!("example.net");
     lab.write_inventory(&inventory);
     let report = lab.prepare_ok(&[]);
@@ -417,7 +417,7 @@ fn keys_are_replaced_only_with_rotate_keys_and_certificates_follow_the_inventory
 #[test]
 fn an_operators_ca_signs_and_never_lands_in_the_output() {
     let lab = Lab::new();
-    lab.write_inventory(&seed_inventory());
+    lab.write_inventory(&four_node_inventory());
     let ca_cert = lab.dir.path().join("site-ca.pem");
     let ca_key = lab.dir.path().join("site-ca-key.pem");
     openssl(&[
@@ -483,9 +483,9 @@ fn an_operators_ca_signs_and_never_lands_in_the_output() {
 #[test]
 fn a_ca_key_or_node_key_readable_by_others_is_refused_with_nothing_written() {
     let lab = Lab::new();
-    lab.write_inventory(&seed_inventory());
+    lab.write_inventory(&four_node_inventory());
     lab.prepare_ok(&[]);
-    let mut inventory = seed_inventory();
+    let mut inventory = four_node_inventory();
     inventory["cluster"]["domain"] = json!("example.org");
     lab.write_inventory(&inventory);
 
@@ -529,7 +529,7 @@ fn refused(lab: &Lab, inventory: &Value, path: &str, expected: &str) {
 #[test]
 fn bad_inventories_are_refused_naming_file_and_path_with_nothing_written() {
     let lab = Lab::new();
-    let mut duplicate = seed_inventory();
+    let mut duplicate = four_node_inventory();
     duplicate["nodes"][3]["raft_addr"] = json!("10.0.200.12:2380");
     refused(
         &lab,
@@ -537,16 +537,16 @@ fn bad_inventories_are_refused_naming_file_and_path_with_nothing_written() {
         "nodes[3].raft_addr",
         "not already used by nodes[1]",
     );
-    let mut no_address = seed_inventory();
+    let mut no_address = four_node_inventory();
     no_address["nodes"][2]
         .as_object_mut()
         .unwrap()
         .remove("raft_addr");
     refused(&lab, &no_address, "nodes[2].raft_addr", "cluster address");
-    let mut unknown = seed_inventory();
+    let mut unknown = four_node_inventory();
     unknown["nodes"][1]["services"] = json!(["chainfire", "zookeeper"]);
     refused(&lab, &unknown, "nodes[1].services[1]", "\"zookeeper\"");
-    let mut no_cluster = seed_inventory();
+    let mut no_cluster = four_node_inventory();
     no_cluster.as_object_mut().unwrap().remove("cluster");
     for node in no_cluster["nodes"].as_array_mut().unwrap() {
         let node = node.as_object_mut().unwrap();
@@ -557,7 +557,7 @@ fn bad_inventories_are_refused_naming_file_and_path_with_nothing_written() {
     assert!(!lab.out().exists());
 
     // The same refusals leave an existing output exactly as it was.
-    lab.write_inventory(&seed_inventory());
+    lab.write_inventory(&four_node_inventory());
     lab.prepare_ok(&[]);
     refused(
         &lab,
@@ -571,7 +571,7 @@ fn bad_inventories_are_refused_naming_file_and_path_with_nothing_written() {
 #[test]
 fn what_is_in_the_way_is_named_not_followed() {
     let lab = Lab::new();
-    lab.write_inventory(&seed_inventory());
+    lab.write_inventory(&four_node_inventory());
     lab.prepare_ok(&[]);
     let key = lab.node("node01").join("node-key.pem");
     let elsewhere = lab.dir.path().join("elsewhere.pem");
@@ -590,7 +590,7 @@ fn what_is_in_the_way_is_named_not_followed() {
     // An admin "public key" that is a private one is refused.
     let private = lab.out().join("cluster/iam-admin-key.pem");
     let lab2 = Lab::new();
-    lab2.write_inventory(&seed_inventory());
+    lab2.write_inventory(&four_node_inventory());
     let out = lab2.prepare(&["--iam-admin-key", s(&private)]);
     assert_eq!(out.status.code(), Some(78), "{}", describe(&out));
     assert!(
@@ -604,7 +604,7 @@ fn what_is_in_the_way_is_named_not_followed() {
 #[test]
 fn a_report_url_gives_every_node_the_endpoint_and_the_boot_server_an_identity_and_no_secret() {
     let lab = Lab::new();
-    let mut inventory = seed_inventory();
+    let mut inventory = four_node_inventory();
     inventory["cluster"]["report_url"] = json!("https://10.0.100.2:8443/api/reports");
     lab.write_inventory(&inventory);
     let report = lab.prepare_ok(&[]);

@@ -53,7 +53,7 @@ impl fmt::Display for ClusterService {
     }
 }
 
-/// The services a node runs when its entry names none: the seed's three.
+/// The services a node runs when its entry names none: the default three, chainfire, flaredb, IAM.
 pub const DEFAULT_SERVICES: [ClusterService; 3] = [
     ClusterService::Chainfire,
     ClusterService::Flaredb,
@@ -61,7 +61,7 @@ pub const DEFAULT_SERVICES: [ClusterService; 3] = [
 ];
 
 /// The ports every node of the cluster uses. chainfire's Raft port is each node's own, the port
-/// of its `raft_addr`, as in the seed's `cluster-config.json`.
+/// of its `raft_addr`, as in the node's `cluster-config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
     pub etcd: u16,
@@ -73,8 +73,8 @@ pub struct Ports {
 }
 
 impl Default for Ports {
-    /// chainfire at the seed's 2379, flaredb and IAM where flint's config puts them by default,
-    /// and etcd beside them at 2579/2580, so the four fit on one host.
+    /// chainfire at its conventional 2379, flaredb and IAM where flint's config puts them by
+    /// default, and etcd beside them at 2579/2580, so the four fit on one host.
     fn default() -> Ports {
         Ports {
             etcd: 2579,

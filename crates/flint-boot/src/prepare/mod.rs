@@ -1,6 +1,7 @@
-//! `flint-boot prepare`: the seed's preparation phase. From the inventory's cluster it writes one
-//! folder per node, laid out as the units and the NixOS module read `/etc/nixos/secrets`, and
-//! one folder of what stays with the operator (the CA key, the tokens' originals):
+//! `flint-boot prepare`: the deployment flow's preparation phase. From the inventory's cluster it
+//! writes one folder per node, laid out as the units and the NixOS module read
+//! `/etc/nixos/secrets`, and one folder of what stays with the operator (the CA key, the tokens'
+//! originals):
 //!
 //! ```text
 //! DIR/cluster/  ca.pem ca-key.pem admin.pem admin-key.pem join-token iam-bootstrap-token
