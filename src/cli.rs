@@ -8,7 +8,7 @@ use tracing::{error, info};
 
 use crate::commands::{self, Context, iam_setup, join_admin, join_etcd, node_join};
 use crate::config::{self, Service};
-use crate::exit::{Classify, ExitStatus};
+use crate::exit::ExitStatus;
 use crate::report::{self, Step};
 use crate::state::{MarkerKind, StateDir};
 use crate::systemd;
@@ -152,7 +152,10 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
     match cli.command {
         Command::Join { service, phase } => {
             if phase.is_some() && service != JoinService::Etcd {
-                return Err(UsageError("--phase applies to `flint join etcd` only".into()).into());
+                return Err(commands::UsageError(
+                    "--phase applies to `flint join etcd` only".into(),
+                )
+                .into());
             }
             if already_done(&state, service.into())? {
                 return Ok(ExitStatus::Success);
@@ -172,7 +175,7 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
                 }
             }
             .await;
-            reported(&ctx, Step::join(service, phase), started, joined).await
+            reported(&ctx, Step::join(service.into(), phase), started, joined).await
         }
         Command::IamSetup => {
             if already_done(&state, Service::Iam)? {
@@ -268,15 +271,4 @@ pub fn already_done(state: &StateDir, service: Service) -> crate::Result<bool> {
         ),
     }
     Ok(true)
-}
-
-/// A command line clap accepts but flint does not.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-impl Classify for UsageError {
-    fn exit_status(&self) -> ExitStatus {
-        ExitStatus::Usage
-    }
 }

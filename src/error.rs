@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::exit::{Classify, ExitStatus};
+use crate::exit::{ExitStatus, HasExitStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,7 +23,7 @@ pub enum Error {
     #[error(transparent)]
     Privileges(#[from] crate::privileges::Error),
     #[error(transparent)]
-    Usage(#[from] crate::cli::UsageError),
+    Usage(#[from] crate::commands::UsageError),
     #[error(transparent)]
     Deadline(#[from] crate::retry::DeadlinePassed),
     /// What flint was doing when `source` happened, for the log line; the status is the source's.

@@ -68,13 +68,13 @@ impl fmt::Display for ExitStatus {
 
 /// Implemented by every error type of flint's modules; `crate::Error::exit_status` matches on
 /// each of them, so the mapping is total.
-pub trait Classify {
+pub trait HasExitStatus {
     fn exit_status(&self) -> ExitStatus;
 }
 
 /// The configuration is read by its own crate (shared with `flint-boot prepare`); what its
 /// errors mean to the units is flint's to say.
-impl Classify for flint_config::Error {
+impl HasExitStatus for flint_config::Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
             flint_config::Error::Read { source, .. }

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 use crate::config::Timeouts;
-use crate::exit::{Classify, ExitStatus};
+use crate::exit::{ExitStatus, HasExitStatus};
 use crate::retry::Class;
 use crate::secrets::Secret;
 
@@ -69,7 +69,7 @@ impl Error {
     }
 }
 
-impl Classify for Error {
+impl HasExitStatus for Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Tls { .. } => ExitStatus::Permission,

@@ -7,7 +7,8 @@ use flint::cli::{self, Cli};
 use flint::exit::ExitStatus;
 
 fn main() -> ExitCode {
-    // Installed under the seed's name `node-join` (a symlink), the binary is `flint node-join`.
+    // Installed as `node-join` too (a symlink, as the flint package installs it), the binary is
+    // `flint node-join`.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let invoked_as = args
         .first()

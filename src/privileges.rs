@@ -4,7 +4,7 @@
 use caps::{CapSet, CapsHashSet};
 use tracing::debug;
 
-use crate::exit::{Classify, ExitStatus};
+use crate::exit::{ExitStatus, HasExitStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,7 +19,7 @@ pub enum Error {
     NoNewPrivs(nix::Error),
 }
 
-impl Classify for Error {
+impl HasExitStatus for Error {
     fn exit_status(&self) -> ExitStatus {
         ExitStatus::Permission
     }

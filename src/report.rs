@@ -12,7 +12,6 @@ use serde_json::json;
 use tracing::{info, warn};
 use url::Url;
 
-use crate::cli::JoinService;
 use crate::commands::Context;
 use crate::commands::join_etcd::Phase;
 use crate::config::{Service, Timeouts};
@@ -39,13 +38,12 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn join(service: JoinService, phase: Option<Phase>) -> Step {
-        let (service, step) = match (service, phase) {
-            (JoinService::Chainfire, _) => (Service::Chainfire, "join"),
-            (JoinService::Flaredb, _) => (Service::Flaredb, "join"),
-            (JoinService::Etcd, None) => (Service::Etcd, "join"),
-            (JoinService::Etcd, Some(Phase::Add)) => (Service::Etcd, "add"),
-            (JoinService::Etcd, Some(Phase::Promote)) => (Service::Etcd, "promote"),
+    /// A join of `service`; only etcd's is in phases.
+    pub fn join(service: Service, phase: Option<Phase>) -> Step {
+        let step = match phase {
+            Some(Phase::Add) => "add",
+            Some(Phase::Promote) => "promote",
+            None => "join",
         };
         Step {
             service: service.name(),

@@ -12,7 +12,7 @@ use backon::{BackoffBuilder, Retryable};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::exit::{Classify, ExitStatus};
+use crate::exit::{ExitStatus, HasExitStatus};
 use crate::systemd;
 
 /// Whether an error is worth another attempt.
@@ -25,8 +25,8 @@ pub enum Class {
     Transient { retry_after: Option<Duration> },
 }
 
-/// Errors that know their class.
-pub trait Classified: Display {
+/// Errors that know whether trying again can help: the retry loop asks each one.
+pub trait HasRetryClass: Display {
     fn class(&self) -> Class;
 }
 
@@ -61,7 +61,7 @@ pub struct DeadlinePassed {
     last: String,
 }
 
-impl Classify for DeadlinePassed {
+impl HasExitStatus for DeadlinePassed {
     fn exit_status(&self) -> ExitStatus {
         ExitStatus::Unavailable
     }
@@ -139,7 +139,7 @@ pub async fn until<T, E, F, Fut>(
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    E: Classified + Into<crate::Error>,
+    E: HasRetryClass + Into<crate::Error>,
 {
     let mut log = WaitLog::new(what);
     let retrying = attempt

@@ -5,7 +5,7 @@ use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::exit::{Classify, ExitStatus};
+use crate::exit::{ExitStatus, HasExitStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,7 +27,7 @@ pub enum Error {
     },
 }
 
-impl Classify for Error {
+impl HasExitStatus for Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Unreadable { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Service;
-use crate::exit::{Classify, ExitStatus};
-use crate::retry::{self, Class, Classified, Deadline, Pace};
+use crate::exit::{ExitStatus, HasExitStatus};
+use crate::retry::{self, Class, Deadline, HasRetryClass, Pace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,7 +30,7 @@ pub enum Error {
     LockHeld { holder: String },
 }
 
-impl Classified for Error {
+impl HasRetryClass for Error {
     fn class(&self) -> Class {
         match self {
             Error::LockHeld { .. } => Class::Transient { retry_after: None },
@@ -39,7 +39,7 @@ impl Classified for Error {
     }
 }
 
-impl Classify for Error {
+impl HasExitStatus for Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -52,7 +52,7 @@ impl Classify for Error {
     }
 }
 
-/// The run-once markers, named as the seed names them.
+/// The run-once markers, under the names the first-boot units' `ConditionPathExists=!` checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MarkerKind {
     ChainfireJoined,

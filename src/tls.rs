@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::TlsFiles;
-use crate::exit::{Classify, ExitStatus};
+use crate::exit::{ExitStatus, HasExitStatus};
 use crate::secrets;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub enum Error {
     },
 }
 
-impl Classify for Error {
+impl HasExitStatus for Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Secret(e) => e.exit_status(),

@@ -6,7 +6,7 @@ use tracing::info;
 
 use super::Context;
 use crate::config::{self, Service};
-use crate::engines::iam::{Iam, Setup};
+use crate::engines::iam::Setup;
 use crate::retry::{self, Pace};
 use crate::secrets;
 use crate::state::{Marker, MarkerKind};
@@ -38,7 +38,7 @@ pub async fn run(ctx: &Context) -> crate::Result<()> {
     let token = secrets::read_token(token_file)?;
     let public_key = read_public_key(&ctx.config.file, &admin.public_key_file)?;
 
-    let iam = Iam::new(ctx.http.clone());
+    let iam = ctx.iam();
     info!("waiting for IAM at {} to be reachable", settings.health_url);
     retry::until("IAM to be reachable", &ctx.deadline, Pace::EAGER, || {
         iam.reachable(&settings.health_url)

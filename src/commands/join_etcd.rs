@@ -33,7 +33,7 @@ pub enum Phase {
 
 pub async fn run(ctx: &Context, phase: Option<Phase>) -> crate::Result<()> {
     let settings = ctx.config.etcd()?;
-    let etcd = Etcd::new(ctx.http.clone());
+    let etcd = ctx.etcd();
     let join = Join {
         ctx,
         etcd: &etcd,

@@ -12,6 +12,9 @@ use std::path::PathBuf;
 
 use crate::config::{AdminSettings, Config};
 use crate::engines::admin::Admin;
+use crate::engines::etcd::Etcd;
+use crate::engines::iam::Iam;
+use crate::exit::{ExitStatus, HasExitStatus};
 use crate::http;
 use crate::retry::Deadline;
 use crate::secrets::{self, Secret};
@@ -31,7 +34,19 @@ pub struct Context {
     pub deadline: Deadline,
 }
 
+/// Every engine is built from the context, one way: with the node's HTTP client (its CA, client
+/// certificate and timeouts) and, for the admin APIs, its token and URL policy.
 impl Context {
+    /// A client of etcd's gateway.
+    pub fn etcd(&self) -> Etcd {
+        Etcd::new(self.http.clone())
+    }
+
+    /// A client of IAM.
+    pub fn iam(&self) -> Iam {
+        Iam::new(self.http.clone())
+    }
+
     /// A client of chainfire's or flaredb's admin API, with this node's token and URL policy.
     pub fn admin(&self, settings: &AdminSettings) -> Admin {
         Admin::new(
@@ -75,5 +90,16 @@ pub fn marker_name(what: &str, name: &str) -> Result<String, crate::engines::Err
             "the cluster names the {what} {name:?}, which flint will not record in a marker: \
              expected 1 to 253 characters of A-Z a-z 0-9 . _ -"
         )))
+    }
+}
+
+/// A command line clap accepts but flint does not: a command refuses it before doing anything.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl HasExitStatus for UsageError {
+    fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Usage
     }
 }

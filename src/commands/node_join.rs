@@ -8,7 +8,7 @@ use tracing::info;
 use super::{Context, iam_setup, join_admin, join_etcd};
 use crate::config::{AdminSettings, EtcdSettings, Service, one_line};
 use crate::engines::Error;
-use crate::engines::etcd::{Etcd, bare_url, hex_id};
+use crate::engines::etcd::{bare_url, hex_id};
 use crate::exit::ExitStatus;
 use crate::state::{Marker, MarkerKind};
 
@@ -56,7 +56,7 @@ pub async fn run(ctx: &Context, args: Args) -> crate::Result<ExitStatus> {
     };
     if args.abandon {
         if args.service != Some(Service::Etcd) {
-            return Err(crate::cli::UsageError(
+            return Err(super::UsageError(
                 "--abandon applies to etcd only: `flint node-join --service etcd --abandon`".into(),
             )
             .into());
@@ -168,7 +168,7 @@ async fn etcd_member(
     settings: &EtcdSettings,
     peer_url: &str,
 ) -> Result<Option<MemberState>, Error> {
-    let etcd = Etcd::new(ctx.http.clone());
+    let etcd = ctx.etcd();
     let (_, list) = etcd.voter(&settings.endpoints).await?;
     Ok(list.with_peer_url(peer_url).map(|m| MemberState {
         id: hex_id(m.id),
@@ -198,7 +198,7 @@ async fn abandon_etcd(ctx: &Context) -> crate::Result<()> {
     let _lock = ctx.state.lock(Service::Etcd, &ctx.deadline).await?;
     let settings = ctx.config.etcd()?;
     let peer_url = bare_url(ctx.config.etcd_peer_url()?);
-    let etcd = Etcd::new(ctx.http.clone());
+    let etcd = ctx.etcd();
     let (endpoint, list) = etcd.voter(&settings.endpoints).await?;
     let env_file = ctx.state.path().join(join_etcd::ENV_FILE);
     match list.with_peer_url(&peer_url) {

@@ -15,13 +15,12 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
-use super::{Error, status_error};
+use super::{Error, first_answer, status_error};
 
 /// What a 401/403 from this service asks the operator to check.
 const CREDENTIALS: &str = "`join_token_file` and `tls.cert`";
 use crate::config::{AdminSettings, Endpoints, join_path, permits};
 use crate::http::{Answer, Bearer, Client};
-use crate::retry::{Class, Classified};
 use crate::secrets::Secret;
 
 /// Hops a request may take from member to member before flint calls it a loop. A leader
@@ -291,15 +290,7 @@ impl Admin {
     /// The member list from the first of `endpoints` that answers (the leader URL, then the
     /// peers); a permanent error stops the search, since every member would answer the same.
     pub async fn first_members(&self, endpoints: &Endpoints) -> Result<(Url, MemberList), Error> {
-        let mut last = None;
-        for endpoint in endpoints.iter() {
-            match self.members(endpoint).await {
-                Ok(answer) => return Ok(answer),
-                Err(e) if e.class() == Class::Permanent => return Err(e),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("config validation guarantees at least one endpoint"))
+        first_answer(endpoints, |endpoint| self.members(endpoint)).await
     }
 
     /// Asks the leader (found from `base`, following its hints) to add this node.

@@ -10,14 +10,14 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
-use super::{Error, status_error};
+use super::{Error, first_answer, status_error};
 
 /// What a 401/403 from this service asks the operator to check.
 const CREDENTIALS: &str = "`tls.cert`";
 pub use crate::config::bare_url;
 use crate::config::{Endpoints, join_path};
 use crate::http::{Answer, Client};
-use crate::retry::{Class, Classified};
+use crate::retry::Class;
 
 /// etcd's refusals that flint acts on, recognised by gRPC code and message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,22 +224,17 @@ impl Etcd {
     /// A member that can change membership, and its member list: each endpoint in order
     /// (the leader URL first); learners are skipped, never asked.
     pub async fn voter(&self, endpoints: &Endpoints) -> Result<(Url, MemberList), Error> {
-        let mut last = None;
-        for endpoint in endpoints.iter() {
-            match self.member_list(endpoint).await {
-                Ok(list) if list.answering().is_some_and(|m| !m.is_learner) => {
-                    return Ok((endpoint.clone(), list));
-                }
-                Ok(_) => {
-                    last = Some(Error::NoVoter {
-                        tried: format!("{endpoint} (a learner)"),
-                    })
-                }
-                Err(e) if e.class() == Class::Permanent => return Err(e),
-                Err(e) => last = Some(e),
+        first_answer(endpoints, |endpoint| async move {
+            let list = self.member_list(endpoint).await?;
+            if list.answering().is_some_and(|m| !m.is_learner) {
+                Ok((endpoint.clone(), list))
+            } else {
+                Err(Error::NoVoter {
+                    tried: format!("{endpoint} (a learner)"),
+                })
             }
-        }
-        Err(last.expect("config validation guarantees at least one endpoint"))
+        })
+        .await
     }
 
     pub async fn remove(&self, endpoint: &Url, id: u64) -> Result<(), Error> {

@@ -4,9 +4,14 @@ pub mod admin;
 pub mod etcd;
 pub mod iam;
 
-use crate::exit::{Classify, ExitStatus};
+use std::future::Future;
+
+use url::Url;
+
+use crate::config::Endpoints;
+use crate::exit::{ExitStatus, HasExitStatus};
 use crate::http::{self, Answer};
-use crate::retry::{Class, Classified};
+use crate::retry::{Class, HasRetryClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -54,7 +59,7 @@ pub enum Error {
     Unsafe(String),
 }
 
-impl Classified for Error {
+impl HasRetryClass for Error {
     fn class(&self) -> Class {
         match self {
             Error::Http(e) => e.class(),
@@ -69,7 +74,7 @@ impl Classified for Error {
     }
 }
 
-impl Classify for Error {
+impl HasExitStatus for Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Http(e) => e.exit_status(),
@@ -103,4 +108,25 @@ fn status_error(answer: &Answer, credentials: &'static str) -> Error {
             .collect(),
         class: answer.status_class(),
     }
+}
+
+/// The answer of the first of `endpoints` (the leader URL, then the peers, in order) that `ask`
+/// gets one from; a permanent error stops the search, since every member would answer the
+/// same, and otherwise the last endpoint's error is the outcome.
+async fn first_answer<'a, T, Fut>(
+    endpoints: &'a Endpoints,
+    mut ask: impl FnMut(&'a Url) -> Fut,
+) -> Result<T, Error>
+where
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut last = None;
+    for endpoint in endpoints.iter() {
+        match ask(endpoint).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if e.class() == Class::Permanent => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("config validation guarantees at least one endpoint"))
 }

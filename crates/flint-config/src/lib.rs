@@ -1,8 +1,9 @@
 //! `cluster-config.json`: where it is found, its raw shape, and the validated settings built from it.
 //!
-//! Parsing goes in two stages: serde structs that mirror the file (every unknown field rejected),
-//! then typed settings (`Url`, `Duration`, `NodeId`, ...). Nothing past this crate re-checks a
-//! value, and every error names the file and the field.
+//! Parsing goes in two stages: serde structs that mirror the file (`raw`, every unknown field
+//! rejected), then the typed settings this module and `services` define (`Url`, `Duration`,
+//! `NodeId`, ...), built by `validate`. Nothing past this crate re-checks a value, and every
+//! error names the file and the field.
 //!
 //! A crate of its own so that `flint-boot prepare` writes configs checked by the very code the
 //! node runs on them, without linking the node's HTTP client.
@@ -17,14 +18,15 @@ use url::Url;
 pub mod files;
 mod raw;
 mod services;
+mod validate;
 
-use raw::{RawConfig, RawTimeouts, RawTls};
-use services::TopLevel;
+use raw::RawConfig;
 pub use services::{AdminPaths, AdminSettings, EtcdSettings, IamAdmin, IamSettings, Service};
+use validate::Validator;
 
 /// Where systemd's `LoadCredential=` puts the file, under `$CREDENTIALS_DIRECTORY`.
 pub const CREDENTIAL_NAME: &str = "cluster-config.json";
-/// The seed's location of the file.
+/// The conventional location of the file.
 pub const DEFAULT_PATH: &str = "/etc/nixos/secrets/cluster-config.json";
 
 const DEFAULT_TOTAL: Duration = Duration::from_secs(600);
@@ -184,7 +186,7 @@ pub struct Config {
     chainfire: Option<AdminSettings>,
     flaredb: Option<AdminSettings>,
     iam: IamSettings,
-    /// The services whose sections the file has, or the seed's three when it has none.
+    /// The services whose sections the file has, or the default three (chainfire, flaredb, IAM) when it has none.
     configured: Vec<Service>,
 }
 
@@ -274,7 +276,7 @@ impl Config {
     }
 
     /// What `flint health` and `node-join` look at: the services with a section in the file,
-    /// or, for the seed's file with none, chainfire, flaredb and IAM.
+    /// or, for a file with none (the minimal four-field file), chainfire, flaredb and IAM.
     pub fn configured_services(&self) -> &[Service] {
         &self.configured
     }
@@ -315,289 +317,6 @@ impl Config {
             ),
         }
     }
-}
-
-pub(crate) struct Validator<'a> {
-    path: &'a Path,
-}
-
-impl Validator<'_> {
-    fn invalid(&self, field: &str, problem: impl Into<String>) -> Error {
-        Error::Invalid {
-            path: self.path.to_owned(),
-            field: field.to_owned(),
-            problem: problem.into(),
-        }
-    }
-
-    fn config(&self, raw: RawConfig) -> Result<Config, Error> {
-        let node_id = NodeId::parse(&raw.node_id).map_err(|p| self.invalid("node_id", p))?;
-        let tls = raw.tls.map(|t| self.tls(t)).transpose()?;
-        let join_token_file = raw.join_token_file.map(|p| self.relative(p));
-        let timeouts = self.timeouts(raw.timeouts)?;
-        let policy = UrlPolicy {
-            has_ca: tls.is_some(),
-            allow_plaintext: raw.allow_plaintext,
-        };
-
-        let top_leader = raw
-            .leader_url
-            .as_deref()
-            .map(|u| self.url("leader_url", u, policy))
-            .transpose()?;
-        let top_peers = self.urls("peers", &raw.peers, policy)?;
-        let top_raft = raw
-            .raft_addr
-            .as_deref()
-            .map(|a| self.host_port("raft_addr", a))
-            .transpose()?;
-
-        let top = TopLevel {
-            node_id: node_id.as_str(),
-            bootstrap: raw.bootstrap,
-            leader: top_leader,
-            peers: top_peers,
-            raft: top_raft,
-            policy,
-        };
-        let mut configured = Vec::new();
-        for (service, present) in [
-            (Service::Chainfire, raw.chainfire.is_some()),
-            (Service::Flaredb, raw.flaredb.is_some()),
-            (Service::Etcd, raw.etcd.is_some()),
-            (Service::Iam, raw.iam.is_some()),
-        ] {
-            if present {
-                configured.push(service);
-            }
-        }
-        if configured.is_empty() {
-            configured = vec![Service::Chainfire, Service::Flaredb, Service::Iam];
-        }
-        // A section demands its settings; without one, a service gets settings only when the
-        // top level gives a leader URL to derive them from.
-        let has_top_leader = top.leader.is_some();
-        let etcd = match raw.etcd {
-            Some(section) => Some(self.etcd(section, &top)?),
-            None if has_top_leader => Some(self.etcd(Default::default(), &top)?),
-            None => None,
-        };
-        let admin = |service, section: Option<raw::RawAdmin>| match section {
-            Some(section) => self.admin(service, section, &top).map(Some),
-            None if has_top_leader => self.admin(service, Default::default(), &top).map(Some),
-            None => Ok(None),
-        };
-        let chainfire = admin(Service::Chainfire, raw.chainfire)?;
-        let flaredb = admin(Service::Flaredb, raw.flaredb)?;
-        let iam = self.iam(raw.iam.unwrap_or_default(), &top)?;
-        let expected_members = raw
-            .expected_members
-            .map(|n| match usize::try_from(n) {
-                Ok(n @ 1..=MAX_MEMBERS) => Ok(n),
-                _ => Err(self.invalid(
-                    "expected_members",
-                    format!("expected a member count from 1 to {MAX_MEMBERS}, got {n}"),
-                )),
-            })
-            .transpose()?;
-        let report_url = raw
-            .report_url
-            .as_deref()
-            .map(|value| self.report_url(value, tls.as_ref()))
-            .transpose()?;
-
-        Ok(Config {
-            file: self.path.to_owned(),
-            node_id,
-            bootstrap: raw.bootstrap,
-            tls,
-            join_token_file,
-            timeouts,
-            allow_plaintext: raw.allow_plaintext,
-            expected_members,
-            report_url,
-            etcd,
-            chainfire,
-            flaredb,
-            iam,
-            configured,
-        })
-    }
-
-    fn tls(&self, raw: RawTls) -> Result<TlsFiles, Error> {
-        let client = match (raw.cert, raw.key) {
-            (Some(cert), Some(key)) => Some(ClientIdentity {
-                cert: self.relative(cert),
-                key: self.relative(key),
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(self.invalid("tls.key", "required when `tls.cert` is set"));
-            }
-            (None, Some(_)) => {
-                return Err(self.invalid("tls.cert", "required when `tls.key` is set"));
-            }
-        };
-        Ok(TlsFiles {
-            ca: self.relative(raw.ca),
-            client,
-        })
-    }
-
-    fn timeouts(&self, raw: Option<RawTimeouts>) -> Result<Timeouts, Error> {
-        let raw = raw.unwrap_or_default();
-        let pick = |field: &str, value: Option<String>, default: Duration, max: Duration| {
-            let Some(text) = value else {
-                return Ok(default);
-            };
-            let duration = parse_duration(&text).map_err(|p| self.invalid(field, p))?;
-            if duration > max {
-                return Err(self.invalid(
-                    field,
-                    format!("expected at most {}, got {text:?}", human_duration(max)),
-                ));
-            }
-            Ok(duration)
-        };
-        Ok(Timeouts {
-            total: pick("timeouts.total", raw.total, DEFAULT_TOTAL, MAX_TOTAL)?,
-            request: pick(
-                "timeouts.request",
-                raw.request,
-                DEFAULT_REQUEST,
-                MAX_REQUEST,
-            )?,
-            connect: pick(
-                "timeouts.connect",
-                raw.connect,
-                DEFAULT_CONNECT,
-                MAX_CONNECT,
-            )?,
-        })
-    }
-
-    /// Paths in the file are relative to the file's own folder, so a config and its
-    /// certificates can move together (as systemd credentials do).
-    fn relative(&self, path: PathBuf) -> PathBuf {
-        if path.is_absolute() {
-            path
-        } else {
-            self.path.parent().unwrap_or(Path::new(".")).join(path)
-        }
-    }
-
-    fn urls(&self, field: &str, values: &[String], policy: UrlPolicy) -> Result<Vec<Url>, Error> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| self.url(&format!("{field}[{i}]"), v, policy))
-            .collect()
-    }
-
-    fn url(&self, field: &str, value: &str, policy: UrlPolicy) -> Result<Url, Error> {
-        let url = Url::parse(value).map_err(|e| {
-            self.invalid(
-                field,
-                format!(
-                    "expected a URL such as \"https://node01.example.com:2379\", got {value:?}: {e}"
-                ),
-            )
-        })?;
-        if url.host().is_none() {
-            return Err(self.invalid(field, format!("expected a URL with a host, got {value:?}")));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(self.invalid(
-                field,
-                "credentials in URLs would end up in logs: use `join_token_file` or `tls.key`",
-            ));
-        }
-        match url.scheme() {
-            "https" if !policy.has_ca => Err(self.invalid(
-                field,
-                format!(
-                    "{value:?} is https but the file has no `tls.ca`: flint verifies every server \
-                     against a configured CA"
-                ),
-            )),
-            "https" => Ok(url),
-            "http" if policy.allow_plaintext || is_loopback(&url) => Ok(url),
-            "http" => Err(self.invalid(
-                field,
-                format!(
-                    "{value:?} is plain http to a host that is not loopback: use https, or set \
-                     `allow_plaintext: true` to accept it"
-                ),
-            )),
-            other => Err(self.invalid(
-                field,
-                format!("expected an http or https URL, got scheme {other:?}"),
-            )),
-        }
-    }
-
-    /// https and a client certificate: the boot server knows the node by the certificate it
-    /// presents, so a report needs no secret of its own and cannot speak for another node.
-    fn report_url(&self, value: &str, tls: Option<&TlsFiles>) -> Result<Url, Error> {
-        let policy = UrlPolicy {
-            has_ca: tls.is_some(),
-            allow_plaintext: false,
-        };
-        let url = self.url("report_url", value, policy)?;
-        if url.scheme() != "https" {
-            return Err(self.invalid(
-                "report_url",
-                format!(
-                    "{value:?} is not https: the boot server knows a node by its client certificate"
-                ),
-            ));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(self.invalid(
-                "report_url",
-                format!("expected no query or fragment, got {value:?}"),
-            ));
-        }
-        if tls.is_none_or(|t| t.client.is_none()) {
-            return Err(self.invalid(
-                "report_url",
-                "needs `tls.cert` and `tls.key`: the boot server knows a node by its client \
-                 certificate",
-            ));
-        }
-        Ok(url)
-    }
-
-    fn host_port(&self, field: &str, value: &str) -> Result<String, Error> {
-        let expected = || {
-            self.invalid(
-                field,
-                format!("expected host:port such as \"10.0.200.13:2380\", got {value:?}"),
-            )
-        };
-        let (host, port) = value.rsplit_once(':').ok_or_else(expected)?;
-        let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
-        let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
-        {
-            inner.parse::<std::net::Ipv6Addr>().is_ok()
-        } else {
-            !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
-        };
-        if port_ok && host_ok {
-            Ok(value.to_owned())
-        } else {
-            Err(expected())
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-pub(crate) struct UrlPolicy {
-    has_ca: bool,
-    allow_plaintext: bool,
 }
 
 /// Whether flint may send a request to `url` (a redirect target, say) under the same rule as
@@ -666,18 +385,6 @@ pub fn join_path(base: &Url, path: &str) -> Url {
     url
 }
 
-/// `24h`, `10m`, `30s`: a bound as the file would write it.
-fn human_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs.is_multiple_of(3600) {
-        format!("\"{}h\"", secs / 3600)
-    } else if secs.is_multiple_of(60) {
-        format!("\"{}m\"", secs / 60)
-    } else {
-        format!("\"{secs}s\"")
-    }
-}
-
 /// `500ms`, `30s`, `10m`, `1h`: a number and a unit, as operators write them in unit files.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let expected =
@@ -710,12 +417,12 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_file_works_unchanged() {
+    fn the_minimal_four_field_file_works_unchanged() {
         let config = parse(
             r#"{"node_id": "node04", "bootstrap": false,
                 "leader_url": "http://127.0.0.1:2379", "raft_addr": "10.0.200.13:2380"}"#,
         )
-        .expect("seed file");
+        .expect("minimal four-field file");
         assert_eq!(config.node_id.as_str(), "node04");
         let etcd = config.etcd().unwrap();
         assert_eq!(
@@ -727,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_file_configures_chainfire_flaredb_and_iam_on_their_ports() {
+    fn a_file_without_sections_configures_chainfire_flaredb_and_iam_on_their_ports() {
         let config = parse(
             r#"{"node_id": "node04", "tls": {"ca": "ca.pem"},
                 "leader_url": "https://node01.example.com:2379", "raft_addr": "10.0.200.13:2380"}"#,

@@ -7,7 +7,6 @@ use super::{EndpointReport, MemberReport, ServiceReport, ask_each};
 use crate::commands::Context;
 use crate::config::{AdminSettings, Service, join_path, one_line};
 use crate::engines::admin::Role;
-use crate::engines::iam::Iam;
 
 pub(super) async fn check(ctx: &Context, service: Service) -> crate::Result<ServiceReport> {
     let settings = ctx.config.admin(service)?;
@@ -84,12 +83,10 @@ pub(crate) async fn report(
     })
 }
 
-/// IAM is stateless: one reachable instance on this node is what the seed's check asks for.
+/// IAM is stateless: one reachable instance on this node is what the deployment flow's validation asks for.
 pub(super) async fn check_iam(ctx: &Context) -> ServiceReport {
     let settings = ctx.config.iam();
-    let outcome = Iam::new(ctx.http.clone())
-        .reachable(&settings.health_url)
-        .await;
+    let outcome = ctx.iam().reachable(&settings.health_url).await;
     let endpoint = EndpointReport::new("health_url", &settings.health_url, outcome);
     let mut problems = Vec::new();
     if let Some(e) = &endpoint.error {
@@ -114,7 +111,7 @@ pub(super) async fn check_iam(ctx: &Context) -> ServiceReport {
     }
 }
 
-/// The write check for chainfire and flaredb (see `super::write_check`), through the seed's
+/// The write check for chainfire and flaredb (see `super::write_check`), through the services'
 /// key-value API on each member's API URL: `PUT /v1/kv/{key}` on the leader, `GET` on each
 /// member (its own view: 200 with the value, 404 while it has none), `DELETE` on the leader.
 /// The join token is not sent: it is for the admin API.

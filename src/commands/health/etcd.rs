@@ -6,7 +6,7 @@ use url::Url;
 use super::{MemberReport, ServiceReport, ask_each};
 use crate::commands::Context;
 use crate::config::{join_path, one_line};
-use crate::engines::etcd::{Etcd, hex_id};
+use crate::engines::etcd::hex_id;
 
 struct Probe {
     index: usize,
@@ -30,7 +30,7 @@ pub(super) async fn check(ctx: &Context) -> crate::Result<ServiceReport> {
 /// asked for the member list. A bootstrap node waits for this verdict, so a node that has
 /// recorded its join is one `flint health` calls healthy.
 pub(crate) async fn report(ctx: &Context, asked: Vec<(&'static str, Url)>) -> ServiceReport {
-    let etcd = Etcd::new(ctx.http.clone());
+    let etcd = ctx.etcd();
     let (list, endpoints) = ask_each(asked, |url| {
         let etcd = etcd.clone();
         async move { etcd.member_list(&url).await }
@@ -135,7 +135,7 @@ pub(crate) async fn report(ctx: &Context, asked: Vec<(&'static str, Url)>) -> Se
 /// serializable `kv/range` on each member (answered from the member's own store, without the
 /// leader), `kv/deleterange`.
 pub(super) async fn write_check(ctx: &Context, report: &mut ServiceReport) {
-    let etcd = Etcd::new(ctx.http.clone());
+    let etcd = ctx.etcd();
     let (put, get, delete) = (etcd.clone(), etcd.clone(), etcd);
     super::write_check(
         ctx,

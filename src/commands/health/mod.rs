@@ -395,7 +395,7 @@ impl ServiceReport {
     }
 }
 
-/// The seed's "test write/read": a key unique to this check written through the leader, read
+/// The deployment flow's validation write/read: a key unique to this check written through the leader, read
 /// back from every member's own view (so a member that does not replicate is caught), each
 /// member waited for until `timeouts.request` has passed since the write, then removed. The
 /// report gets the outcome, and a problem naming each member that never returned the value.
