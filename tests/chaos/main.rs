@@ -1,4 +1,4 @@
-//! Chaos on the join (issue 6, item 2): four nodes run their first-boot units at once, each in its
+//! Chaos on the join: four nodes run their first-boot units at once, each in its
 //! own network namespace, against real etcd members (in the namespaces of node01..node03, mTLS)
 //! and the chainfire/flaredb test servers, while the round's plan delays, drops and partitions
 //! their packets, kills the etcd leader, the admin API's leader and flint itself at random points.
