@@ -26,7 +26,8 @@ esac
 
 printf '== Installing what the flow needs (scripts/setup.sh)\n'
 bash scripts/setup.sh
-printf '\n== Building flint, flint-boot and flint-testserver: release, static, x86_64-unknown-linux-musl\n'
-cargo build --release --locked --target x86_64-unknown-linux-musl -p flint -p flint-boot -p flint-testserver
-bin=target/x86_64-unknown-linux-musl/release
-exec tests/flow/run.sh "$bin/flint" "$bin/flint-boot" "$bin/flint-testserver"
+printf '\n== Building the release (scripts/release.sh): static flint and flint-boot, their Debian packages\n'
+scripts/release.sh
+printf '\n== Building the test server that plays chainfire, flaredb and IAM\n'
+cargo build --release --locked --target x86_64-unknown-linux-musl -p flint-testserver
+exec tests/flow/run.sh target/release-dist target/x86_64-unknown-linux-musl/release/flint-testserver

@@ -126,6 +126,7 @@ nix_modules() {
         echo "parses: $f"
     done
     nix-instantiate --eval --strict --json nixos-module/tests/eval.nix
+    echo
 }
 check "NixOS modules parse and render (nix-instantiate)" nix_modules
 check "systemd units: systemd-analyze verify and security (scripts/check-units.sh)" units
@@ -133,9 +134,8 @@ check "cargo nextest run --workspace --no-fail-fast" cargo nextest run --workspa
 # The deployment flow, bare machines to a validated cluster in QEMU VMs: after the test suite, whose VM
 # tests would otherwise share the two cores with it.
 flow() {
-    local bin=target/$target/release
-    cargo build --release --locked --target "$target" -p flint -p flint-boot -p flint-testserver || return 1
-    tests/flow/run.sh "$bin/flint" "$bin/flint-boot" "$bin/flint-testserver"
+    cargo build --release --locked --target "$target" -p flint-testserver || return 1
+    tests/flow/run.sh "$FLINT_PACKAGES" "target/$target/release/flint-testserver"
 }
 check "the deployment flow in QEMU VMs, bare machines to a validated 4-node cluster (tests/flow/run.sh)" flow
 check "fuzz targets, 10 s each (scripts/fuzz.sh 10)" scripts/fuzz.sh 10

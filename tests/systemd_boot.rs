@@ -1,28 +1,11 @@
 //! flint's units under a real systemd: a Debian 12 root booted with systemd as PID 1 in a
 //! systemd-nspawn container, against the test servers on loopback, flint installed from its
-//! Debian packages. The scenarios and their assertions are in tests/systemd/boot-test.sh; this
-//! runs it with the packages of this source and the test server of this build.
+//! Debian packages (the release's: `$FLINT_PACKAGES`, or built now by scripts/release.sh). The
+//! scenarios and their assertions are in tests/systemd/boot-test.sh; this runs it with the test
+//! server of this build.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The folder of the packages under test: `$FLINT_PACKAGES` (scripts/test.sh builds them before
-/// the suite), or scripts/release.sh's own folder, built now from this source.
-fn packages() -> PathBuf {
-    if let Some(dir) = std::env::var_os("FLINT_PACKAGES") {
-        return dir.into();
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new(repo.join("scripts/release.sh"))
-        .output()
-        .expect("run scripts/release.sh");
-    assert!(
-        output.status.success(),
-        "scripts/release.sh could not build the packages under test:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    repo.join("target/release-dist")
-}
 
 #[test]
 fn units_run_in_order_once_and_fail_as_documented_under_systemd() {
@@ -35,7 +18,6 @@ fn units_run_in_order_once_and_fail_as_documented_under_systemd() {
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/systemd/boot-test.sh");
     let output = Command::new(&script)
-        .arg(packages())
         .arg(&testserver)
         .output()
         .expect("run tests/systemd/boot-test.sh");

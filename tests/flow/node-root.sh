@@ -2,9 +2,9 @@
 # Prints the path of a folder holding root.img.lzo, the root file system the flow's installer puts
 # on every machine's disk (an lzop'd ext4 image: busybox unpacks lzop three times as fast as gzip,
 # which is most of an installation under emulation), from tests/flow/image.sh's Debian 12 root:
-#   - flint as an operator installs it from this repository: the binary in /usr/bin (and the
-#     node-join link), systemd/*.service, systemd/etcd.service.d and systemd/tmpfiles.d unmodified,
-#     the first-boot units enabled as their [Install] sections say;
+#   - flint as an operator installs it: its Debian packages (scripts/release.sh), flint and
+#     flint-etcd, with dpkg, maintainer scripts and all: the units enabled as the packages enable
+#     them, etcd's pulled in by its drop-in;
 #   - Debian's etcd enabled; its settings (/etc/default/etcd, pointing at the certificates
 #     `flint-boot prepare` writes to /etc/nixos/secrets, docs/prepare.md) come with the node's
 #     files from the workstation;
@@ -14,58 +14,49 @@
 #   - systemd-networkd asking DHCP on the NIC, and what a console-less VM needs (no getty, the
 #     multi-user target).
 # Built once into /var/tmp/flint-flow-root/<key> and reused; the key names the image folder, both
-# binaries, this script and the repository's systemd/ folder.
+# packages, the test server and this script.
 #
-#   tests/flow/node-root.sh IMAGE_DIR FLINT FLINT_TESTSERVER
+#   tests/flow/node-root.sh IMAGE_DIR PACKAGES FLINT_TESTSERVER
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 if [[ ${1:-} != --build ]]; then
     if (($# != 3)); then
-        echo "usage: tests/flow/node-root.sh IMAGE_DIR FLINT FLINT_TESTSERVER" >&2
+        echo "usage: tests/flow/node-root.sh IMAGE_DIR PACKAGES FLINT_TESTSERVER" >&2
         exit 64
     fi
-    key=$( (echo "$1" && cat "$2" "$3" "$here/node-root.sh" "$here/../lib/cache.sh" &&
-        find "$repo/systemd" -type f -print0 | sort -z | xargs -0 sha256sum | sed "s|$repo/||") |
+    flint_deb=$(compgen -G "$2/flint_*_amd64.deb") ||
+        { echo "node-root.sh: no flint package in $2 (scripts/release.sh)" >&2; exit 1; }
+    flint_etcd_deb=$(compgen -G "$2/flint-etcd_*_amd64.deb") ||
+        { echo "node-root.sh: no flint-etcd package in $2 (scripts/release.sh)" >&2; exit 1; }
+    packages=("$flint_deb" "$flint_etcd_deb")
+    key=$( (echo "$1" && cat "${packages[@]}" "$3" "$here/node-root.sh" "$here/../lib/cache.sh" "$repo/systemd/etcd-cluster-join.service") |
         sha256sum | cut -c1-16)
     # shellcheck source=tests/lib/cache.sh
     source "$here/../lib/cache.sh"
-    cache_folder /var/tmp/flint-flow-root "$key" "$here/node-root.sh" --build "$@"
+    cache_folder /var/tmp/flint-flow-root "$key" "$here/node-root.sh" --build "$1" "${packages[@]}" "$3"
     exit 0
 fi
 
-# node-root.sh --build IMAGE_DIR FLINT FLINT_TESTSERVER OUT: what cache_folder runs; the root is
-# assembled beside OUT, in the build folder it removes.
-image=$2 flint=$3 testserver=$4 out=$5
+# node-root.sh --build IMAGE_DIR FLINT_DEB FLINT_ETCD_DEB FLINT_TESTSERVER OUT: what cache_folder
+# runs; the root is assembled beside OUT, in the build folder it removes.
+image=$2 testserver=$5 out=$6
+debs=("$3" "$4")
 root=$(dirname "$out")/root
 cp -a "$image/base/." "$root"
 # What an image keeps out to be small: apt's caches and lists, documentation, translations.
 rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc \
     "$root"/usr/share/man "$root"/usr/share/locale "$root"/usr/share/info
 
-# flint, as docs/commands.md and the units expect it.
-install -m 755 "$flint" "$root/usr/bin/flint"
-ln -sf flint "$root/usr/bin/node-join"
-install -m 644 "$repo"/systemd/*.service "$repo"/systemd/*.timer "$root/etc/systemd/system/"
-mkdir -p "$root/etc/systemd/system/etcd.service.d"
-install -m 644 "$repo"/systemd/etcd.service.d/*.conf "$root/etc/systemd/system/etcd.service.d/"
-install -D -m 644 "$repo/systemd/tmpfiles.d/flint.conf" "$root/usr/lib/tmpfiles.d/flint.conf"
-# What `systemctl enable` does for a [Install] WantedBy=multi-user.target, without running
-# systemctl in a root that is not booted.
+# flint, installed from its packages in the root (a chroot: the maintainer scripts enable the
+# units offline; the textfile folder the postinst would make comes from tmpfiles.d at boot).
+cp "${debs[@]}" "$root/root/"
+chroot "$root" dpkg -i "${debs[@]/#*\//\/root\/}" >"$(dirname "$out")/dpkg.log" 2>&1 ||
+    { tail -20 "$(dirname "$out")/dpkg.log" >&2; exit 1; }
+rm -f "${debs[@]/#*\//$root\/root\/}"
 wants=$root/etc/systemd/system/multi-user.target.wants
-mkdir -p "$wants"
-for unit in "$repo"/systemd/*.service "$repo"/systemd/*.timer; do
-    name=$(basename "$unit")
-    [[ $name == flint-boot.service ]] && continue
-    if grep -q '^WantedBy=multi-user.target' "$unit"; then
-        ln -sf "/etc/systemd/system/$name" "$wants/$name"
-    fi
-done
-if grep -q '^WantedBy=timers.target' "$repo/systemd/flint-health.timer"; then
-    mkdir -p "$root/etc/systemd/system/timers.target.wants"
-    ln -sf /etc/systemd/system/flint-health.timer "$root/etc/systemd/system/timers.target.wants/flint-health.timer"
-fi
+mkdir -p "$wants" "$root/etc/systemd/system/etcd.service.d"
 ln -sf /lib/systemd/system/etcd.service "$wants/etcd.service"
 
 # etcd's own settings (/etc/default/etcd, read by Debian's etcd.service) come with the node's

@@ -7,7 +7,8 @@
 #   2. node01-03 power on at once (node02 with UEFI firmware, the others BIOS) and PXE-boot:
 #      ProxyDHCP, TFTP, iPXE, boot.ipxe, their script, the installer's kernel and initrd.
 #   3. Installation (installer-init.sh, a stand-in for nixos-anywhere): the root file system
-#      (Debian 12, systemd, etcd, flint and its units as an operator installs them) onto the disk,
+#      (Debian 12, systemd, etcd, and flint's packages installed with dpkg, as an operator
+#      installs them) onto the disk,
 #      then the node's files pushed from the workstation (here: this script in the site
 #      namespace, never the boot server); the machine powers off.
 #   4. First boot from the disk (QEMU boots the installed kernel directly, in place of a
@@ -23,20 +24,26 @@
 # procedure's stated durations. Bounded in time; stops what it started, removes its namespaces
 # and files.
 #
-#   tests/flow/run.sh FLINT FLINT_BOOT FLINT_TESTSERVER     (as root; static binaries)
+#   tests/flow/run.sh RELEASE FLINT_TESTSERVER     (as root)
+#
+# RELEASE is scripts/release.sh's folder: the nodes get its flint and flint-etcd packages, the
+# boot server and the workstation run its static flint-boot and flint.
 set -euo pipefail
 
 # shellcheck source=tests/lib/bounded.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/bounded.sh"
 bounded "${FLINT_FLOW_TIMEOUT:-900}" "${BASH_SOURCE[0]}" "$@"
-if (($# != 3)); then
-    echo "usage: tests/flow/run.sh FLINT FLINT_BOOT FLINT_TESTSERVER" >&2
+if (($# != 2)); then
+    echo "usage: tests/flow/run.sh RELEASE FLINT_TESTSERVER" >&2
     exit 64
 fi
 ((EUID == 0)) || { echo "run.sh: needs root (network namespaces, a bridge, taps)" >&2; exit 1; }
-flint=$(realpath "$1")
-flint_boot=$(realpath "$2")
-testserver=$(realpath "$3")
+release=$(realpath "$1")
+flint=$(compgen -G "$release/flint-[0-9]*-x86_64-linux-musl") ||
+    { echo "run.sh: no static flint in $release (scripts/release.sh)" >&2; exit 1; }
+flint_boot=$(compgen -G "$release/flint-boot-*-x86_64-linux-musl") ||
+    { echo "run.sh: no static flint-boot in $release (scripts/release.sh)" >&2; exit 1; }
+testserver=$(realpath "$2")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 for tool in dnsmasq ip etcdctl curl jq chromium; do
     command -v "$tool" >/dev/null || { echo "run.sh: needs $tool (scripts/setup.sh installs it)" >&2; exit 1; }
@@ -89,7 +96,7 @@ step "1. Preparation: the root file system, the inventory, every node's folder"
 mkdir -p "$work/images/flow" "$work/tftp" "$work/push"
 cp -L "$lab/vmlinuz" "$work/images/flow/vmlinuz"
 cp "$image/installer.cpio.gz" "$work/images/flow/installer.img"
-root=$("$here/node-root.sh" "$image" "$flint" "$testserver")
+root=$("$here/node-root.sh" "$image" "$release" "$testserver")
 ln "$root/root.img.lzo" "$work/images/flow/root.img.lzo" 2>/dev/null || cp "$root/root.img.lzo" "$work/images/flow/"
 say "root file system: $(du -h "$work/images/flow/root.img.lzo" | cut -f1) lzop'd ($(now_s) s)"
 cp -L "$lab/usr/lib/ipxe/undionly.kpxe" "$lab/usr/lib/ipxe/ipxe.efi" "$work/tftp/"

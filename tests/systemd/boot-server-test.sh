@@ -12,16 +12,18 @@
 #   boot 2: without /etc/default/flint-boot, the package's enabled unit is skipped at boot, and
 #           systemd says why.
 #
-#   tests/systemd/boot-server-test.sh PACKAGES FLINT_BOOT
+#   tests/systemd/boot-server-test.sh FLINT_BOOT
 #
-# PACKAGES is the folder scripts/release.sh writes (flint-boot's package, and flint's for the node
-# that reports); FLINT_BOOT prepares node01's folder on the host.
+# The packages are the release's (tests/lib/packages.sh): flint-boot's, and flint's for the node
+# that reports; FLINT_BOOT prepares node01's folder on the host.
 # The container has only its own loopback (--private-network): nothing it binds reaches the host.
 set -euo pipefail
 
-packages=$(realpath "$1")
-flint_boot=$(realpath "$2")
+flint_boot=$(realpath "$1")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/lib/packages.sh
+source "$here/../lib/packages.sh"
+packages=$(release_packages)
 flint_boot_deb=$(compgen -G "$packages/flint-boot_*_amd64.deb") ||
     { echo "no flint-boot package in $packages" >&2; exit 1; }
 flint_deb=$(compgen -G "$packages/flint_*_amd64.deb") || { echo "no flint package in $packages" >&2; exit 1; }

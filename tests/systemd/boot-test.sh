@@ -17,23 +17,25 @@
 #           complete example (relative tls paths, read beside the file in /etc/nixos/secrets):
 #           every etcd starts within seconds, every unit succeeds on its first run.
 #
-#   tests/systemd/boot-test.sh PACKAGES FLINT_TESTSERVER
+#   tests/systemd/boot-test.sh FLINT_TESTSERVER
 #
-# PACKAGES is the folder scripts/release.sh writes: flint is installed in each root from its
-# Debian packages with dpkg, maintainer scripts and all, as an operator installs it, so the
-# packages (their files, units and the units they enable) are what is tested.
+# flint is installed in each root from its Debian packages (tests/lib/packages.sh: the release's)
+# with dpkg, maintainer scripts and all, as an operator installs it, so the packages (their
+# files, units and the units they enable) are what is tested.
 #
 # Why a container and not a VM: /dev/kvm does not work here and a TCG-emulated VM boots in tens of
 # seconds; systemd-nspawn runs a real systemd as PID 1 in a second, sharing the host's loopback,
 # where the test servers listen. Everything runs on 127.0.0.0/8 and stops by PID.
 set -euo pipefail
 
-packages=$(realpath "$1")
-testserver=$(realpath "$2")
+testserver=$(realpath "$1")
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/lib/packages.sh
+source "$here/../lib/packages.sh"
+packages=$(release_packages)
 flint_deb=$(compgen -G "$packages/flint_*_amd64.deb") || { echo "no flint package in $packages" >&2; exit 1; }
 flint_etcd_deb=$(compgen -G "$packages/flint-etcd_*_amd64.deb") ||
     { echo "no flint-etcd package in $packages" >&2; exit 1; }
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 base=$("$here/make-root.sh")
 
 work=$(mktemp -d /var/tmp/flint-boot-test.XXXXXX)

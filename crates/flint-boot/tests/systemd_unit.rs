@@ -1,34 +1,16 @@
 //! flint-boot.service as the flint-boot package installs it, under a real systemd: a Debian 12
 //! root booted with systemd as PID 1 in a systemd-nspawn container with its own network
 //! namespace. The scenarios and their assertions are in tests/systemd/boot-server-test.sh; this
-//! runs it with the packages of this source (flint's as the node that reports) and this build's
-//! flint-boot preparing the node on the host.
+//! runs it with the release's packages (`$FLINT_PACKAGES`, or built now by scripts/release.sh;
+//! flint's as the node that reports) and this build's flint-boot preparing the node on the host.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The folder of the packages under test: `$FLINT_PACKAGES` (scripts/test.sh builds them before
-/// the suite), or scripts/release.sh's own folder, built now from this source.
-fn packages(repo: &Path) -> PathBuf {
-    if let Some(dir) = std::env::var_os("FLINT_PACKAGES") {
-        return dir.into();
-    }
-    let output = Command::new(repo.join("scripts/release.sh"))
-        .output()
-        .expect("run scripts/release.sh");
-    assert!(
-        output.status.success(),
-        "scripts/release.sh could not build the packages under test:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    repo.join("target/release-dist")
-}
 
 #[test]
 fn the_packaged_unit_is_ready_once_flint_boot_serves_and_waits_for_its_settings() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let output = Command::new(repo.join("tests/systemd/boot-server-test.sh"))
-        .arg(packages(&repo))
         .arg(env!("CARGO_BIN_EXE_flint-boot"))
         .output()
         .expect("run tests/systemd/boot-server-test.sh");
