@@ -27,14 +27,19 @@ pub enum Error {
     },
 }
 
+/// As for the configuration file: 77 when the secret may leak or flint may not read it, 78 for
+/// anything else wrong with the file (missing, a folder or a FIFO, too large, not text), which
+/// an operator fixes by putting the right file there.
 impl HasExitStatus for Error {
     fn exit_status(&self) -> ExitStatus {
         match self {
-            Error::Unreadable { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                ExitStatus::Config
+            Error::Exposed { .. } => ExitStatus::Permission,
+            Error::Unreadable { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                ExitStatus::Permission
             }
-            Error::Empty { .. } => ExitStatus::Config,
-            _ => ExitStatus::Permission,
+            Error::Unreadable { .. } | Error::Empty { .. } => ExitStatus::Config,
         }
     }
 }
@@ -157,5 +162,24 @@ mod tests {
             read_token(&path).unwrap_err().exit_status(),
             ExitStatus::Config
         );
+    }
+
+    /// A wrong file is the configuration's problem (78), as for cluster-config.json; only a
+    /// secret that may leak or may not be read is a permission problem (77).
+    #[test]
+    fn a_folder_or_an_oversized_file_in_a_tokens_place_is_a_configuration_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("token-folder");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::set_permissions(&folder, Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(
+            read_token(&folder).unwrap_err().exit_status(),
+            ExitStatus::Config
+        );
+        let large = dir.path().join("token-large");
+        std::fs::write(&large, vec![b'a'; 65 * 1024]).unwrap();
+        std::fs::set_permissions(&large, Permissions::from_mode(0o600)).unwrap();
+        let err = read_token(&large).unwrap_err();
+        assert_eq!(err.exit_status(), ExitStatus::Config, "{err}");
     }
 }

@@ -61,11 +61,7 @@ fn a_fifo_in_place_of_a_token_or_a_marker_does_not_block() {
     fifo(&token);
     node.config["join_token_file"] = json!("join-token");
     let out = run_quickly(&node, &["join", "chainfire"]);
-    assert!(
-        out.code == Some(77) || out.code == Some(78),
-        "a FIFO token: {}",
-        out.describe()
-    );
+    out.assert_code(78, "a FIFO in place of the join token");
     assert!(out.stderr.contains("join-token"), "{}", out.describe());
 
     let lab = Lab::new();

@@ -10,7 +10,10 @@
 #           of a prepared node reports a failed join, and the fleet view shows it, under the
 #           container's host name;
 #   boot 2: without /etc/default/flint-boot, the package's enabled unit is skipped at boot, and
-#           systemd says why.
+#           systemd says why;
+#   boot 3: the reports' key given by its own path, root's and 0600, not as a credential: the
+#           dynamic user may not read it, flint-boot exits 77 naming flag and file, and systemd
+#           does not restart it.
 #
 #   tests/systemd/boot-server-test.sh FLINT_BOOT
 #
@@ -93,7 +96,8 @@ if [[ -x /usr/bin/flint ]]; then
 fi
 # TFTP answers from a port of the transfer's own, which bash's connected /dev/udp never hears.
 ss -Hlun 'sport = :69' >/results/tftp
-systemctl show -p ActiveState -p SubState -p Result -p StatusText -p ConditionResult flint-boot.service >/results/flint-boot.show
+systemctl show -p ActiveState -p SubState -p Result -p StatusText -p ConditionResult -p ExecMainStatus \
+    -p NRestarts flint-boot.service >/results/flint-boot.show
 journalctl -b -u flint-boot.service -o cat --no-pager >/results/flint-boot.journal
 touch /results/done
 systemctl poweroff --no-block
@@ -173,4 +177,21 @@ journal=$(cat "$work/unconfigured/results/flint-boot.journal")
 grep -q 'ConditionPathExists=/etc/default/flint-boot' <<<"$journal" ||
     fail "the journal does not say the settings file is missing:"$'\n'"$journal"
 echo "PASS unconfigured: skipped ($(show unconfigured ActiveState), condition $(show unconfigured ConditionResult)); journal: $(grep -m1 ConditionPathExists <<<"$journal")"
+
+# --- boot 3: the key not loaded as a credential ------------------------------------------------------
+install_root unreadable
+r=$work/unreadable
+install -m 644 "$work/inventory.json" "$r/etc/flint-boot/inventory.json"
+install -m 644 "$work/prepared/boot-server/ca.pem" "$work/prepared/boot-server/boot-server.pem" "$r/etc/flint-boot/"
+install -m 600 "$work/prepared/boot-server/boot-server-key.pem" "$r/etc/flint-boot/"
+cat >"$r/etc/default/flint-boot" <<'ENV'
+FLINT_BOOT_ARGS="--http 127.0.0.1:8080 --inventory /etc/flint-boot/inventory.json --images /srv/flint-boot/images --tftp 127.0.0.1:69 --tftp-root /usr/lib/ipxe --reports 127.0.0.1:8443 --tls-ca /etc/flint-boot/ca.pem --tls-cert /etc/flint-boot/boot-server.pem --tls-key /etc/flint-boot/boot-server-key.pem"
+ENV
+boot unreadable
+journal=$(cat "$work/unreadable/results/flint-boot.journal")
+[[ $(show unreadable Result) == exit-code && $(show unreadable ExecMainStatus) == 77 && $(show unreadable NRestarts) == 0 ]] ||
+    fail "flint-boot.service with an unreadable key: $(show unreadable Result), status $(show unreadable ExecMainStatus), $(show unreadable NRestarts) restarts:"$'\n'"$journal"
+grep -q -- '--tls-key /etc/flint-boot/boot-server-key.pem: cannot read: Permission denied' <<<"$journal" ||
+    fail "the journal does not name the unreadable key:"$'\n'"$journal"
+echo "PASS unreadable key: exit 77, not restarted; journal: $(grep -m1 -- '--tls-key' <<<"$journal")"
 echo "all boots passed"

@@ -29,13 +29,13 @@ pub struct Identity {
 
 impl Files<'_> {
     /// Reads all three. A key readable by group or others is refused (77), as `prepare` and
-    /// flint refuse one: it may have been copied. A file that cannot be read or holds no usable
-    /// PEM is 78, naming the flag and the file.
+    /// flint refuse one: it may have been copied; so is a file flint-boot may not read. A file
+    /// that is missing, not a regular file or holds no usable PEM is 78, naming the flag and
+    /// the file.
     pub fn load(&self) -> Result<Identity, ExitError> {
         let (key_flag, key_path) = self.key;
-        let key_meta = std::fs::metadata(key_path).map_err(|e| {
-            ExitError::Config(format!("{key_flag} {}: cannot read: {e}", shown(key_path)))
-        })?;
+        let key_meta =
+            std::fs::metadata(key_path).map_err(|e| unreadable(key_flag, key_path, e))?;
         let mode = key_meta.mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(ExitError::Permission(format!(
@@ -95,9 +95,20 @@ fn certificates((flag, path): (&str, &Path)) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
+/// A file flint-boot may not read is 77, as in its table (under the shipped unit's dynamic
+/// user, a key left root's and 0600 without the credential the unit's comment shows); any other
+/// failure to read is 78.
+fn unreadable(flag: &str, path: &Path, e: std::io::Error) -> ExitError {
+    let message = format!("{flag} {}: cannot read: {e}", shown(path));
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        ExitError::Permission(message)
+    } else {
+        ExitError::Config(message)
+    }
+}
+
 fn read_pem((flag, path): (&str, &Path)) -> Result<Vec<u8>, ExitError> {
-    let cant =
-        |e: std::io::Error| ExitError::Config(format!("{flag} {}: cannot read: {e}", shown(path)));
+    let cant = |e: std::io::Error| unreadable(flag, path, e);
     let file = std::fs::File::open(path).map_err(cant)?;
     // A FIFO or a device would hold the start-up, or never end.
     if !file.metadata().map_err(cant)?.is_file() {
