@@ -47,13 +47,13 @@ fi
 export SOURCE_DATE_EPOCH
 # Flags from the environment would change the bytes; a release takes only the manifest's.
 unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
-version=$(cargo metadata --locked --no-deps --format-version 1 |
-    jq -r '.packages[] | select(.name == "flint") | .version')
+metadata=$(cargo metadata --locked --no-deps --format-version 1)
+version=$(jq -r '.packages[] | select(.name == "flint") | .version' <<<"$metadata")
 [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || fail "cannot read flint's version from Cargo.toml: '$version'"
 
 echo "release: flint $version, SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH, into $out"
 cargo build --release --locked --target "$target" -p flint -p flint-boot
-target_dir=$(cargo metadata --locked --format-version 1 --no-deps | jq -r .target_directory)
+target_dir=$(jq -r .target_directory <<<"$metadata")
 bin=$target_dir/$target/release
 
 # flint-dist's output, where the packages' assets name it (target/release/dist in Cargo.toml's

@@ -31,7 +31,7 @@ if [[ ${1:-} != --build ]]; then
     flint_etcd_deb=$(compgen -G "$2/flint-etcd_*_amd64.deb") ||
         { echo "node-root.sh: no flint-etcd package in $2 (scripts/release.sh)" >&2; exit 1; }
     packages=("$flint_deb" "$flint_etcd_deb")
-    key=$( (echo "$1" && cat "${packages[@]}" "$3" "$here/node-root.sh" "$here/../lib/cache.sh" "$repo/systemd/etcd-cluster-join.service") |
+    key=$( (echo "$1" && cat "${packages[@]}" "$3" "$here/node-root.sh" "$here/../lib/cache.sh" "$here/../lib/packages.sh" "$repo/systemd/etcd-cluster-join.service") |
         sha256sum | cut -c1-16)
     # shellcheck source=tests/lib/cache.sh
     source "$here/../lib/cache.sh"
@@ -51,10 +51,9 @@ rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc
 
 # flint, installed from its packages in the root (a chroot: the maintainer scripts enable the
 # units offline; the textfile folder the postinst would make comes from tmpfiles.d at boot).
-cp "${debs[@]}" "$root/root/"
-chroot "$root" dpkg -i "${debs[@]/#*\//\/root\/}" >"$(dirname "$out")/dpkg.log" 2>&1 ||
-    { tail -20 "$(dirname "$out")/dpkg.log" >&2; exit 1; }
-rm -f "${debs[@]/#*\//$root\/root\/}"
+# shellcheck source=tests/lib/packages.sh
+source "$here/../lib/packages.sh"
+dpkg_install "$root" "$(dirname "$out")/dpkg.log" "${debs[@]}"
 wants=$root/etc/systemd/system/multi-user.target.wants
 mkdir -p "$wants" "$root/etc/systemd/system/etcd.service.d"
 ln -sf /lib/systemd/system/etcd.service "$wants/etcd.service"

@@ -40,25 +40,12 @@ fail() {
     exit 1
 }
 
-# dpkg_install ROOT DEB...: the packages installed in ROOT as dpkg does it, maintainer scripts
-# (which enable the units) included.
-dpkg_install() {
-    local root=$1 deb
-    shift
-    for deb in "$@"; do
-        cp "$deb" "$root/tmp/"
-        chroot "$root" dpkg -i "/tmp/${deb##*/}" >>"$work/dpkg.log" 2>&1 ||
-            fail "dpkg -i ${deb##*/}: $(tail -5 "$work/dpkg.log")"
-        rm "$root/tmp/${deb##*/}"
-    done
-}
-
 # install_root NAME: the base root with the flint-boot package (which enables its unit), an
 # inventory, an iPXE binary, and a unit that reports to the host once flint-boot is up.
 install_root() {
     local root=$work/$1
     cp -a "$base" "$root"
-    dpkg_install "$root" "$flint_boot_deb"
+    dpkg_install "$root" "$work/dpkg.log" "$flint_boot_deb" || fail "the flint-boot package did not install"
     [[ $(systemctl --root="$root" is-enabled flint-boot.service) == enabled ]] ||
         fail "the flint-boot package did not enable flint-boot.service"
     mkdir -p "$root/etc/flint-boot" "$root/srv/flint-boot/images" "$root/usr/lib/ipxe" "$root/results"
@@ -137,7 +124,7 @@ UNIT
 cp -a "$work/prepared/nodes/node01" "$r/etc/nixos/secrets"
 jq '.timeouts = {"total": "2s"}' "$work/prepared/nodes/node01/cluster-config.json" \
     >"$r/etc/nixos/secrets/cluster-config.json"
-dpkg_install "$r" "$flint_deb"
+dpkg_install "$r" "$work/dpkg.log" "$flint_deb" || fail "the flint package did not install"
 # This node only reports: its first-boot units are not what this test boots.
 systemctl --root="$r" --quiet disable chainfire-cluster-join.service flaredb-cluster-join.service \
     iam-initial-setup.service cluster-health-check.service flint-health.timer

@@ -119,10 +119,7 @@ install_root() {
     cp -a "$base" "$root"
     local -a debs=("$flint_deb")
     [[ " ${units[*]} " == *" etcd-cluster-join "* ]] && debs+=("$flint_etcd_deb")
-    cp "${debs[@]}" "$root/tmp/"
-    chroot "$root" dpkg -i "${debs[@]/#*\//\/tmp\/}" >"$work/$name.dpkg.log" 2>&1 ||
-        fail "dpkg -i ${debs[*]##*/} in $name: $(tail -5 "$work/$name.dpkg.log")"
-    rm -f "${debs[@]/#*\//$root\/tmp\/}"
+    dpkg_install "$root" "$work/$name.dpkg.log" "${debs[@]}" || fail "flint's packages did not install in $name"
     mkdir -p "$root/etc/nixos/secrets" "$root/results"
     local unit
     for unit in chainfire flaredb iam; do
