@@ -38,7 +38,7 @@ check() {
 }
 
 shell_scripts() {
-    printf '%s\n' scripts/*.sh scripts/lib/*.sh tests/systemd/*.sh tests/pxe/*.sh tests/flow/*.sh tests/lib/*.sh bench/run bench/chain bench/boot bench/chaos bench/inventory bench/storm bench/validate bench/prepare bench/fleet bench/etcd-inventory .ci/run
+    printf '%s\n' scripts/*.sh scripts/lib/*.sh tests/systemd/*.sh tests/pxe/*.sh tests/flow/*.sh tests/lib/*.sh bench/run bench/chain bench/instructions bench/boot bench/chaos bench/inventory bench/storm bench/validate bench/prepare bench/fleet bench/etcd-inventory .ci/run
 }
 
 lint_shell() {

@@ -566,7 +566,9 @@ for n in "${nodes[@]}"; do
         || fail "$n: cannot copy /var/log/journal out of its disk (debugfs)"
     journalctl -D "$work/journal/$n/journal" -o json --no-pager >"$work/journal/$n.json" 2>/dev/null
     [[ -s $work/journal/$n.json ]] || fail "$n: no journal on its disk"
+    gzip -c "$work/journal/$n.json" >"$artifacts/journal-$n.json.gz"
 done
+say "   each machine's journal (journalctl -o json): $artifacts/journal-node0?.json.gz"
 
 # Each flint unit finished on each machine: systemd's "unit started" record (its "Finished" line).
 for n in "${nodes[@]}"; do
