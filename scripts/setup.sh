@@ -15,7 +15,7 @@ setup_main() {
         openssl                   # the lab's CA, server and client certificates
         curl jq                   # health checks and JSON answers in the demo and bench
         hyperfine time            # the bench's timers (time: /usr/bin/time for peak RSS)
-        valgrind                  # bench/instructions: callgrind counts what each flint process executes
+        valgrind qemu-user        # bench/instructions: callgrind counts what each flint process executes; qemu-x86_64 runs it emulated
         procps iproute2           # ps, ss: free loopback addresses and our own processes
         file                      # tells whether the release binary is static
         shellcheck                # lints these scripts in scripts/test.sh
