@@ -44,6 +44,10 @@ exit_statuses! {
     BadAnswer = 65, "a server answered what flint cannot accept (malformed, a conflicting member)";
     /// The deadline passed while a service was unreachable or not ready.
     Unavailable = 69, "the deadline passed while a service was unreachable or not ready (retried)";
+    /// The disk under the state directory is full or failing: a marker or `etcd.env` could not
+    /// be written (or read). Retried, since space may be freed; the join it records is found
+    /// done on the next run and recorded then.
+    StateDisk = 74, "the state directory's disk is full or failing (retried)";
     /// A secret readable by others, a file flint may not read, or a peer that failed TLS
     /// verification.
     Permission = 77, "a secret readable by others, a file flint may not read, or TLS verification failed";

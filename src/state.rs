@@ -45,6 +45,16 @@ impl HasExitStatus for Error {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 ExitStatus::Permission
             }
+            // Full, over quota or failing: nothing in the configuration to fix, and the unit's
+            // next start may find space again.
+            Error::Io { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(nix::libc::ENOSPC | nix::libc::EDQUOT | nix::libc::EIO)
+                ) =>
+            {
+                ExitStatus::StateDisk
+            }
             Error::Io { .. } => ExitStatus::Config,
             Error::BadMarker { .. } => ExitStatus::Config,
             Error::LockHeld { .. } => ExitStatus::Unavailable,

@@ -1,5 +1,5 @@
 //! Every exit status flint documents (docs/join-protocol.md, "Exit statuses"), each produced by a
-//! real case through the binary against the test double: 0, 1, 64, 65, 69, 77, 78. This file is
+//! real case through the binary against the test double: 0, 1, 64, 65, 69, 74, 77, 78. This file is
 //! the one place that lists them all; the fault matrix (tests/admin_faults.rs) has many more
 //! cases of 65, 69 and 77.
 mod common;
@@ -145,6 +145,73 @@ fn exit_69_nothing_listening() {
     let out = node.run(JOIN);
     out.assert_code(69, "no server at all");
     assert!(marker(&node, CHAINFIRE_MARKER).is_none());
+}
+
+/// The disk under the state directory fills up after the cluster added the node: the marker
+/// cannot be written. 74, retried by the units, nothing half-written; once space is freed the
+/// next run finds the node a member and records it without adding it again. The state directory
+/// is a 64 KiB tmpfs in a mount namespace of the run's own (`unshare`), filled before flint starts;
+/// the lock file is there first with one page, which flint's own PID reuses.
+#[test]
+fn exit_74_state_directory_disk_full() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts a full tmpfs in a mount namespace: it needs root"
+    );
+    let (_lab, _secrets, server, node) = chainfire_lab();
+    let flint = node.command(JOIN);
+    const SCRIPT: &str = r#"state=$1; shift
+mount -t tmpfs -o size=64k,mode=0700 flint-test-full "$state" || exit 90
+printf '1\n' >"$state/.chainfire.lock"
+head -c 1048576 /dev/zero >"$state/filler" 2>/dev/null
+"$@"; echo "first run: $?"
+echo "left: $(ls -A "$state" | grep -v -x -e filler -e .chainfire.lock | tr '\n' ' ')"
+rm "$state/filler"
+"$@"; echo "second run: $?"
+echo "left: $(ls -A "$state" | tr '\n' ' ')""#;
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ])
+        .arg(&node.state_dir)
+        .arg(flint.get_program())
+        .args(flint.get_args());
+    for (key, value) in flint.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let out = run_bounded(&mut command, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "first run: 74",
+            "left: ",
+            "second run: 0",
+            "left: .chainfire-joined .chainfire.lock "
+        ],
+        "{said}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{said}");
+    assert!(
+        errors[0].contains(".chainfire-joined") && errors[0].contains("No space left on device"),
+        "the ERROR line names the marker and the cause: {said}"
+    );
+    assert!(stderr.contains("already lists"), "{said}");
+    assert_eq!(server.requests("add"), 1, "added once: {said}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ const RESTART_SEC: Duration = Duration::from_secs(1);
 /// The units' `StartLimitBurst=6`.
 const START_LIMIT: u32 = 6;
 /// The exit statuses flint documents (src/exit.rs, docs/join-protocol.md).
-const DOCUMENTED: [i32; 7] = [0, 1, 64, 65, 69, 77, 78];
+const DOCUMENTED: [i32; 8] = [0, 1, 64, 65, 69, 74, 77, 78];
 const PERMANENT: [i32; 4] = [64, 65, 77, 78];
 
 /// One flint run, with its stderr read by a thread that also fires the step-triggered kills.
