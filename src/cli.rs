@@ -220,6 +220,9 @@ async fn dispatch(cli: Cli) -> crate::Result<ExitStatus> {
             // or a timer's check is not.
             if wait {
                 let status = checked.as_ref().map_or_else(|e| e.exit_status(), |s| *s);
+                if status == ExitStatus::Success {
+                    log_done(Step::health(), started);
+                }
                 report::after(&ctx, Step::health(), started, status).await;
             }
             checked
@@ -245,8 +248,25 @@ async fn reported(
     let status = outcome
         .as_ref()
         .map_or_else(|e| e.exit_status(), |()| ExitStatus::Success);
+    if status == ExitStatus::Success {
+        log_done(step, started);
+    }
     report::after(ctx, step, started, status).await;
     outcome.map(|()| ExitStatus::Success)
+}
+
+/// A first-boot step's closing line: how long it took and how much of that it waited for the
+/// services and peers it needs, so a slow boot shows whether flint or what it waited for was slow.
+fn log_done(step: Step, started: Instant) {
+    let took = started.elapsed();
+    let waited = crate::retry::waited().min(took);
+    info!(
+        "{} {} done in {:.1} s, {:.1} s of it waiting for the services it needs",
+        step.service,
+        step.step,
+        took.as_secs_f64(),
+        waited.as_secs_f64()
+    );
 }
 
 /// Run-once: with the service's marker present, a join exits 0 without reading its

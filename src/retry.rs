@@ -4,8 +4,10 @@
 //! ceiling), so nodes that boot together do not knock on the leader in lockstep. A server's
 //! `Retry-After` is a floor for the next wait; the deadline is a hard ceiling.
 
+use std::cell::Cell;
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, Retryable};
@@ -128,6 +130,20 @@ impl Iterator for FullJitter {
     }
 }
 
+/// How long this process has waited for others: before the attempt that succeeded, in every
+/// `until`, and between `flint health --wait`'s checks. The closing line of a first-boot step
+/// tells it apart from the step's own work.
+static WAITED_NANOS: AtomicU64 = AtomicU64::new(0);
+
+pub fn note_waited(d: Duration) {
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    WAITED_NANOS.fetch_add(nanos, Ordering::Relaxed);
+}
+
+pub fn waited() -> Duration {
+    Duration::from_nanos(WAITED_NANOS.load(Ordering::Relaxed))
+}
+
 /// Runs `attempt` until it succeeds, fails permanently, or `deadline` passes. `what` names what
 /// is awaited, for the log, for `systemctl status`, and for the error at the deadline.
 pub async fn until<T, E, F, Fut>(
@@ -142,7 +158,14 @@ where
     E: HasRetryClass + Into<crate::Error>,
 {
     let mut log = WaitLog::new(what);
-    let retrying = attempt
+    let started = Instant::now();
+    let attempt_started = Cell::new(started);
+    let mut attempt = attempt;
+    let timed_attempt = || {
+        attempt_started.set(Instant::now());
+        attempt()
+    };
+    let retrying = timed_attempt
         .retry(pace)
         .sleep(tokio::time::sleep)
         .when(|e: &E| e.class() != Class::Permanent)
@@ -160,7 +183,9 @@ where
         .notify(|e: &E, wait: Duration| {
             log.retrying(&e.to_string(), deadline.remaining(), wait);
         });
-    match tokio::time::timeout_at(deadline.at, retrying).await {
+    let outcome = tokio::time::timeout_at(deadline.at, retrying).await;
+    note_waited(attempt_started.get().saturating_duration_since(started));
+    match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) if e.class() == Class::Permanent => Err(e.into()),
         Ok(Err(e)) => Err(DeadlinePassed {

@@ -356,6 +356,19 @@ fn two_runs_on_one_node_join_once() {
     );
     assert_eq!(server.requests("add"), 1, "added once");
     assert_member_once(&server, &node, &server.raft_addr(3));
+    // The closing lines tell waiting from working: the second run waited for the lock.
+    let (took, waited) = outs[1].done_line("chainfire join");
+    assert!(
+        (0.5..=took).contains(&waited),
+        "the second run waited {waited} s of {took} s: {}",
+        outs[1].describe()
+    );
+    let (_, waited) = outs[0].done_line("chainfire join");
+    assert!(
+        waited < 0.5,
+        "the first run waited {waited} s: {}",
+        outs[0].describe()
+    );
 }
 
 /// Holds `file`'s flock as another flint would, with `pid` written in it, until dropped.

@@ -521,6 +521,12 @@ fn wait_checks_again_until_the_cluster_is_healthy_and_gives_up_at_the_deadline()
         .filter(|l| l.contains("waiting for the cluster to be healthy"))
         .count();
     assert!(waits <= 2, "{waits} lines for the wait: {}", out.describe());
+    let (took, waited) = out.done_line("cluster health");
+    assert!(
+        waited > 0.0 && waited <= took,
+        "health --wait waited {waited} s of {took} s: {}",
+        out.describe()
+    );
 
     // Never healthy: at the deadline (timeouts.total), the verdict of the last check, exit 1.
     cluster.stop(1);

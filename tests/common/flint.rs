@@ -171,6 +171,29 @@ pub struct FlintOutput {
 }
 
 impl FlintOutput {
+    /// The seconds of "STEP done in T s, W s of it waiting ...", the closing line of a
+    /// first-boot step: (T, W).
+    pub fn done_line(&self, step: &str) -> (f64, f64) {
+        let prefix = format!("{step} done in ");
+        let line = self
+            .stderr
+            .lines()
+            .find_map(|l| l.split_once(&prefix).map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("no {prefix:?} line: {}", self.describe()));
+        let seconds = |text: &str| -> f64 {
+            text.trim()
+                .strip_suffix(" s")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not seconds: {text:?} in {line:?}"))
+        };
+        let (took, rest) = line.split_once(", ").expect("two figures");
+        let waited = rest
+            .split_once(" of it waiting")
+            .expect("the waiting figure")
+            .0;
+        (seconds(took), seconds(waited))
+    }
+
     pub fn assert_code(&self, expected: i32, what: &str) {
         assert_eq!(
             self.code,

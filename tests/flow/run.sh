@@ -667,6 +667,13 @@ awk -v w="$flint_wall_ms" -v c="$flint_cpu_ms" -v r="$flint_runs" -v m="$machine
     printf "          of which systemd setting up each run'"'"'s sandbox %d ms (/bin/true in the same sandbox): flint'"'"'s own %.1f s\n", s, own / 1000
     printf "          over %.0f machine-seconds: %.2f%% of the machines'"'"' time waiting or working; %.2f%% of their CPU, flint'"'"'s own %.2f%%\n", m / 1000, 100 * w / m, 100 * c / m, 100 * own / m }'
 awk '{printf "          %-24s %2d runs %7.1f s wall %5.1f s CPU\n", $1, $2, $3 / 1000, $4 / 1000}' "$work/flint-units.txt"
+# flint's own account of each first-boot step it finished: "STEP done in T s, W s of it waiting".
+cat "$work"/journal/node0?.json | jq -r 'select(.SYSLOG_IDENTIFIER == "flint") | .MESSAGE' |
+    sed -n 's/.* done in \([0-9.]*\) s, \([0-9.]*\) s of it waiting for the services it needs$/\1 \2/p' >"$work/flint-done.txt"
+read -r done_steps done_s waited_s < <(awk '{n++; t += $1; w += $2} END {printf "%d %.1f %.1f\n", n, t, w}' "$work/flint-done.txt")
+((done_steps >= 24)) || fail "flint's journals: $done_steps closing lines of first-boot steps, expected one per join, IAM setup and health check (24 at least)"
+say "          flint's own account of its $done_steps finished steps: $done_s s, of which $waited_s s waiting for services and peers,"
+say "          $(awk -v t="$done_s" -v w="$waited_s" 'BEGIN {printf "%.1f", t - w}') s working (process start and configuration before each step not included)"
 rss=0
 for n in "${nodes[@]}"; do rss=$((rss + qemu_rss_kib[$n])); done
 say "   resources: $(nproc) host cores; 4 machines of 1 vCPU and 640 MiB (QEMU's peak RSS $((rss / 1024)) MiB together);"

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use backon::BackoffBuilder;
 use serde::Serialize;
@@ -197,15 +197,20 @@ async fn check_until_healthy(
     let all = ctx.config.configured_services();
     let mut waits = Pace::REMOTE.build();
     let mut log = WaitLog::new("the cluster to be healthy");
+    // Waiting, for the closing line: from the first check to the round that found it healthy.
+    let first_round = Instant::now();
+    let mut last_round = first_round;
     let mut report = check(ctx, all, expected, write_check).await?;
     loop {
         let remaining = ctx.deadline.remaining();
         let next = waits.next().map(|wait| wait.min(remaining));
         let Some(next) = next.filter(|_| !report.healthy && !remaining.is_zero()) else {
+            crate::retry::note_waited(last_round - first_round);
             return Ok(report);
         };
         log.retrying(&report.first_problem(), remaining, next);
         tokio::time::sleep(next).await;
+        last_round = Instant::now();
         let unhealthy: Vec<Service> = all
             .iter()
             .zip(&report.services)
