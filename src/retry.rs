@@ -150,7 +150,7 @@ pub async fn until<T, E, F, Fut>(
     what: &str,
     deadline: &Deadline,
     pace: Pace,
-    attempt: F,
+    mut attempt: F,
 ) -> crate::Result<T>
 where
     F: FnMut() -> Fut,
@@ -160,7 +160,6 @@ where
     let mut log = WaitLog::new(what);
     let started = Instant::now();
     let attempt_started = Cell::new(started);
-    let mut attempt = attempt;
     let timed_attempt = || {
         attempt_started.set(Instant::now());
         attempt()

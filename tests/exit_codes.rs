@@ -159,7 +159,6 @@ fn exit_74_state_directory_disk_full() {
         "this test mounts a full tmpfs in a mount namespace: it needs root"
     );
     let (_lab, _secrets, server, node) = chainfire_lab();
-    let flint = node.command(JOIN);
     const SCRIPT: &str = r#"state=$1; shift
 mount -t tmpfs -o size=64k,mode=0700 flint-test-full "$state" || exit 90
 printf '1\n' >"$state/.chainfire.lock"
@@ -169,8 +168,8 @@ echo "left: $(ls -A "$state" | grep -v -x -e filler -e .chainfire.lock | tr '\n'
 rm "$state/filler"
 "$@"; echo "second run: $?"
 echo "left: $(ls -A "$state" | tr '\n' ' ')""#;
-    let mut command = std::process::Command::new("unshare");
-    command
+    let mut unshare = std::process::Command::new("unshare");
+    unshare
         .args([
             "--mount",
             "--propagation",
@@ -180,16 +179,11 @@ echo "left: $(ls -A "$state" | tr '\n' ' ')""#;
             SCRIPT,
             "sh",
         ])
-        .arg(&node.state_dir)
-        .arg(flint.get_program())
-        .args(flint.get_args());
-    for (key, value) in flint.get_envs() {
-        match value {
-            Some(value) => command.env(key, value),
-            None => command.env_remove(key),
-        };
-    }
-    let out = run_bounded(&mut command, Duration::from_secs(60));
+        .arg(&node.state_dir);
+    let out = run_bounded(
+        &mut common::wrapped(unshare, &node.command(JOIN)),
+        Duration::from_secs(60),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let said = format!("stdout:\n{stdout}\nstderr:\n{stderr}");

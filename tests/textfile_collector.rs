@@ -228,17 +228,6 @@ fn under_umask(command: &Command, mask: &str) -> Command {
     let mut shell = Command::new("/bin/sh");
     shell
         .arg("-c")
-        .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
-        .arg(command.get_program())
-        .args(command.get_args());
-    for (key, value) in command.get_envs() {
-        match value {
-            Some(value) => shell.env(key, value),
-            None => shell.env_remove(key),
-        };
-    }
-    if let Some(dir) = command.get_current_dir() {
-        shell.current_dir(dir);
-    }
-    shell
+        .arg(format!("umask {mask} && exec \"$0\" \"$@\""));
+    common::wrapped(shell, command)
 }

@@ -103,6 +103,25 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// `command` run by `wrapper` (a shell, `unshare`): its program and arguments appended to the
+/// wrapper's, its environment changes and working folder carried over.
+pub fn wrapped(
+    mut wrapper: std::process::Command,
+    command: &std::process::Command,
+) -> std::process::Command {
+    wrapper.arg(command.get_program()).args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapper.env(key, value),
+            None => wrapper.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        wrapper.current_dir(dir);
+    }
+    wrapper
+}
+
 /// Runs a short helper command (etcdctl, curl) to completion, killing it by PID if it outlives
 /// `timeout`.
 pub fn run_bounded(command: &mut std::process::Command, timeout: Duration) -> std::process::Output {
